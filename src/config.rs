@@ -1,0 +1,267 @@
+//! How each database is reached and how long its connections live.
+//!
+//! The settings follow Django's `DATABASES`: a connection string plus the
+//! lifetime rules `CONN_MAX_AGE` ([`MaxAge`]), an idle limit and
+//! `CONN_HEALTH_CHECKS`.
+
+use std::fmt;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::config::Host;
+
+use crate::error::Error;
+
+/// How long a connection may be reused, Django's `CONN_MAX_AGE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxAge {
+    /// Keep the connection until it breaks, idles out or the thread ends
+    /// (Django's `None`).
+    Forever,
+    /// Close the connection at the end of every task (Django's `0`): each
+    /// task that touches the database opens a fresh connection.
+    EndOfTask,
+    /// Close the connection at the first task boundary after it is this old.
+    After(Duration),
+}
+
+impl MaxAge {
+    /// Whether a connection opened `age` ago must be closed at a task
+    /// boundary.
+    pub(crate) fn expired(self, age: Duration) -> bool {
+        match self {
+            MaxAge::Forever => false,
+            MaxAge::EndOfTask => true,
+            MaxAge::After(limit) => age >= limit,
+        }
+    }
+}
+
+impl FromStr for MaxAge {
+    type Err = String;
+
+    /// Parses `forever`, or a number of seconds (`0` meaning
+    /// [`MaxAge::EndOfTask`]).
+    fn from_str(s: &str) -> Result<MaxAge, String> {
+        match s.trim() {
+            "forever" | "none" => Ok(MaxAge::Forever),
+            other => match other.parse::<u64>() {
+                Ok(0) => Ok(MaxAge::EndOfTask),
+                Ok(secs) => Ok(MaxAge::After(Duration::from_secs(secs))),
+                Err(_) => Err(format!(
+                    "invalid max age {s:?}: expected a number of seconds or \"forever\""
+                )),
+            },
+        }
+    }
+}
+
+/// One configured database: a connection string plus lifetime rules.
+///
+/// The defaults are those of r2d2 and psycopg_pool: connections are kept
+/// for at most 30 minutes and closed after 10 idle minutes; health checks
+/// are off.
+#[derive(Clone)]
+pub struct Database {
+    alias: String,
+    pg: postgres::Config,
+    max_age: MaxAge,
+    max_idle: Option<Duration>,
+    health_checks: bool,
+    health_check_timeout: Duration,
+    application_name: Option<String>,
+}
+
+impl fmt::Debug for Database {
+    /// Leaves the connection string out: it may carry a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("alias", &self.alias)
+            .field("max_age", &self.max_age)
+            .field("max_idle", &self.max_idle)
+            .field("health_checks", &self.health_checks)
+            .field("application_name", &self.application_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// A database reached through `connection_string`, a URL
+    /// (`postgresql://user@host/db`) or libpq `key=value` pairs.
+    ///
+    /// An `application_name` given in the string is kept; otherwise every
+    /// connection is named `prefork:<role>:<pid>` (see
+    /// [`set_role`](crate::set_role)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the alias is empty or the string does not parse.
+    pub fn new(alias: &str, connection_string: &str) -> Result<Database, Error> {
+        let config_error = |message: String| Error::Config {
+            alias: alias.to_owned(),
+            message,
+        };
+        if alias.is_empty() {
+            return Err(config_error("the alias is empty".to_owned()));
+        }
+        let pg = postgres::Config::from_str(connection_string)
+            .map_err(|e| config_error(format!("invalid connection string: {e}")))?;
+        let application_name = pg.get_application_name().map(str::to_owned);
+        Ok(Database {
+            alias: alias.to_owned(),
+            pg,
+            max_age: MaxAge::After(Duration::from_secs(30 * 60)),
+            max_idle: Some(Duration::from_secs(10 * 60)),
+            health_checks: false,
+            health_check_timeout: Duration::from_secs(5),
+            application_name,
+        })
+    }
+
+    /// How long a connection may be reused. Default: 30 minutes.
+    pub fn max_age(mut self, max_age: MaxAge) -> Database {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Close a connection left unused this long; `None` keeps idle
+    /// connections. Default: 10 minutes.
+    ///
+    /// # Panics
+    ///
+    /// If the duration is zero.
+    pub fn max_idle(mut self, max_idle: Option<Duration>) -> Database {
+        assert!(
+            max_idle != Some(Duration::ZERO),
+            "max_idle must be non-zero"
+        );
+        self.max_idle = max_idle;
+        self
+    }
+
+    /// Validate a reused connection (`Client::is_valid`) before its first
+    /// use in each task, and reconnect transparently if it is dead.
+    /// Default: off.
+    pub fn health_checks(mut self, on: bool) -> Database {
+        self.health_checks = on;
+        self
+    }
+
+    /// How long a health check may wait for the server. Default: 5 seconds.
+    ///
+    /// # Panics
+    ///
+    /// If the duration is zero.
+    pub fn health_check_timeout(mut self, timeout: Duration) -> Database {
+        assert!(!timeout.is_zero(), "health_check_timeout must be non-zero");
+        self.health_check_timeout = timeout;
+        self
+    }
+
+    /// A fixed `application_name` instead of `prefork:<role>:<pid>`.
+    pub fn application_name(mut self, name: &str) -> Database {
+        self.application_name = Some(name.to_owned());
+        self
+    }
+
+    /// The alias this database is configured under.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// The lifetime rule of its connections.
+    pub fn get_max_age(&self) -> MaxAge {
+        self.max_age
+    }
+
+    /// The idle limit of its connections.
+    pub fn get_max_idle(&self) -> Option<Duration> {
+        self.max_idle
+    }
+
+    pub(crate) fn get_health_checks(&self) -> Option<Duration> {
+        self.health_checks.then_some(self.health_check_timeout)
+    }
+
+    /// Opens a connection named for `role` and the calling process.
+    pub(crate) fn connect(&self, role: &str) -> Result<postgres::Client, postgres::Error> {
+        let mut pg = self.pg.clone();
+        match &self.application_name {
+            Some(name) => pg.application_name(name),
+            None => pg.application_name(&format!("prefork:{role}:{}", std::process::id())),
+        };
+        resolve_hosts(&mut pg);
+        pg.notice_callback(|notice| {
+            log::debug!("server notice: {}: {}", notice.severity(), notice.message())
+        });
+        pg.connect(postgres::NoTls)
+    }
+}
+
+/// Resolves TCP host names to addresses on the calling thread.
+///
+/// tokio-postgres resolves names on its runtime's blocking pool, and that
+/// thread lingers for ~10 s after the connect: long enough to make the
+/// process look multi-threaded to the fork guard. Resolving here keeps each
+/// connection thread-free. Nothing changes when the string already has
+/// `hostaddr`, mixes in Unix sockets, or a name does not resolve (the driver
+/// then reports the failure itself).
+fn resolve_hosts(pg: &mut postgres::Config) {
+    if !pg.get_hostaddrs().is_empty() {
+        return;
+    }
+    let ports = pg.get_ports().to_vec();
+    let mut addrs = Vec::new();
+    for (i, host) in pg.get_hosts().iter().enumerate() {
+        let Host::Tcp(name) = host else { return };
+        if name.parse::<IpAddr>().is_ok() {
+            return;
+        }
+        let port = match ports.as_slice() {
+            [] => 5432,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(5432),
+        };
+        match (name.as_str(), port).to_socket_addrs() {
+            Ok(mut found) => match found.next() {
+                Some(addr) => addrs.push(addr.ip()),
+                None => return,
+            },
+            Err(_) => return,
+        }
+    }
+    for addr in addrs {
+        pg.hostaddr(addr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_parses_django_style() {
+        assert_eq!("forever".parse(), Ok(MaxAge::Forever));
+        assert_eq!("0".parse(), Ok(MaxAge::EndOfTask));
+        assert_eq!("60".parse(), Ok(MaxAge::After(Duration::from_secs(60))));
+        assert!("soon".parse::<MaxAge>().is_err());
+    }
+
+    #[test]
+    fn bad_connection_strings_are_config_errors() {
+        let err = Database::new("default", "host=/tmp port=notaport").unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err}");
+        assert!(Database::new("", "host=/tmp").is_err());
+    }
+
+    #[test]
+    fn localhost_is_resolved_before_connecting() {
+        let mut pg: postgres::Config = "host=localhost port=5432".parse().unwrap();
+        resolve_hosts(&mut pg);
+        assert_eq!(pg.get_hostaddrs().len(), 1);
+        let mut unix: postgres::Config = "host=/tmp".parse().unwrap();
+        resolve_hosts(&mut unix);
+        assert!(unix.get_hostaddrs().is_empty());
+    }
+}

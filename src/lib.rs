@@ -1,0 +1,146 @@
+//! PostgreSQL connections that survive threads and `fork()`.
+//!
+//! Programs that run many threads and processes against PostgreSQL leak or
+//! corrupt connections: a thread that ends never closes its connection, a
+//! connection opened before `fork()` is shared by parent and child (and the
+//! child's `Drop` ends the parent's session), and workers without a
+//! "request finished" moment never recycle anything. `fork_safe` makes the
+//! right behaviour structural:
+//!
+//! - **Lazy, per-thread connections** ([`with_client`]): a thread opens no
+//!   connection until its first query, then reuses its own. A `Client` is
+//!   never shared between threads.
+//! - **Close on exit** ([`thread::spawn`], [`CloseOnExit`], [`ThreadPool`]):
+//!   a thread that ends, normally or by panic, closes its connections.
+//! - **Recycling at task boundaries** ([`close_old`], run by the pool after
+//!   every task): max age, idle limit, health checks, rollback after a
+//!   failed or panicked task, as Django's `close_old_connections`.
+//! - **A fork guard** ([`fork()`](fork())): forks only a single-threaded
+//!   process with no open connection; the child reconnects lazily.
+//!
+//! Linux only: the guard counts threads in `/proc/self/task` and finds
+//! sockets in `/proc/self/fd`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use fork_safe::{Database, MaxAge, ThreadPool};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let cluster = fork_safe::cluster::TempCluster::start()?;
+//! # let url = cluster.connection_string();
+//! // Once per process, before any thread queries.
+//! fork_safe::configure([Database::new("default", &url)?
+//!     .max_age(MaxAge::After(Duration::from_secs(600)))
+//!     .health_checks(true)])?;
+//!
+//! let pool = ThreadPool::new(4)?;
+//! let tasks: Vec<_> = (0..8)
+//!     .map(|i| {
+//!         pool.submit(move || {
+//!             // The worker's own connection, opened on first use.
+//!             fork_safe::with_client(|client| {
+//!                 let row = client.query_one("SELECT $1::int * 2", &[&i])?;
+//!                 Ok(row.get::<_, i32>(0))
+//!             })
+//!         })
+//!     })
+//!     .collect();
+//! for (i, task) in tasks.into_iter().enumerate() {
+//!     assert_eq!(task.join()??, 2 * i as i32);
+//! }
+//! pool.shutdown(Duration::from_secs(5))?; // workers close their connections
+//! assert_eq!(fork_safe::stats().open, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Fork safety
+//!
+//! The rules, and what the crate does about each:
+//!
+//! 1. **Never fork with a connection open.** Parent and child would share
+//!    one session; their messages interleave, and whichever closes it ends
+//!    it for both. [`fork()`](fork()) closes the calling thread's
+//!    connections and refuses while any other connection is open.
+//! 2. **Never fork with other threads running.** The child gets copies of
+//!    their locks but not the threads; each `postgres::Client` also owns a
+//!    tokio runtime that does not survive a fork. [`fork()`](fork())
+//!    refuses unless `/proc/self/task` lists only the caller, so shut pools
+//!    down and join threads first.
+//! 3. **A child never uses or drops a connection it inherited.** Every
+//!    connection is stamped with its owner pid and checked on every access;
+//!    a foreign one is forgotten without a byte sent and a new one is opened
+//!    lazily. Even a raw `fork()` that bypasses the guard is covered: the
+//!    `pthread_atfork` child handler ([`install_atfork_handlers`]) points the
+//!    inherited sockets at `/dev/null`.
+//! 4. **Never let a thread-local destructor drop a `Client`.** It aborts the
+//!    process (tokio's context is already gone). Close connections
+//!    explicitly before a thread ends: [`thread::spawn`], [`CloseOnExit`]
+//!    and the pool do. A thread that ends without doing so has its
+//!    connections adopted by the registry, and the next [`close_all`] or
+//!    [`close_old`] on any thread closes them.
+//! 5. **Connect with an IP address or a Unix socket, or let the crate
+//!    resolve the name.** tokio-postgres resolves host names on a helper
+//!    thread that lingers for seconds; `fork_safe` resolves them on the
+//!    calling thread before connecting.
+//!
+//! # Errors and broken connections
+//!
+//! A connect that fails returns [`Error::Connect`] with the server's message
+//! and SQLSTATE (for example `53300` when slots run out); nothing panics.
+//! A statement error of class 08 or 57P01/57P02/57P03/57P05 discards the
+//! connection, and the next access reconnects. With health checks on, a
+//! reused connection is validated before its first use in each task and
+//! replaced transparently if the server has dropped it.
+
+#![warn(missing_docs)]
+
+#[cfg(feature = "cluster")]
+pub mod cluster;
+mod config;
+mod conn;
+mod error;
+pub mod fork;
+mod local;
+pub mod pool;
+mod registry;
+mod socket;
+mod spin;
+pub mod thread;
+
+pub use config::{Database, MaxAge};
+pub use error::Error;
+pub use fork::{Fork, ForkError, fork, install_atfork_handlers, ready_to_fork};
+pub use local::{close_all, close_old, thread_open_count, with_client, with_client_for};
+pub use pool::ThreadPool;
+pub use registry::{Stats, ThreadStats, stats};
+pub use thread::CloseOnExit;
+
+/// Configures the process's databases, replacing any earlier configuration.
+///
+/// The first database is the one [`with_client`] uses; call it `"default"`.
+/// Forked children keep the configuration.
+///
+/// # Errors
+///
+/// - [`Error::NotConfigured`] if `databases` is empty;
+/// - [`Error::Config`] if two databases share an alias;
+/// - [`Error::Busy`] if connections are open anywhere in the process (close
+///   them first: a configuration change never strands a live connection).
+pub fn configure<I>(databases: I) -> Result<(), Error>
+where
+    I: IntoIterator<Item = Database>,
+{
+    registry::configure(databases.into_iter().collect())
+}
+
+/// Sets the role in the `application_name` of connections opened from now
+/// on: `prefork:<role>:<pid>`. Default: `app`.
+///
+/// The prefork launcher uses `master`, `worker` and `cli`, so every backend
+/// in `pg_stat_activity` can be traced to its process.
+pub fn set_role(role: &str) {
+    registry::set_role(role);
+}

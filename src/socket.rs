@@ -1,0 +1,107 @@
+//! The socket behind each connection, so a forked child can let go of it.
+//!
+//! `postgres::Client` does not expose its socket. We find it by listing the
+//! process's sockets (`/proc/self/fd`, by fd and inode) before and after the
+//! connect: when exactly one socket appeared, it is ours. When another
+//! thread opened a socket at the same moment the answer is ambiguous and we
+//! record nothing; the connection is then protected by its owner pid alone.
+//!
+//! Known sockets go into a fixed table of atomics, each entry tagged with the
+//! pid that registered it. The `pthread_atfork` child handler walks the table
+//! with async-signal-safe calls only, and points every socket of its parent
+//! at `/dev/null` (`dup3`, keeping close-on-exec). The child then holds no
+//! reference to the parent's sessions: a write goes nowhere, and when the
+//! parent dies the server sees the socket close even while the child lives.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// More connections than this in one process still work; their sockets are
+/// just not pointed at /dev/null in a child.
+const SLOTS: usize = 1024;
+
+const EMPTY: u64 = 0;
+
+static TABLE: [AtomicU64; SLOTS] = [const { AtomicU64::new(EMPTY) }; SLOTS];
+
+/// The sockets open in this process, as (fd, inode) pairs.
+pub(crate) fn snapshot() -> Vec<(i32, u64)> {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let fd: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let link = fs::read_link(entry.path()).ok()?;
+        let inode = link.to_str()?.strip_prefix("socket:[")?;
+        let inode = inode.strip_suffix(']')?.parse().ok()?;
+        Some((fd, inode))
+    })
+    .collect()
+}
+
+/// The single socket that appeared since `before`, if there is exactly one.
+pub(crate) fn appeared_since(before: &[(i32, u64)]) -> Option<i32> {
+    let mut new = snapshot().into_iter().filter(|s| !before.contains(s));
+    match (new.next(), new.next()) {
+        (Some((fd, inode)), None) if still_same(fd, inode) => Some(fd),
+        _ => None,
+    }
+}
+
+fn still_same(fd: i32, inode: u64) -> bool {
+    fs::metadata(format!("/proc/self/fd/{fd}")).is_ok_and(|m| m.ino() == inode)
+}
+
+fn pack(pid: u32, fd: i32) -> u64 {
+    (u64::from(pid) << 32) | u64::from(fd as u32)
+}
+
+/// Remembers `fd` as a connection socket of this process; returns the slot
+/// to pass to [`unregister`], or `None` if the table is full.
+pub(crate) fn register(fd: i32) -> Option<usize> {
+    let entry = pack(std::process::id(), fd);
+    TABLE.iter().position(|slot| {
+        slot.compare_exchange(EMPTY, entry, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    })
+}
+
+/// Forgets a socket before its connection closes it.
+pub(crate) fn unregister(slot: usize) {
+    TABLE[slot].store(EMPTY, Ordering::Release);
+}
+
+/// Points every socket the parent registered at /dev/null, and empties the
+/// table. Runs in the atfork child handler: async-signal-safe calls only
+/// (`getppid`, `open`, `dup3`, `close`, atomics), no allocation, no locks.
+pub(crate) fn neutralise_inherited() {
+    // SAFETY: getppid has no preconditions and is async-signal-safe.
+    let parent = unsafe { libc::getppid() } as u32;
+    let mut devnull = -1;
+    for slot in &TABLE {
+        let entry = slot.swap(EMPTY, Ordering::AcqRel);
+        if entry == EMPTY || (entry >> 32) as u32 != parent {
+            // Empty, or a stale entry of an older generation whose fd number
+            // may since have been reused: leave that fd alone.
+            continue;
+        }
+        let fd = entry as u32 as i32;
+        if devnull < 0 {
+            // SAFETY: the path is a NUL-terminated literal; open is
+            // async-signal-safe.
+            devnull = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+            if devnull < 0 {
+                return;
+            }
+        }
+        // SAFETY: both fds are open in this process; dup3 atomically
+        // replaces `fd` and is a plain system call.
+        unsafe { libc::dup3(devnull, fd, libc::O_CLOEXEC) };
+    }
+    if devnull >= 0 {
+        // SAFETY: we opened `devnull` above and nothing else refers to it.
+        unsafe { libc::close(devnull) };
+    }
+}
