@@ -53,7 +53,7 @@ pub fn main(
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
-        eprintln!("test {name} ...");
+        eprintln!("running {name}");
         let started = Instant::now();
         match panic::catch_unwind(AssertUnwindSafe(|| test(&mut ctx))) {
             Ok(()) => {
