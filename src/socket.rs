@@ -2,9 +2,12 @@
 //!
 //! `postgres::Client` does not expose its socket. We find it by listing the
 //! process's sockets (`/proc/self/fd`, by fd and inode) before and after the
-//! connect: when exactly one socket appeared, it is ours. When another
-//! thread opened a socket at the same moment the answer is ambiguous and we
-//! record nothing; the connection is then protected by its owner pid alone.
+//! connect. A candidate must be a new socket (an inode not seen before: each
+//! tokio runtime `dup`s the signal driver's socketpair, which is not new)
+//! connected to a named peer (a server address, not a socketpair). When
+//! exactly one candidate remains, it is ours. When another thread connected
+//! at the same moment the answer is ambiguous and we record nothing; the
+//! connection is then protected by its owner pid alone.
 //!
 //! Known sockets go into a fixed table of atomics, each entry tagged with the
 //! pid that registered it. The `pthread_atfork` child handler walks the table
@@ -41,13 +44,27 @@ pub(crate) fn snapshot() -> Vec<(i32, u64)> {
     .collect()
 }
 
-/// The single socket that appeared since `before`, if there is exactly one.
+/// The single new server connection since `before`, if there is exactly one.
 pub(crate) fn appeared_since(before: &[(i32, u64)]) -> Option<i32> {
-    let mut new = snapshot().into_iter().filter(|s| !before.contains(s));
+    let mut new = snapshot()
+        .into_iter()
+        .filter(|(_, inode)| !before.iter().any(|(_, old)| old == inode))
+        .filter(|(fd, _)| has_named_peer(*fd));
     match (new.next(), new.next()) {
         (Some((fd, inode)), None) if still_same(fd, inode) => Some(fd),
         _ => None,
     }
+}
+
+/// Whether `fd` is connected to an address (TCP, or a Unix socket path or
+/// abstract name), as a server connection is; a socketpair's peer has none.
+fn has_named_peer(fd: i32) -> bool {
+    // SAFETY: all-zero bytes are a valid sockaddr_storage.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` describe a writable buffer of `len` bytes.
+    let rc = unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &mut len) };
+    rc == 0 && len as usize > std::mem::size_of::<libc::sa_family_t>()
 }
 
 fn still_same(fd: i32, inode: u64) -> bool {
