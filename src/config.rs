@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::config::Host;
@@ -64,7 +65,7 @@ impl FromStr for MaxAge {
 /// are off.
 #[derive(Clone)]
 pub struct Database {
-    alias: String,
+    alias: Arc<str>,
     pg: postgres::Config,
     max_age: MaxAge,
     max_idle: Option<Duration>,
@@ -109,7 +110,7 @@ impl Database {
             .map_err(|e| config_error(format!("invalid connection string: {e}")))?;
         let application_name = pg.get_application_name().map(str::to_owned);
         Ok(Database {
-            alias: alias.to_owned(),
+            alias: Arc::from(alias),
             pg,
             max_age: MaxAge::After(Duration::from_secs(30 * 60)),
             max_idle: Some(Duration::from_secs(10 * 60)),
@@ -168,6 +169,10 @@ impl Database {
     /// The alias this database is configured under.
     pub fn alias(&self) -> &str {
         &self.alias
+    }
+
+    pub(crate) fn alias_arc(&self) -> Arc<str> {
+        self.alias.clone()
     }
 
     /// The lifetime rule of its connections.

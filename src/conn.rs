@@ -41,7 +41,7 @@ impl Conn {
         let before = socket::snapshot();
         let client = db.connect(role)?;
         let socket_slot = socket::appeared_since(&before).and_then(socket::register);
-        let alias: Arc<str> = Arc::from(db.alias());
+        let alias = db.alias_arc();
         let id = registry::opened(alias.clone());
         let now = Instant::now();
         log::debug!("opened connection {id} to {alias:?}");

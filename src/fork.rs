@@ -171,6 +171,7 @@ pub fn install_atfork_handlers() {
 }
 
 extern "C" fn prepare() {
+    socket::before_fork();
     registry::lock_for_fork();
 }
 

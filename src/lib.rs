@@ -104,6 +104,7 @@ mod conn;
 mod error;
 pub mod fork;
 mod local;
+mod oneshot;
 pub mod pool;
 mod registry;
 mod socket;

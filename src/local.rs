@@ -197,14 +197,14 @@ fn checkout(alias: Option<&str>) -> Result<Lease, Error> {
             Some(i) => Some(local.conns.swap_remove(i)),
             None => None,
         };
-        local.lent.push(Arc::from(alias));
+        local.lent.push(db.alias_arc());
         Ok((db, existing))
     })?;
     // From here on the alias is marked as lent: the lease un-marks it on
     // every path, including errors and panics below.
     let mut lease = Lease {
         conn: None,
-        alias: Arc::from(db.alias()),
+        alias: db.alias_arc(),
     };
     lease.conn = existing.and_then(revalidate);
     if lease.conn.is_none() {
@@ -288,27 +288,41 @@ pub fn close_all() {
 /// It also closes connections left behind by threads that ended without
 /// closing theirs.
 pub fn close_old() {
-    let conns = LOCAL.with(|local| std::mem::take(&mut local.borrow_mut().conns));
-    let mut kept = Vec::with_capacity(conns.len());
-    for mut conn in conns {
+    // Sort out, under the borrow and without I/O, the connections that need
+    // work; the common case (all fine) allocates nothing.
+    let retired = LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        let mut retired = Vec::new();
+        let mut i = 0;
+        while i < local.conns.len() {
+            let conn = &mut local.conns[i];
+            if conn.is_own() && !conn.needs_rollback && conn.expiry().is_none() {
+                conn.reused = true;
+                i += 1;
+            } else {
+                retired.push(local.conns.swap_remove(i));
+            }
+        }
+        retired
+    });
+    for mut conn in retired {
+        // Foreign connections (inherited by a fork) are dropped unused, which
+        // forgets them; expired ones are closed.
         if !conn.is_own() {
             continue;
-        }
-        if conn.needs_rollback && conn.expiry().is_none() {
-            conn.needs_rollback = false;
-            if let Err(e) = conn.client().batch_execute("ROLLBACK") {
-                log::debug!("closing {:?}: rollback failed: {e}", conn.alias());
-                continue;
-            }
         }
         if let Some(reason) = conn.expiry() {
             log::trace!("closing {:?}: {reason}", conn.alias());
             continue;
         }
+        conn.needs_rollback = false;
+        if let Err(e) = conn.client().batch_execute("ROLLBACK") {
+            log::debug!("closing {:?}: rollback failed: {e}", conn.alias());
+            continue;
+        }
         conn.reused = true;
-        kept.push(conn);
+        LOCAL.with(|local| local.borrow_mut().conns.push(conn));
     }
-    LOCAL.with(|local| local.borrow_mut().conns.extend(kept));
     drop(registry::take_orphans());
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::local::close_old;
+use crate::oneshot;
 use crate::thread::CloseOnExit;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -207,11 +208,11 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = oneshot::channel();
         self.send(Box::new(move || {
             let outcome = panic::catch_unwind(AssertUnwindSafe(f)).map_err(panic_message);
             // The submitter may have dropped its handle; that is fine.
-            let _ = tx.send(outcome);
+            tx.send(outcome);
         }));
         TaskHandle { rx }
     }
@@ -289,9 +290,14 @@ impl Drop for ThreadPool {
 
 /// The eventual result of a task submitted with [`ThreadPool::submit`].
 #[must_use = "dropping the handle discards the task's result"]
-#[derive(Debug)]
 pub struct TaskHandle<T> {
-    rx: Receiver<Result<T, String>>,
+    rx: oneshot::Receiver<Result<T, String>>,
+}
+
+impl<T> fmt::Debug for TaskHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle").finish_non_exhaustive()
+    }
 }
 
 impl<T> TaskHandle<T> {
@@ -318,8 +324,8 @@ impl<T> TaskHandle<T> {
     pub fn try_join(self) -> Result<T, Result<TaskHandle<T>, TaskError>> {
         match self.rx.try_recv() {
             Ok(outcome) => outcome.map_err(|m| Err(TaskError::Panicked(m))),
-            Err(crossbeam_channel::TryRecvError::Empty) => Err(Ok(self)),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => Err(Err(TaskError::Lost)),
+            Err(oneshot::RecvError::Empty) => Err(Ok(self)),
+            Err(oneshot::RecvError::Dropped) => Err(Err(TaskError::Lost)),
         }
     }
 }

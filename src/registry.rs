@@ -8,7 +8,7 @@
 //! clean, without ever touching the parent's clients.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::ThreadId;
 
 use crate::config::Database;
@@ -49,6 +49,10 @@ static STATE: SpinLock<State> = SpinLock::new(State {
     next_id: 0,
 });
 
+/// How many orphans wait in the state: lets `take_orphans` (run after every
+/// pool task) skip the lock in the common case of none.
+static ORPHANS: AtomicUsize = AtomicUsize::new(0);
+
 /// Bumped by every `configure`, so threads can cache the database list and
 /// notice a change with one relaxed load.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -64,6 +68,7 @@ fn state() -> SpinGuard<'static, State> {
         state.pid = pid;
         state.records.clear();
         std::mem::forget(std::mem::take(&mut state.orphans));
+        ORPHANS.store(0, Ordering::Release);
     }
     state
 }
@@ -144,16 +149,19 @@ pub(crate) fn adopt_orphans(conns: Vec<Conn>) {
         }
     }
     state.orphans.extend(conns);
+    ORPHANS.store(state.orphans.len(), Ordering::Release);
 }
 
 /// Takes the orphaned connections, for the caller to close outside the lock.
 pub(crate) fn take_orphans() -> Vec<Conn> {
-    let mut state = state();
-    if state.orphans.is_empty() {
-        Vec::new()
-    } else {
-        std::mem::take(&mut state.orphans)
+    // A stale zero (an orphan adopted a moment ago) only delays its closing
+    // to the next call.
+    if ORPHANS.load(Ordering::Acquire) == 0 {
+        return Vec::new();
     }
+    let mut state = state();
+    ORPHANS.store(0, Ordering::Release);
+    std::mem::take(&mut state.orphans)
 }
 
 /// Held by the `pthread_atfork` prepare handler so that no thread is inside

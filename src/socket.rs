@@ -18,7 +18,7 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// More connections than this in one process still work; their sockets are
 /// just not pointed at /dev/null in a child.
@@ -27,6 +27,11 @@ const SLOTS: usize = 1024;
 const EMPTY: u64 = 0;
 
 static TABLE: [AtomicU64; SLOTS] = [const { AtomicU64::new(EMPTY) }; SLOTS];
+
+/// The pid of the process that is forking, written by the atfork prepare
+/// handler. The child cannot use `getppid()` instead: if the parent exits
+/// before the child's handler runs, the child is already re-parented.
+static FORKING_PID: AtomicU32 = AtomicU32::new(0);
 
 /// The sockets open in this process, as (fd, inode) pairs.
 pub(crate) fn snapshot() -> Vec<(i32, u64)> {
@@ -90,12 +95,16 @@ pub(crate) fn unregister(slot: usize) {
     TABLE[slot].store(EMPTY, Ordering::Release);
 }
 
+/// Notes the pid about to fork; runs in the atfork prepare handler.
+pub(crate) fn before_fork() {
+    FORKING_PID.store(std::process::id(), Ordering::Release);
+}
+
 /// Points every socket the parent registered at /dev/null, and empties the
 /// table. Runs in the atfork child handler: async-signal-safe calls only
-/// (`getppid`, `open`, `dup3`, `close`, atomics), no allocation, no locks.
+/// (`open`, `dup3`, `close`, atomics), no allocation, no locks.
 pub(crate) fn neutralise_inherited() {
-    // SAFETY: getppid has no preconditions and is async-signal-safe.
-    let parent = unsafe { libc::getppid() } as u32;
+    let parent = FORKING_PID.load(Ordering::Acquire);
     let mut devnull = -1;
     for slot in &TABLE {
         let entry = slot.swap(EMPTY, Ordering::AcqRel);
