@@ -98,6 +98,7 @@ impl Builder {
             settings: self.settings,
             durable: self.durable,
             server: None,
+            owner_pid: std::process::id(),
         };
         cluster.initdb()?;
         cluster.start_server()?;
@@ -105,7 +106,8 @@ impl Builder {
     }
 }
 
-/// A running throwaway cluster; stopped and deleted on drop.
+/// A running throwaway cluster; stopped and deleted on drop by the process
+/// that started it (a forked child's drop leaves it alone).
 #[derive(Debug)]
 pub struct TempCluster {
     bin: PathBuf,
@@ -114,6 +116,9 @@ pub struct TempCluster {
     settings: Vec<(String, String)>,
     durable: bool,
     server: Option<Child>,
+    /// Only this process stops and removes the cluster: a forked child's
+    /// copy is inert.
+    owner_pid: u32,
 }
 
 /// The superuser the clusters are created with.
@@ -312,6 +317,13 @@ impl TempCluster {
 
 impl Drop for TempCluster {
     fn drop(&mut self) {
+        if self.owner_pid != std::process::id() {
+            // A forked child's copy: the server and files are the parent's.
+            if let Some(server) = self.server.take() {
+                std::mem::forget(server);
+            }
+            return;
+        }
         self.stop_server();
         let _ = fs::remove_dir_all(&self.dir);
     }
