@@ -106,6 +106,7 @@ pub mod fork;
 mod local;
 mod oneshot;
 pub mod pool;
+pub mod prefork;
 mod registry;
 mod socket;
 mod spin;

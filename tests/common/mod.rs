@@ -74,6 +74,54 @@ pub fn main(
     std::process::exit(if failed == 0 { 0 } else { 1 })
 }
 
+/// Logs to stderr with the pid, for child processes whose stderr the tests
+/// read. Level from `FORK_SAFE_TEST_LOG` (default: info).
+pub fn init_logger() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            if self.enabled(record.metadata()) {
+                eprintln!(
+                    "[{} {}] {}",
+                    std::process::id(),
+                    record.level(),
+                    record.args()
+                );
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    let level = match std::env::var("FORK_SAFE_TEST_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("warn") => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Starts this test binary as a child running `name` with extra
+/// environment, its stderr going to `log`.
+pub fn spawn_child(
+    name: &str,
+    url: &str,
+    env: &[(&str, String)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CHILD_ENV, name).env(URL_ENV, url);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stderr(std::fs::File::create(log).unwrap());
+    cmd.spawn().expect("re-running the test binary")
+}
+
 /// Re-runs this test binary as a child running `name`; returns its status.
 pub fn run_child(name: &str, url: &str) -> ExitStatus {
     Command::new(std::env::current_exe().unwrap())

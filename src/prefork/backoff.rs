@@ -1,0 +1,68 @@
+//! When to start a worker slot's next child after its last one died.
+//!
+//! The first death restarts at once. A child that dies young (before
+//! [`YOUNG`]) again and again is restarted after an exponentially growing
+//! delay, capped, so a crash loop neither spins the CPU nor kills the
+//! master. A child that lives long enough resets the slot.
+
+use std::time::Duration;
+
+/// A child that dies before this age, or before it is ready, "died young".
+pub(crate) const YOUNG: Duration = Duration::from_secs(2);
+const BASE: Duration = Duration::from_millis(100);
+const CAP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Backoff {
+    /// Consecutive young deaths in this slot.
+    pub(crate) young_deaths: u32,
+}
+
+impl Backoff {
+    /// Records a death; returns how long to wait before respawning.
+    pub(crate) fn on_death(&mut self, lifetime: Duration, was_ready: bool) -> Duration {
+        if was_ready && lifetime >= YOUNG {
+            self.young_deaths = 0;
+            return Duration::ZERO;
+        }
+        self.young_deaths += 1;
+        match self.young_deaths {
+            1 => Duration::ZERO,
+            n => BASE.saturating_mul(1 << (n - 2).min(16)).min(CAP),
+        }
+    }
+
+    /// A child of this slot has lived long enough: forget past deaths.
+    pub(crate) fn reset(&mut self) {
+        self.young_deaths = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_death_is_immediate_then_doubles_to_a_cap() {
+        let mut b = Backoff::default();
+        let young = Duration::from_millis(10);
+        let delays: Vec<_> = (0..8).map(|_| b.on_death(young, true)).collect();
+        assert_eq!(delays[0], Duration::ZERO);
+        assert_eq!(delays[1], Duration::from_millis(100));
+        assert_eq!(delays[2], Duration::from_millis(200));
+        assert_eq!(delays[7], CAP);
+        assert_eq!(b.young_deaths, 8);
+    }
+
+    #[test]
+    fn a_long_life_resets() {
+        let mut b = Backoff::default();
+        b.on_death(Duration::ZERO, false);
+        b.on_death(Duration::ZERO, false);
+        assert_eq!(b.on_death(Duration::from_secs(60), true), Duration::ZERO);
+        assert_eq!(b.young_deaths, 0);
+        // Never becoming ready is young whatever the age (boot timeout).
+        assert_eq!(b.on_death(Duration::from_secs(60), false), Duration::ZERO);
+        assert_eq!(b.young_deaths, 1);
+    }
+}

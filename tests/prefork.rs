@@ -1,0 +1,590 @@
+//! The prefork master in real processes: the test binary re-runs itself as
+//! a master (the library API with a test app, configured through the
+//! environment), and the tests signal it and its children and read the
+//! fleet from /proc and pg_stat_activity.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::{Ctx, Observer};
+use fork_safe::prefork::{App, BoxError, ChildInfo, Prefork, Worker};
+use fork_safe::{Database, MaxAge};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn configure(url: &str) {
+    fork_safe::configure([Database::new("default", url)
+        .unwrap()
+        .max_age(MaxAge::Forever)])
+    .unwrap();
+}
+
+fn main() {
+    common::main(
+        fork_safe::cluster::Builder::new(),
+        configure,
+        &[
+            ("children_are_named_and_ready", named),
+            (
+                "sigkill_of_a_child_is_replaced_and_its_backend_ended",
+                kill_child,
+            ),
+            (
+                "twenty_kills_in_two_seconds_back_off_then_recover",
+                crash_loop,
+            ),
+            ("crash_limit_exits_non_zero", crash_limit),
+            ("term_finishes_in_flight_tasks_and_exits_zero", graceful),
+            ("sigkill_of_the_master_takes_the_fleet_down", master_killed),
+            ("hup_replaces_every_child_without_failing_a_task", reload),
+            ("ttin_and_ttou_change_the_fleet_size", scale),
+            ("max_requests_recycles_children", max_requests),
+            ("timeout_kills_a_child_stuck_in_a_task", stuck),
+            ("boot_timeout_kills_a_hung_child", hung_boot),
+        ],
+        &[("master", master_main)],
+    )
+}
+
+// ---- the master process -------------------------------------------------
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+struct TestApp {
+    task_ms: u64,
+    stuck: bool,
+    hang_boot: bool,
+    fail_boot: bool,
+}
+
+impl App for TestApp {
+    fn init_child(&self, _: &ChildInfo) -> Result<(), BoxError> {
+        if self.fail_boot {
+            return Err("configured to fail".into());
+        }
+        if self.hang_boot {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        Ok(())
+    }
+
+    fn run_worker(&self, worker: &Worker) {
+        let pid = std::process::id() as i32;
+        let secs = self.task_ms as f64 / 1000.0;
+        while !worker.stopping() {
+            if self.stuck {
+                worker.task("stuck task", || {
+                    std::thread::sleep(Duration::from_secs(3600))
+                });
+            }
+            worker.task("sleepy task", || {
+                let outcome = fork_safe::with_client(|c| {
+                    let id: i32 = c
+                        .query_one(
+                            "INSERT INTO tasks (pid, state) VALUES ($1, 'started') RETURNING id",
+                            &[&pid],
+                        )?
+                        .get(0);
+                    c.execute("SELECT pg_sleep($1)", &[&secs])?;
+                    c.execute("UPDATE tasks SET state = 'finished' WHERE id = $1", &[&id])
+                });
+                if let Err(e) = outcome {
+                    log::error!("task failed: {e}");
+                    let _ = fork_safe::with_client(|c| {
+                        c.execute(
+                            "INSERT INTO tasks (pid, state) VALUES ($1, 'failed')",
+                            &[&pid],
+                        )
+                    });
+                }
+            });
+        }
+    }
+}
+
+fn master_main(_url: &str) -> i32 {
+    common::init_logger();
+    let secs = |name| env_u64(name).map(Duration::from_secs);
+    let fleet = Prefork::new()
+        .procs(env_u64("PF_PROCS").unwrap_or(2) as usize)
+        .threads(env_u64("PF_THREADS").unwrap_or(2) as usize)
+        .timeout(secs("PF_TIMEOUT"))
+        .boot_timeout(secs("PF_BOOT_TIMEOUT").unwrap_or(Duration::from_secs(30)))
+        .graceful_timeout(secs("PF_GRACEFUL_TIMEOUT").unwrap_or(Duration::from_secs(30)))
+        .max_requests(env_u64("PF_MAX_REQUESTS"), 0)
+        .crash_limit(env_u64("PF_CRASH_LIMIT").map(|n| n as u32));
+    let app = TestApp {
+        task_ms: env_u64("PF_TASK_MS").unwrap_or(100),
+        stuck: std::env::var("PF_STUCK").is_ok(),
+        hang_boot: std::env::var("PF_HANG_BOOT").is_ok(),
+        fail_boot: std::env::var("PF_FAIL_BOOT").is_ok(),
+    };
+    match fleet.run(app) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("master: {e}");
+            1
+        }
+    }
+}
+
+// ---- helpers --------------------------------------------------------------
+
+struct Fleet {
+    master: Child,
+    log: PathBuf,
+}
+
+impl Fleet {
+    fn start(ctx: &Ctx, env: &[(&str, &str)]) -> Fleet {
+        let mut obs = Observer::new(&ctx.url);
+        obs.client()
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS tasks (id serial PRIMARY KEY, pid int, state text);
+                 TRUNCATE tasks",
+            )
+            .unwrap();
+        let log = std::env::temp_dir().join(format!("fork_safe-master-{}.log", std::process::id()));
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let master = common::spawn_child("master", &ctx.url, &env, &log);
+        Fleet { master, log }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.master.id() as i32)
+    }
+
+    /// Live (non-zombie) children of the master.
+    fn children(&self) -> Vec<Pid> {
+        children_of(self.pid())
+            .into_iter()
+            .filter(|(_, state)| *state != 'Z')
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    fn wait_children(&self, n: usize, within: Duration) -> Vec<Pid> {
+        let deadline = Instant::now() + within;
+        loop {
+            let children = self.children();
+            if children.len() == n || Instant::now() > deadline {
+                assert_eq!(children.len(), n, "fleet size; log:\n{}", self.log_text());
+                return children;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the log has `needle` `count` times.
+    fn wait_log(&self, needle: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "log never had {count} x {needle:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// No child stays a zombie: one seen as Z must be gone shortly after
+    /// (the master reaps on every wake-up, at least every 100 ms).
+    fn assert_no_zombies(&self) {
+        for (pid, state) in children_of(self.pid()) {
+            if state == 'Z' {
+                std::thread::sleep(Duration::from_millis(300));
+                let still = children_of(self.pid())
+                    .iter()
+                    .any(|(p, s)| *p == pid && *s == 'Z');
+                assert!(!still, "child {pid} left a zombie");
+            }
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap();
+    }
+
+    /// Sends TERM and waits for the master to exit; returns its code.
+    fn stop(mut self) -> Option<i32> {
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let status = wait_exit(&mut self.master, Duration::from_secs(30));
+        let _ = fs::remove_file(&self.log);
+        status
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("master did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// (pid, state) of every process whose parent is `parent`.
+fn children_of(parent: Pid) -> Vec<(Pid, char)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let mut fields = rest.split(' ');
+            let state = fields.next()?.chars().next()?;
+            let ppid: i32 = fields.next()?.parse().ok()?;
+            (ppid == parent.as_raw()).then_some((Pid::from_raw(pid), state))
+        })
+        .collect()
+}
+
+fn alive(pid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
+        .is_some_and(|state| state != 'Z')
+}
+
+fn count_tasks(obs: &mut Observer, state: &str) -> i64 {
+    obs.client()
+        .query_one("SELECT count(*) FROM tasks WHERE state = $1", &[&state])
+        .unwrap()
+        .get(0)
+}
+
+fn fleet_backends(obs: &mut Observer) -> i64 {
+    obs.client()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:%'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn wait_fleet_backends(obs: &mut Observer, want: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = fleet_backends(obs);
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---- tests ----------------------------------------------------------------
+
+fn named(ctx: &mut Ctx) {
+    let fleet = Fleet::start(ctx, &[("PF_PROCS", "3")]);
+    fleet.wait_log("ready in", 3, Duration::from_secs(10));
+    let children = fleet.wait_children(3, Duration::from_secs(5));
+    let mut titles: Vec<String> = children
+        .iter()
+        .map(|pid| {
+            let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            String::from_utf8_lossy(&raw)
+                .trim_end_matches('\0')
+                .to_owned()
+        })
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "prefork: worker 1",
+            "prefork: worker 2",
+            "prefork: worker 3"
+        ]
+    );
+    let raw = fs::read(format!("/proc/{}/cmdline", fleet.pid())).unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("prefork: master"));
+    assert_eq!(fleet.stop(), Some(0));
+}
+
+fn kill_child(ctx: &mut Ctx) {
+    let mut obs = Observer::new(&ctx.url);
+    // Long tasks: a killed child's backend is busy in pg_sleep and would
+    // outlive it by seconds unless the master ends it.
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "3"),
+            ("PF_THREADS", "1"),
+            ("PF_TASK_MS", "20000"),
+        ],
+    );
+    let before = fleet.wait_children(3, Duration::from_secs(10));
+    fleet.wait_log("ready in", 3, Duration::from_secs(10));
+    let victim = before[0];
+    let name = format!("prefork:worker:{victim}");
+    assert_eq!(obs.wait_for(&name, 1), 1, "the victim's task is running");
+    kill(victim, Signal::SIGKILL).unwrap();
+    let after = fleet.wait_children(3, Duration::from_secs(5));
+    assert!(!after.contains(&victim));
+    fleet.assert_no_zombies();
+    assert_eq!(
+        obs.wait_for(&name, 0),
+        0,
+        "the dead child's backend was ended"
+    );
+    fleet.wait_log("left by dead children", 1, Duration::from_secs(5));
+    let _ = kill(fleet.pid(), Signal::SIGQUIT);
+    let mut fleet = fleet;
+    assert_eq!(
+        wait_exit(&mut fleet.master, Duration::from_secs(30)),
+        Some(0)
+    );
+}
+
+fn crash_loop(ctx: &mut Ctx) {
+    let fleet = Fleet::start(
+        ctx,
+        &[("PF_PROCS", "2"), ("PF_THREADS", "1"), ("PF_TASK_MS", "50")],
+    );
+    fleet.wait_children(2, Duration::from_secs(10));
+    let started = Instant::now();
+    let mut kills = 0;
+    while kills < 20 && started.elapsed() < Duration::from_secs(2) {
+        for pid in fleet.children() {
+            if kills < 20 && kill(pid, Signal::SIGKILL).is_ok() {
+                kills += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("    {kills} kills in {:.1?}", started.elapsed());
+    assert!(kills >= 10, "too few children to kill: {kills}");
+    assert!(
+        fleet.log_text().contains("respawning too fast"),
+        "no backoff:\n{}",
+        fleet.log_text()
+    );
+    let mut fleet = fleet;
+    assert!(
+        fleet.master.try_wait().unwrap().is_none(),
+        "the master died"
+    );
+    // The backoff is capped at 5 s: the fleet is whole again soon after.
+    fleet.wait_children(2, Duration::from_secs(8));
+    fleet.assert_no_zombies();
+    assert_eq!(fleet.stop(), Some(0));
+}
+
+fn crash_limit(ctx: &mut Ctx) {
+    let mut fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "1"),
+            ("PF_FAIL_BOOT", "1"),
+            ("PF_CRASH_LIMIT", "3"),
+        ],
+    );
+    let code = wait_exit(&mut fleet.master, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "log:\n{}", fleet.log_text());
+    assert!(
+        fleet.log_text().contains("crash limit"),
+        "{}",
+        fleet.log_text()
+    );
+}
+
+fn graceful(ctx: &mut Ctx) {
+    let mut obs = Observer::new(&ctx.url);
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "2"),
+            ("PF_THREADS", "2"),
+            ("PF_TASK_MS", "700"),
+        ],
+    );
+    fleet.wait_children(2, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count_tasks(&mut obs, "started") < 4 {
+        assert!(Instant::now() < deadline, "tasks never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fleet.stop(), Some(0));
+    assert_eq!(
+        count_tasks(&mut obs, "started"),
+        0,
+        "an in-flight task was cut short"
+    );
+    assert_eq!(count_tasks(&mut obs, "failed"), 0);
+    assert!(count_tasks(&mut obs, "finished") >= 4);
+    assert_eq!(
+        wait_fleet_backends(&mut obs, 0),
+        0,
+        "backends left after exit"
+    );
+}
+
+fn master_killed(ctx: &mut Ctx) {
+    let mut obs = Observer::new(&ctx.url);
+    let mut fleet = Fleet::start(ctx, &[("PF_PROCS", "3"), ("PF_TASK_MS", "300")]);
+    let children = fleet.wait_children(3, Duration::from_secs(10));
+    fleet.wait_log("ready in", 3, Duration::from_secs(10));
+    fleet.master.kill().unwrap(); // SIGKILL
+    fleet.master.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let orphans: Vec<_> = children.iter().filter(|pid| alive(**pid)).collect();
+    assert!(
+        orphans.is_empty(),
+        "children outlived the master: {orphans:?}"
+    );
+    assert_eq!(
+        wait_fleet_backends(&mut obs, 0),
+        0,
+        "backends outlived the fleet"
+    );
+}
+
+fn reload(ctx: &mut Ctx) {
+    let mut obs = Observer::new(&ctx.url);
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "2"),
+            ("PF_THREADS", "2"),
+            ("PF_TASK_MS", "100"),
+        ],
+    );
+    let old = fleet.wait_children(2, Duration::from_secs(10));
+    fleet.wait_log("ready in", 2, Duration::from_secs(10));
+    fleet.signal(Signal::SIGHUP);
+    // Capacity never drops: at every sample at least 2 children are alive.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = fleet.children();
+        assert!(
+            now.len() >= 2,
+            "capacity dropped during the reload: {now:?}"
+        );
+        if now.len() == 2 && now.iter().all(|pid| !old.contains(pid)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload did not finish:\n{}",
+            fleet.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fleet.assert_no_zombies();
+    assert_eq!(fleet.stop(), Some(0));
+    assert_eq!(
+        count_tasks(&mut obs, "failed"),
+        0,
+        "a task failed during the reload"
+    );
+    assert_eq!(count_tasks(&mut obs, "started"), 0, "a task was cut short");
+}
+
+fn scale(ctx: &mut Ctx) {
+    let fleet = Fleet::start(ctx, &[("PF_PROCS", "2"), ("PF_THREADS", "1")]);
+    fleet.wait_children(2, Duration::from_secs(10));
+    fleet.signal(Signal::SIGTTIN);
+    fleet.wait_children(3, Duration::from_secs(5));
+    fleet.signal(Signal::SIGTTOU);
+    std::thread::sleep(Duration::from_millis(50));
+    fleet.signal(Signal::SIGTTOU);
+    fleet.wait_children(1, Duration::from_secs(10));
+    fleet.signal(Signal::SIGUSR1);
+    fleet.wait_log("open connections", 1, Duration::from_secs(5));
+    fleet.assert_no_zombies();
+    assert_eq!(fleet.stop(), Some(0));
+}
+
+fn max_requests(ctx: &mut Ctx) {
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "2"),
+            ("PF_THREADS", "1"),
+            ("PF_TASK_MS", "10"),
+            ("PF_MAX_REQUESTS", "20"),
+        ],
+    );
+    let first = fleet.wait_children(2, Duration::from_secs(10));
+    fleet.wait_log("will be recycled: max requests", 2, Duration::from_secs(15));
+    fleet.wait_log("replaced (max requests)", 2, Duration::from_secs(15));
+    let later = fleet.children();
+    assert!(
+        later.iter().any(|pid| !first.contains(pid)),
+        "no child was replaced"
+    );
+    fleet.assert_no_zombies();
+    assert_eq!(fleet.stop(), Some(0));
+}
+
+fn stuck(ctx: &mut Ctx) {
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "1"),
+            ("PF_THREADS", "2"),
+            ("PF_STUCK", "1"),
+            ("PF_TIMEOUT", "1"),
+        ],
+    );
+    let first = fleet.wait_children(1, Duration::from_secs(10));
+    fleet.wait_log("stuck in task \"stuck task\"", 1, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet.children().first() == first.first() {
+        assert!(Instant::now() < deadline, "stuck child not replaced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fleet.assert_no_zombies();
+    let _ = kill(fleet.pid(), Signal::SIGQUIT);
+    let mut fleet = fleet;
+    assert_eq!(
+        wait_exit(&mut fleet.master, Duration::from_secs(30)),
+        Some(0)
+    );
+}
+
+fn hung_boot(ctx: &mut Ctx) {
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "1"),
+            ("PF_HANG_BOOT", "1"),
+            ("PF_BOOT_TIMEOUT", "1"),
+        ],
+    );
+    let first = fleet.wait_children(1, Duration::from_secs(10));
+    fleet.wait_log("boot timeout", 1, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet.children().first() == first.first() {
+        assert!(Instant::now() < deadline, "hung child not replaced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fleet.assert_no_zombies();
+    let _ = kill(fleet.pid(), Signal::SIGQUIT);
+    let mut fleet = fleet;
+    assert_eq!(
+        wait_exit(&mut fleet.master, Duration::from_secs(30)),
+        Some(0)
+    );
+}
