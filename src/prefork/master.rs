@@ -87,8 +87,8 @@ struct Master<A: App> {
     slots: Vec<Slot>,
     target: usize,
     phase: Phase,
-    /// Pids of children that died abruptly, whose backends must be ended.
-    leftovers: Vec<Pid>,
+    /// Children that died abruptly, whose backends must be ended, and when.
+    leftovers: Vec<(Pid, Instant)>,
     use_database: bool,
     outcome: Result<(), PreforkError>,
     rng: u64,
@@ -149,7 +149,9 @@ impl<A: App> Master<A> {
                 self.check_recycling(now);
                 self.shape(now)?;
             }
-            self.end_leftover_backends();
+            if self.leftovers_due(now) {
+                self.end_leftover_backends();
+            }
             self.wait(now);
         }
     }
@@ -190,7 +192,7 @@ impl<A: App> Master<A> {
         // killed child's socket closes, but the server notices only when
         // the running statement ends).
         if !(clean && child.stop.is_some_and(|s| !s.abrupt)) {
-            self.leftovers.push(child.pid);
+            self.leftovers.push((child.pid, Instant::now()));
         }
         if requested {
             log::info!(
@@ -290,15 +292,18 @@ impl<A: App> Master<A> {
     fn check_recycling(&mut self, now: Instant) {
         let rss_limit = self.settings.reload_on_rss.map(|mb| mb * 1024 * 1024);
         for child in &mut self.children {
-            if !child.active() || child.retire.is_some() || child.ready_at.is_none() {
-                // A young child that lived long enough clears its slot's
-                // record of early deaths.
+            if child.stop.is_some() || child.ready_at.is_none() {
                 continue;
             }
+            // A child that has lived long enough clears its slot's record of
+            // young deaths.
             if now.duration_since(child.born) >= YOUNG {
                 if let Some(slot) = self.slots.get_mut(child.index - 1) {
                     slot.backoff.reset();
                 }
+            }
+            if child.replaces.is_some() || child.retire.is_some() {
+                continue;
             }
             let tasks = child.board.tasks.load(std::sync::atomic::Ordering::Relaxed);
             child.retire = if child.max_requests.is_some_and(|max| tasks >= max) {
@@ -374,6 +379,7 @@ impl<A: App> Master<A> {
                 source: e.into(),
             })?;
         let master = Pid::this();
+        let forking = Instant::now();
         match crate::fork::fork() {
             Ok(Fork::Child) => {
                 drop(ready_read);
@@ -393,6 +399,11 @@ impl<A: App> Master<A> {
                 )
             }
             Ok(Fork::Parent(pid)) => {
+                log::debug!(
+                    "worker {index}: fork took {:?}; pid {pid} exists at {}",
+                    forking.elapsed(),
+                    super::board::monotonic_nanos()
+                );
                 drop(ready_write);
                 let (max_requests, max_lifetime) = self.limits();
                 log::info!(
@@ -456,17 +467,32 @@ impl<A: App> Master<A> {
         self.rng
     }
 
+    /// Whether to end dead children's backends now. Not while a
+    /// replacement boots (up to 100 ms): the master's connect and query
+    /// would compete with it for the CPU and delay the respawn.
+    fn leftovers_due(&self, now: Instant) -> bool {
+        let Some(&(_, oldest)) = self.leftovers.first() else {
+            return false;
+        };
+        let booting = self
+            .children
+            .iter()
+            .any(|c| c.ready_at.is_none() && c.stop.is_none());
+        !booting || now.duration_since(oldest) >= Duration::from_millis(100)
+    }
+
     /// Ends the backends of children that died abruptly, so no lock holder
-    /// lingers "idle in transaction". Runs after any fork of this round,
-    /// and closes the master's connection again right away.
+    /// lingers "idle in transaction", and closes the master's connection
+    /// again right away (the next fork needs none open).
     fn end_leftover_backends(&mut self) {
         if self.leftovers.is_empty() {
             return;
         }
-        let pids = std::mem::take(&mut self.leftovers);
+        let pids: Vec<Pid> = self.leftovers.drain(..).map(|(pid, _)| pid).collect();
         if !self.use_database {
             return;
         }
+        let started = Instant::now();
         let names: Vec<String> = pids
             .iter()
             .map(|pid| format!("prefork:worker:{pid}"))
@@ -480,6 +506,7 @@ impl<A: App> Master<A> {
             Ok(rows.len())
         });
         crate::close_all();
+        log::debug!("leftover backend check took {:?}", started.elapsed());
         match ended {
             Ok(0) => {}
             Ok(n) => log::warn!("ended {n} backend(s) left by dead children {pids:?}"),
