@@ -107,6 +107,7 @@ mod local;
 mod oneshot;
 pub mod pool;
 pub mod prefork;
+pub mod queue;
 mod registry;
 mod socket;
 mod spin;

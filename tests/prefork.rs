@@ -150,6 +150,13 @@ impl Fleet {
                  TRUNCATE tasks",
             )
             .unwrap();
+        // Start clean even after a failed test: its fleet's children may
+        // still be finishing tasks.
+        assert_eq!(
+            wait_fleet_backends(&mut obs, 0),
+            0,
+            "an earlier fleet is still connected"
+        );
         let log = std::env::temp_dir().join(format!("fork_safe-master-{}.log", std::process::id()));
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let master = common::spawn_child("master", &ctx.url, &env, &log);
@@ -222,6 +229,25 @@ impl Fleet {
         let status = wait_exit(&mut self.master, Duration::from_secs(30));
         let _ = fs::remove_file(&self.log);
         status
+    }
+
+    /// Sends QUIT (fast stop) and waits for the master to exit.
+    fn quit(mut self) -> Option<i32> {
+        let _ = kill(self.pid(), Signal::SIGQUIT);
+        wait_exit(&mut self.master, Duration::from_secs(30))
+    }
+}
+
+impl Drop for Fleet {
+    /// A test that fails half-way must not leave its fleet running.
+    fn drop(&mut self) {
+        if self.master.try_wait().ok().flatten().is_none() {
+            for child in self.children() {
+                let _ = kill(child, Signal::SIGKILL);
+            }
+            let _ = self.master.kill();
+            let _ = self.master.wait();
+        }
     }
 }
 
@@ -340,6 +366,12 @@ fn kill_child(ctx: &mut Ctx) {
     let name = format!("prefork:worker:{victim}");
     assert_eq!(obs.wait_for(&name, 1), 1, "the victim's task is running");
     kill(victim, Signal::SIGKILL).unwrap();
+    // The victim can still be listed for a moment after the kill.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet.children().contains(&victim) {
+        assert!(Instant::now() < deadline, "the victim never died");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let after = fleet.wait_children(3, Duration::from_secs(5));
     assert!(!after.contains(&victim));
     fleet.assert_no_zombies();
@@ -348,13 +380,8 @@ fn kill_child(ctx: &mut Ctx) {
         0,
         "the dead child's backend was ended"
     );
-    fleet.wait_log("left by dead children", 1, Duration::from_secs(5));
-    let _ = kill(fleet.pid(), Signal::SIGQUIT);
-    let mut fleet = fleet;
-    assert_eq!(
-        wait_exit(&mut fleet.master, Duration::from_secs(30)),
-        Some(0)
-    );
+    fleet.wait_log("left by dead children", 1, Duration::from_secs(10));
+    assert_eq!(fleet.quit(), Some(0));
 }
 
 fn crash_loop(ctx: &mut Ctx) {
@@ -556,12 +583,7 @@ fn stuck(ctx: &mut Ctx) {
         std::thread::sleep(Duration::from_millis(20));
     }
     fleet.assert_no_zombies();
-    let _ = kill(fleet.pid(), Signal::SIGQUIT);
-    let mut fleet = fleet;
-    assert_eq!(
-        wait_exit(&mut fleet.master, Duration::from_secs(30)),
-        Some(0)
-    );
+    assert_eq!(fleet.quit(), Some(0));
 }
 
 fn hung_boot(ctx: &mut Ctx) {
@@ -581,10 +603,5 @@ fn hung_boot(ctx: &mut Ctx) {
         std::thread::sleep(Duration::from_millis(20));
     }
     fleet.assert_no_zombies();
-    let _ = kill(fleet.pid(), Signal::SIGQUIT);
-    let mut fleet = fleet;
-    assert_eq!(
-        wait_exit(&mut fleet.master, Duration::from_secs(30)),
-        Some(0)
-    );
+    assert_eq!(fleet.quit(), Some(0));
 }

@@ -15,7 +15,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use nix::unistd::Pid;
 
 use super::board::SharedBoard;
-use super::{App, ChildInfo, ChildShared, Settings, Worker, title};
+use super::{App, ChildInfo, ChildShared, Settings, Waker, Worker, title};
 
 /// Exit status of a child whose `init_child` failed.
 pub(crate) const EXIT_INIT_FAILED: i32 = 3;
@@ -60,16 +60,17 @@ pub(crate) fn run<A: App>(
         let _ = unsafe { sigaction(signal, &ignore) };
     }
 
+    let shared = Arc::new(ChildShared::new(board));
     let info = ChildInfo {
         index,
         threads: settings.threads,
+        waker: Waker(shared.clone()),
     };
     if let Err(e) = app.init_child(&info) {
         log::error!("worker {index}: init failed: {e}");
         std::process::exit(EXIT_INIT_FAILED);
     }
 
-    let shared = Arc::new(ChildShared::new(board));
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
     let mut threads = Vec::with_capacity(settings.threads);
     for w in 0..settings.threads {
@@ -77,6 +78,7 @@ pub(crate) fn run<A: App>(
             index: w,
             child: index,
             shared: shared.clone(),
+            seen: std::cell::Cell::new(0),
         };
         let app = app.clone();
         let done = Done(done_tx.clone(), w);

@@ -210,9 +210,12 @@ impl<A: App> Master<A> {
         let Some(slot) = self.slots.get_mut(child.index - 1) else {
             return;
         };
-        let delay = slot
-            .backoff
-            .on_death(lifetime, child.ready_at.is_some() && !child.faulted);
+        let did_work = child.board.tasks.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        let delay = slot.backoff.on_death(
+            lifetime,
+            child.ready_at.is_some() && !child.faulted,
+            did_work,
+        );
         slot.next_start = Instant::now() + delay;
         let deaths = slot.backoff.young_deaths;
         if !delay.is_zero() {
@@ -295,9 +298,10 @@ impl<A: App> Master<A> {
             if child.stop.is_some() || child.ready_at.is_none() {
                 continue;
             }
-            // A child that has lived long enough clears its slot's record of
-            // young deaths.
-            if now.duration_since(child.born) >= YOUNG {
+            // A child that has lived long enough, or finished a task, clears
+            // its slot's record of young deaths.
+            let tasks = child.board.tasks.load(std::sync::atomic::Ordering::Relaxed);
+            if now.duration_since(child.born) >= YOUNG || tasks > 0 {
                 if let Some(slot) = self.slots.get_mut(child.index - 1) {
                     slot.backoff.reset();
                 }
@@ -305,7 +309,6 @@ impl<A: App> Master<A> {
             if child.replaces.is_some() || child.retire.is_some() {
                 continue;
             }
-            let tasks = child.board.tasks.load(std::sync::atomic::Ordering::Relaxed);
             child.retire = if child.max_requests.is_some_and(|max| tasks >= max) {
                 Some("max requests")
             } else if child
@@ -490,6 +493,8 @@ impl<A: App> Master<A> {
         }
         let pids: Vec<Pid> = self.leftovers.drain(..).map(|(pid, _)| pid).collect();
         if !self.use_database {
+            let raw: Vec<u32> = pids.iter().map(|p| p.as_raw() as u32).collect();
+            self.app.children_lost(&raw);
             return;
         }
         let started = Instant::now();
@@ -505,6 +510,8 @@ impl<A: App> Master<A> {
             )?;
             Ok(rows.len())
         });
+        let raw: Vec<u32> = pids.iter().map(|p| p.as_raw() as u32).collect();
+        self.app.children_lost(&raw);
         crate::close_all();
         log::debug!("leftover backend check took {:?}", started.elapsed());
         match ended {

@@ -85,6 +85,16 @@ pub trait App: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Runs in the master after children died abruptly (killed, crashed, or
+    /// stopped fast), with their pids, once their leftover backends have
+    /// been ended. A job queue requeues their claimed work here.
+    ///
+    /// It may use the database: the master's connections are closed again
+    /// before its next fork.
+    fn children_lost(&self, pids: &[u32]) {
+        let _ = pids;
+    }
+
     /// The body of each worker thread: take work until
     /// [`Worker::stopping`], wrapping each unit in [`Worker::task`].
     ///
@@ -98,6 +108,7 @@ pub trait App: Send + Sync + 'static {
 pub struct ChildInfo {
     index: usize,
     threads: usize,
+    waker: Waker,
 }
 
 impl ChildInfo {
@@ -110,13 +121,21 @@ impl ChildInfo {
     pub fn threads(&self) -> usize {
         self.threads
     }
+
+    /// Wakes the child's workers out of [`Worker::wait`]; for a thread the
+    /// app starts itself (a LISTEN connection, an acceptor).
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
 }
 
 /// What all worker threads of one child share.
 struct ChildShared {
     board: SharedBoard,
     stopping: AtomicBool,
-    lock: Mutex<()>,
+    /// Bumped by every wake-up, so a worker notices one that came while it
+    /// was busy.
+    generation: Mutex<u64>,
     wake: Condvar,
 }
 
@@ -125,15 +144,41 @@ impl ChildShared {
         ChildShared {
             board,
             stopping: AtomicBool::new(false),
-            lock: Mutex::new(()),
+            generation: Mutex::new(0),
             wake: Condvar::new(),
         }
     }
 
-    fn stop(&self) {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.stopping.store(true, Ordering::Release);
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_all(&self) {
+        *self.lock() += 1;
         self.wake.notify_all();
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake_all();
+    }
+}
+
+/// Wakes every worker of one child out of [`Worker::wait`].
+#[derive(Clone)]
+pub struct Waker(std::sync::Arc<ChildShared>);
+
+impl fmt::Debug for Waker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waker").finish_non_exhaustive()
+    }
+}
+
+impl Waker {
+    /// Wakes them all; a worker that is busy returns at once from its next
+    /// `wait`.
+    pub fn wake(&self) {
+        self.0.wake_all();
     }
 }
 
@@ -143,6 +188,8 @@ pub struct Worker {
     index: usize,
     child: usize,
     shared: std::sync::Arc<ChildShared>,
+    /// The wake-up generation this worker has seen.
+    seen: std::cell::Cell<u64>,
 }
 
 impl fmt::Debug for Worker {
@@ -172,13 +219,22 @@ impl Worker {
         self.shared.stopping.load(Ordering::Acquire)
     }
 
-    /// Sleeps until `timeout` passes or the child is told to stop; returns
-    /// [`Worker::stopping`]. For polling loops.
+    /// Sleeps until `timeout` passes, a [`Waker`] wakes the child's
+    /// workers, or the child is told to stop; returns [`Worker::stopping`].
+    /// A wake-up that came since this worker's previous `wait` returned
+    /// makes it return at once, so none is lost while the worker was busy.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let guard = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.stopping() {
-            let _ = self.shared.wake.wait_timeout(guard, timeout);
+        let mut generation = self.shared.lock();
+        if *generation == self.seen.get() && !self.stopping() {
+            generation = self
+                .shared
+                .wake
+                .wait_timeout(generation, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+        self.seen.set(*generation);
+        drop(generation);
         self.stopping()
     }
 

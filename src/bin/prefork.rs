@@ -1,0 +1,510 @@
+//! `prefork`: a supervised fleet of processes x threads working a
+//! PostgreSQL job queue, plus `enqueue` and `status`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use fork_safe::cluster::TempCluster;
+use fork_safe::prefork::Prefork;
+use fork_safe::queue::{self, Handler, QueueApp, QueueConfig, Schema};
+use fork_safe::{Database, MaxAge};
+
+/// Exit status for bad usage (clap's convention).
+const USAGE: u8 = 2;
+
+/// A prefork master: N processes x M threads working a PostgreSQL job queue.
+///
+/// Run the fleet with `--sql STATEMENT` or `--exec PROGRAM [ARGS...]`
+/// (`--exec` takes everything after it, so put it last). With no database
+/// configured at all (no --database-url, DATABASE_URL, PGHOST or
+/// PGDATABASE) the fleet runs on a throwaway PostgreSQL cluster.
+#[derive(Parser, Debug)]
+#[command(name = "prefork", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Queue jobs: one PAYLOAD (N copies with --count), or one per line of
+    /// standard input with `-`.
+    Enqueue(EnqueueArgs),
+    /// Jobs by state, and the fleet's backends.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct DbArgs {
+    /// PostgreSQL URL or libpq key=value string.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Schema holding the queue's tables.
+    #[arg(long, env = "PREFORK_SCHEMA", default_value = "prefork", global = true)]
+    schema: String,
+    /// The queue.
+    #[arg(long, env = "PREFORK_QUEUE", default_value = "default", global = true)]
+    queue: String,
+}
+
+#[derive(Args, Debug)]
+struct FleetArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Child processes [default: number of CPUs].
+    #[arg(long, env = "PREFORK_PROCS", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    procs: Option<u32>,
+    /// Worker threads per child.
+    #[arg(long, env = "PREFORK_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: u32,
+    /// Run each job's payload as $1 of this SQL statement (a text parameter).
+    #[arg(long, env = "PREFORK_SQL")]
+    sql: Option<String>,
+    /// Connection max age: seconds, 0 (close after every job) or "forever".
+    #[arg(long, env = "PREFORK_MAX_AGE", default_value = "1800", value_parser = parse_max_age)]
+    max_age: MaxAge,
+    /// Close connections idle this long.
+    #[arg(long, env = "PREFORK_MAX_IDLE", default_value = "600s", value_parser = parse_duration)]
+    max_idle: Duration,
+    /// Check a reused connection before its first use in each job.
+    #[arg(long, env = "PREFORK_HEALTH_CHECKS")]
+    health_checks: bool,
+    /// Kill a child stuck in one job this long (and an --exec program).
+    #[arg(long, env = "PREFORK_TIMEOUT", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Kill a child not ready this long after it started.
+    #[arg(long, env = "PREFORK_BOOT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    boot_timeout: Duration,
+    /// On stop, SIGKILL children still busy after this long.
+    #[arg(long, env = "PREFORK_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    graceful_timeout: Duration,
+    /// Recycle a child after this many jobs.
+    #[arg(long, env = "PREFORK_MAX_REQUESTS")]
+    max_requests: Option<u64>,
+    /// Add up to this many jobs at random to --max-requests, per child.
+    #[arg(long, env = "PREFORK_MAX_REQUESTS_JITTER", default_value_t = 0)]
+    max_requests_jitter: u64,
+    /// Recycle a child after it lived this long.
+    #[arg(long, env = "PREFORK_MAX_LIFETIME", value_parser = parse_duration)]
+    max_lifetime: Option<Duration>,
+    /// Add up to this much at random to --max-lifetime, per child.
+    #[arg(long, env = "PREFORK_MAX_LIFETIME_JITTER", default_value = "0s", value_parser = parse_duration)]
+    max_lifetime_jitter: Duration,
+    /// Recycle a child whose resident memory exceeds this many MB.
+    #[arg(long, env = "PREFORK_RELOAD_ON_RSS")]
+    reload_on_rss: Option<u64>,
+    /// Exit non-zero after this many consecutive early deaths of a child.
+    #[arg(long, env = "PREFORK_CRASH_LIMIT")]
+    crash_limit: Option<u32>,
+    /// Refuse to start if procs x threads + 1 exceeds the free connection slots.
+    #[arg(long, env = "PREFORK_STRICT")]
+    strict: bool,
+    /// Write the master's pid here.
+    #[arg(long, env = "PREFORK_PIDFILE")]
+    pidfile: Option<PathBuf>,
+    /// Exit 0 once nothing is queued or running.
+    #[arg(long, env = "PREFORK_DRAIN")]
+    drain: bool,
+    /// Jobs one worker claims at once (group commit).
+    #[arg(long, env = "PREFORK_BATCH", default_value_t = 8,
+          value_parser = clap::value_parser!(i64).range(1..=1000))]
+    batch: i64,
+    /// How long a claim holds before a dead host's jobs are taken over.
+    #[arg(long, env = "PREFORK_LEASE", default_value = "300s", value_parser = parse_duration)]
+    lease: Duration,
+    /// Queue this many sample jobs (payloads 1..N) before starting.
+    #[arg(long)]
+    sample: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct EnqueueArgs {
+    /// The payload, or `-` for one payload per line of standard input.
+    payload: String,
+    /// Queue this many copies of PAYLOAD.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
+    /// Attempts before a job is failed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    max_attempts: i32,
+    /// When the jobs become runnable (a PostgreSQL timestamp).
+    #[arg(long)]
+    run_at: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A failure: exit status and one line.
+struct Fail(u8, String);
+
+fn usage(message: impl Into<String>) -> Fail {
+    Fail(USAGE, message.into())
+}
+
+fn runtime(message: impl std::fmt::Display) -> Fail {
+    Fail(1, message.to_string())
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().collect();
+    // `--exec PROGRAM [ARGS...]` owns everything after it.
+    let exec = args
+        .iter()
+        .position(|a| a == "--exec")
+        .map(|i| args.split_off(i)[1..].to_vec());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(USAGE);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match cli.command {
+        Some(Command::Enqueue(args)) => enqueue_main(&cli.fleet.db, &args),
+        Some(Command::Status(args)) => status_main(&cli.fleet.db, &args),
+        None => fleet_main(cli.fleet, exec),
+    };
+    // Every path, including errors, ends with no connection open.
+    fork_safe::close_all();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: use e.g. 30, 30s, 500ms, 5m, 1h"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: use e.g. 30, 30s, 500ms, 5m, 1h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {text:?}"))
+}
+
+fn parse_max_age(text: &str) -> Result<MaxAge, String> {
+    text.parse()
+}
+
+/// The connection string: the flag/DATABASE_URL, else libpq's environment
+/// variables, else `None` (use a throwaway cluster).
+fn connection_string(db: &DbArgs) -> Option<String> {
+    if let Some(url) = &db.database_url {
+        return Some(url.clone());
+    }
+    let vars = [
+        ("PGHOST", "host"),
+        ("PGPORT", "port"),
+        ("PGUSER", "user"),
+        ("PGDATABASE", "dbname"),
+        ("PGPASSWORD", "password"),
+    ];
+    if std::env::var_os("PGHOST").is_none() && std::env::var_os("PGDATABASE").is_none() {
+        return None;
+    }
+    let parts: Vec<String> = vars
+        .iter()
+        .filter_map(|(var, key)| {
+            let value = std::env::var(var).ok()?;
+            Some(format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            ))
+        })
+        .collect();
+    Some(parts.join(" "))
+}
+
+fn schema(db: &DbArgs) -> Result<Schema, Fail> {
+    queue::check_queue_name(&db.queue).map_err(usage)?;
+    Schema::new(&db.schema).map_err(usage)
+}
+
+/// Configures the registry and migrates the schema.
+fn connect(database: Database, schema: &Schema) -> Result<(), Fail> {
+    fork_safe::configure([database]).map_err(runtime)?;
+    fork_safe::with_client(|c| queue::migrate(c, schema)).map_err(runtime)?;
+    fork_safe::close_all();
+    Ok(())
+}
+
+fn database(url: &str) -> Result<Database, Fail> {
+    Database::new("default", url).map_err(|e| usage(format!("invalid --database-url: {e}")))
+}
+
+fn needs_database(db: &DbArgs, command: &str) -> Result<String, Fail> {
+    connection_string(db).ok_or_else(|| {
+        usage(format!(
+            "{command} needs a database: set --database-url or DATABASE_URL \
+             (a throwaway database lives only as long as a fleet)"
+        ))
+    })
+}
+
+fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
+    let schema = schema(db)?;
+    let url = needs_database(db, "enqueue")?;
+    let database = database(&url)?;
+    fork_safe::set_role("cli");
+    let payloads: Vec<String> = if args.payload == "-" {
+        if args.count != 1 {
+            return Err(usage(
+                "--count applies to one PAYLOAD, not to standard input",
+            ));
+        }
+        let stdin = std::io::stdin();
+        let mut lines = Vec::new();
+        for line in stdin.lock().lines() {
+            lines.push(line.map_err(|e| runtime(format!("reading standard input: {e}")))?);
+        }
+        lines
+    } else {
+        vec![args.payload.clone(); args.count as usize]
+    };
+    connect(database, &schema)?;
+    if let Some(at) = &args.run_at {
+        fork_safe::with_client(|c| c.execute("SELECT $1::text::timestamptz", &[at]))
+            .map_err(|e| usage(format!("invalid --run-at {at:?}: {e}")))?;
+    }
+    let how = queue::Enqueue {
+        queue: &db.queue,
+        max_attempts: args.max_attempts,
+        run_at: args.run_at.as_deref(),
+    };
+    let queued =
+        fork_safe::with_client(|c| queue::enqueue(c, &schema, &how, &payloads)).map_err(runtime)?;
+    fork_safe::close_all();
+    println!("queued {queued} job(s) on {:?}", db.queue);
+    Ok(())
+}
+
+fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
+    let schema = schema(db)?;
+    let url = needs_database(db, "status")?;
+    let database = database(&url)?;
+    fork_safe::set_role("cli");
+    connect(database, &schema)?;
+    let counts =
+        fork_safe::with_client(|c| queue::counts(c, &schema, &db.queue)).map_err(runtime)?;
+    let backends: Vec<(String, i64)> = fork_safe::with_client(|c| {
+        let rows = c.query(
+            "SELECT application_name, count(*) FROM pg_stat_activity
+             WHERE application_name LIKE 'prefork:%' AND application_name NOT LIKE 'prefork:cli:%'
+             GROUP BY 1 ORDER BY 1",
+            &[],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    })
+    .map_err(runtime)?;
+    fork_safe::close_all();
+    if args.json {
+        let backends: Vec<String> = backends
+            .iter()
+            .map(|(name, n)| format!("{}:{n}", json_string(name)))
+            .collect();
+        println!(
+            "{{\"queue\":{},\"queued\":{},\"running\":{},\"done\":{},\"failed\":{},\"backends\":{{{}}}}}",
+            json_string(&db.queue),
+            counts.queued,
+            counts.running,
+            counts.done,
+            counts.failed,
+            backends.join(",")
+        );
+    } else {
+        println!(
+            "queue {:?}: {} queued, {} running, {} done, {} failed",
+            db.queue, counts.queued, counts.running, counts.done, counts.failed
+        );
+        for (name, n) in backends {
+            println!("  {name}: {n} backend(s)");
+        }
+    }
+    Ok(())
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whether `program` can be run: a path to an executable file, or a name
+/// found on PATH.
+fn find_program(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
+fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
+    let schema = schema(&args.db)?;
+    let handler = match (&args.sql, exec) {
+        (Some(_), Some(_)) => return Err(usage("give one handler: --sql or --exec, not both")),
+        (None, None) => {
+            return Err(usage(
+                "a handler is required: --sql STATEMENT or --exec PROGRAM [ARGS...]",
+            ));
+        }
+        (None, Some(argv)) if argv.is_empty() => {
+            return Err(usage("--exec needs a PROGRAM"));
+        }
+        (None, Some(argv)) => {
+            if !find_program(&argv[0]) {
+                return Err(usage(format!(
+                    "--exec: program {:?} not found or not executable",
+                    argv[0]
+                )));
+            }
+            Handler::Exec {
+                argv,
+                timeout: args.timeout,
+            }
+        }
+        (Some(sql), None) => Handler::Sql(sql.clone()),
+    };
+    let given = connection_string(&args.db);
+    if let Some(url) = &given {
+        database(url)?;
+    }
+    let _cluster;
+    let url = match given {
+        Some(url) => url,
+        None => {
+            eprintln!("prefork: no database configured; starting a throwaway PostgreSQL cluster");
+            let cluster = TempCluster::builder()
+                .durable(true)
+                .max_connections(200)
+                .start()
+                .map_err(runtime)?;
+            eprintln!(
+                "prefork: throwaway cluster at {}",
+                cluster.socket_dir().display()
+            );
+            let url = cluster.connection_string();
+            _cluster = cluster;
+            url
+        }
+    };
+    fork_safe::set_role("master");
+    let database = database(&url)?
+        .max_age(args.max_age)
+        .max_idle(Some(args.max_idle).filter(|d| !d.is_zero()))
+        .health_checks(args.health_checks);
+    connect(database, &schema)?;
+    if let Some(n) = args.sample {
+        let payloads: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        let how = queue::Enqueue {
+            queue: &args.db.queue,
+            max_attempts: 3,
+            run_at: None,
+        };
+        let queued = fork_safe::with_client(|c| queue::enqueue(c, &schema, &how, &payloads))
+            .map_err(runtime)?;
+        fork_safe::close_all();
+        eprintln!("prefork: queued {queued} sample job(s)");
+    }
+    let before = counts(&schema, &args.db.queue)?;
+    let mut lease = args.lease;
+    if let Some(timeout) = args.timeout {
+        lease = lease.max(timeout + Duration::from_secs(60));
+    }
+    let config = QueueConfig {
+        schema: schema.clone(),
+        queue: args.db.queue.clone(),
+        batch: args.batch,
+        lease,
+        drain: args.drain,
+        ..QueueConfig::default()
+    };
+    let procs = args.procs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let fleet = Prefork::new()
+        .procs(procs)
+        .threads(args.threads as usize)
+        .timeout(args.timeout)
+        .boot_timeout(args.boot_timeout)
+        .graceful_timeout(args.graceful_timeout)
+        .max_requests(args.max_requests, args.max_requests_jitter)
+        .max_lifetime(args.max_lifetime, args.max_lifetime_jitter)
+        .reload_on_rss(args.reload_on_rss)
+        .crash_limit(args.crash_limit)
+        .strict(args.strict)
+        .pidfile(args.pidfile.clone());
+    let started = Instant::now();
+    fleet.run(QueueApp::new(config, handler)).map_err(runtime)?;
+    let elapsed = started.elapsed();
+    let after = counts(&schema, &args.db.queue)?;
+    let done = after.done - before.done;
+    let failed = after.failed - before.failed;
+    let summary = format!(
+        "prefork: {done} job(s) done, {failed} failed in {elapsed:.1?} ({:.0} jobs/s); \
+         {} queued, {} running left",
+        done as f64 / elapsed.as_secs_f64().max(1e-9),
+        after.queued,
+        after.running
+    );
+    if std::io::stderr().is_terminal() || args.drain || args.sample.is_some() {
+        eprintln!("{summary}");
+    } else {
+        log::info!("{summary}");
+    }
+    Ok(())
+}
+
+fn counts(schema: &Schema, queue: &str) -> Result<queue::Counts, Fail> {
+    let counts = fork_safe::with_client(|c| queue::counts(c, schema, queue)).map_err(runtime);
+    fork_safe::close_all();
+    counts
+}

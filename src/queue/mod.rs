@@ -1,0 +1,386 @@
+//! A PostgreSQL job queue worked by a prefork fleet.
+//!
+//! [`QueueApp`] is a [`prefork::App`](crate::prefork::App): every worker
+//! thread of every child claims jobs in small batches (`FOR UPDATE SKIP
+//! LOCKED`), runs them through a [`Handler`], and records the outcomes in
+//! one statement per batch. Idle workers hold no connection; each child
+//! keeps one `LISTEN` connection that wakes them when jobs are enqueued,
+//! with a slow fallback poll. So an idle fleet holds at most one connection
+//! per child, and a busy one at most one per thread plus one per child (plus
+//! the master's, which it opens only between forks).
+
+mod store;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::Type;
+
+use crate::prefork::{App, BoxError, ChildInfo, Waker, Worker};
+
+pub use store::{
+    Counts, Enqueue, Job, Schema, check_queue_name, counts, enqueue, migrate, release,
+};
+
+/// A job handler in Rust: the job and the worker thread's own connection
+/// in, the result to store (or the error) out.
+pub type RustHandler = Arc<dyn Fn(&Job, &mut Client) -> Result<String, String> + Send + Sync>;
+
+/// What runs a job.
+#[derive(Clone)]
+pub enum Handler {
+    /// A statement run with the payload as `$1` (a `text` parameter: cast it,
+    /// `$1::int`), in the same transaction that marks the job done, so its
+    /// effect commits exactly once per successful attempt. An error fails
+    /// the attempt with the server's message and SQLSTATE.
+    Sql(String),
+    /// A program run directly (no shell), the payload on its standard input
+    /// and `PREFORK_JOB_ID`, `PREFORK_QUEUE`, `PREFORK_ATTEMPT` in its
+    /// environment. Exit 0: done, standard output (first 64 KiB) kept as the
+    /// result. Otherwise a failed attempt with the tail of standard error.
+    Exec {
+        /// The program and its arguments.
+        argv: Vec<String>,
+        /// Kill it after this long (a failed attempt).
+        timeout: Option<Duration>,
+    },
+    /// Rust code, given the job and the worker thread's own connection.
+    Rust(RustHandler),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handler::Sql(sql) => f.debug_tuple("Sql").field(sql).finish(),
+            Handler::Exec { argv, timeout } => f
+                .debug_struct("Exec")
+                .field("argv", argv)
+                .field("timeout", timeout)
+                .finish(),
+            Handler::Rust(_) => f.write_str("Rust(..)"),
+        }
+    }
+}
+
+/// Settings of a [`QueueApp`].
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Where the tables live. Default: `prefork`.
+    pub schema: Schema,
+    /// The queue to work. Default: `default`.
+    pub queue: String,
+    /// Jobs claimed at once by one worker. Default: 8 (1 for `Exec`).
+    pub batch: i64,
+    /// How long a claim lasts before others may take the job over (a dead
+    /// host's jobs). Default: 5 minutes; keep it above the longest job.
+    pub lease: Duration,
+    /// Stop the fleet once nothing is queued or running. Default: off.
+    pub drain: bool,
+    /// How often idle workers look for work without a notification
+    /// (missed notifications, retries coming due). Default: 1 second.
+    pub poll: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> QueueConfig {
+        QueueConfig {
+            schema: Schema::default(),
+            queue: "default".to_owned(),
+            batch: 8,
+            lease: Duration::from_secs(300),
+            drain: false,
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A prefork app that works a job queue.
+pub struct QueueApp {
+    config: QueueConfig,
+    handler: Handler,
+    /// Per-child state, set in `init_child` (each child has its own copy of
+    /// the app, so this is per process).
+    child: OnceLock<ChildState>,
+}
+
+struct ChildState {
+    /// `host:pid`, stamped on the jobs this child claims.
+    owner: String,
+    /// Set once this child asked the master to stop (`drain`).
+    drained: AtomicBool,
+    /// When (ms since `started`) this child last released expired leases.
+    last_sweep: AtomicU64,
+    started: Instant,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn owner_of(pid: u32) -> String {
+    format!("{}:{pid}", hostname())
+}
+
+impl QueueApp {
+    /// An app working `config.queue` with `handler`.
+    pub fn new(config: QueueConfig, handler: Handler) -> QueueApp {
+        let mut config = config;
+        if matches!(handler, Handler::Exec { .. }) {
+            config.batch = 1;
+        }
+        QueueApp {
+            config,
+            handler,
+            child: OnceLock::new(),
+        }
+    }
+
+    fn state(&self) -> &ChildState {
+        self.child.get().expect("init_child ran first")
+    }
+
+    /// One claim-run-complete round; returns how many jobs it ran.
+    fn round(&self, worker: &Worker) -> Result<usize, crate::Error> {
+        let c = &self.config;
+        let owner = &self.state().owner;
+        let jobs = crate::with_client(|client| {
+            store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)
+        })?;
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let label = match jobs.as_slice() {
+            [one] => format!("job {}", one.id),
+            many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
+        };
+        worker.task(&label, || self.run_batch(&jobs))?;
+        Ok(jobs.len())
+    }
+
+    fn run_batch(&self, jobs: &[Job]) -> Result<(), crate::Error> {
+        let c = &self.config;
+        let owner = &self.state().owner;
+        match &self.handler {
+            Handler::Sql(sql) => crate::with_client(|client| {
+                let mut tx = client.transaction()?;
+                let statement = tx.prepare_typed(sql, &[Type::TEXT]);
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    let outcome = match &statement {
+                        Ok(statement) => {
+                            let mut sp = tx.savepoint("job")?;
+                            match sp.execute(statement, &[&job.payload]) {
+                                Ok(n) => {
+                                    sp.commit()?;
+                                    Ok(format!("{n} row(s)"))
+                                }
+                                Err(e) => Err(crate::error::DisplayPg(&e).to_string()),
+                            }
+                        }
+                        Err(e) => Err(crate::error::DisplayPg(e).to_string()),
+                    };
+                    outcomes.push((job.id, outcome));
+                }
+                if statement.is_err() {
+                    // The failed prepare aborted the transaction: record the
+                    // outcomes in a fresh one.
+                    drop(tx);
+                    store::complete(client, &c.schema, owner, &outcomes)?;
+                    return Ok(());
+                }
+                store::complete(&mut tx, &c.schema, owner, &outcomes)?;
+                tx.commit()
+            }),
+            Handler::Exec { argv, timeout } => {
+                let outcomes: Vec<_> = jobs
+                    .iter()
+                    .map(|j| (j.id, exec(argv, *timeout, j)))
+                    .collect();
+                crate::with_client(|client| {
+                    store::complete(client, &c.schema, owner, &outcomes).map(drop)
+                })
+            }
+            Handler::Rust(f) => crate::with_client(|client| {
+                let outcomes: Vec<_> = jobs.iter().map(|j| (j.id, f(j, client))).collect();
+                store::complete(client, &c.schema, owner, &outcomes).map(drop)
+            }),
+        }
+    }
+
+    /// Nothing to claim: hold no connection, maybe sweep expired leases or
+    /// end a drain, then sleep until woken.
+    fn idle(&self, worker: &Worker) {
+        crate::close_all();
+        let state = self.state();
+        let now_ms = state.started.elapsed().as_millis() as u64;
+        let last = state.last_sweep.load(Ordering::Relaxed);
+        let sweep_every = (self.config.lease.as_millis() as u64 / 4).clamp(1_000, 60_000);
+        if now_ms >= last + sweep_every
+            && state
+                .last_sweep
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            match crate::with_client(|c| store::release(c, &self.config.schema, None)) {
+                Ok(0) => {}
+                Ok(n) => log::warn!("released {n} job(s) whose lease expired"),
+                Err(e) => log::warn!("releasing expired leases: {e}"),
+            }
+        }
+        if self.config.drain && !state.drained.load(Ordering::Acquire) {
+            let c = &self.config;
+            match crate::with_client(|client| store::counts(client, &c.schema, &c.queue)) {
+                Ok(counts) if counts.drained() => {
+                    if !state.drained.swap(true, Ordering::AcqRel) {
+                        log::info!("queue {:?} drained; stopping the fleet", c.queue);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::getppid(),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("checking the queue: {e}"),
+            }
+        }
+        crate::close_all();
+        worker.wait(self.config.poll);
+    }
+}
+
+impl App for QueueApp {
+    fn init_child(&self, child: &ChildInfo) -> Result<(), BoxError> {
+        let state = ChildState {
+            owner: owner_of(std::process::id()),
+            drained: AtomicBool::new(false),
+            last_sweep: AtomicU64::new(0),
+            started: Instant::now(),
+        };
+        if self.child.set(state).is_err() {
+            return Err("init_child ran twice".into());
+        }
+        let channel = self.config.schema.channel();
+        let waker = child.waker();
+        crate::thread::Builder::new()
+            .name("queue-listener".into())
+            .spawn(move || listen(&channel, &waker))?;
+        Ok(())
+    }
+
+    fn children_lost(&self, pids: &[u32]) {
+        let owners: Vec<String> = pids.iter().map(|pid| owner_of(*pid)).collect();
+        match crate::with_client(|c| store::release(c, &self.config.schema, Some(&owners))) {
+            Ok(0) => {}
+            Ok(n) => log::warn!("requeued {n} job(s) of dead children {pids:?}"),
+            Err(e) => log::warn!("requeueing the jobs of dead children {pids:?}: {e}"),
+        }
+    }
+
+    fn run_worker(&self, worker: &Worker) {
+        while !worker.stopping() {
+            match self.round(worker) {
+                Ok(0) => self.idle(worker),
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("worker {}.{}: {e}", worker.child_index(), worker.index());
+                    crate::close_all();
+                    worker.wait(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// The child's LISTEN connection: wakes the workers on every notification.
+/// It lives as long as the child (the process exit closes it).
+fn listen(channel: &str, waker: &Waker) {
+    loop {
+        let outcome = crate::with_client(|client| {
+            client.batch_execute(&format!("LISTEN {channel}"))?;
+            loop {
+                let mut notifications = client.notifications();
+                let mut it = notifications.timeout_iter(Duration::from_secs(60));
+                match it.next() {
+                    Ok(Some(_)) => waker.wake(),
+                    Ok(None) => {}
+                    Err(e) => return Err::<(), _>(e),
+                }
+            }
+        });
+        if let Err(e) = outcome {
+            log::warn!("queue listener: {e}; reconnecting in 1 s");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Runs one job through an external program.
+fn exec(argv: &[String], timeout: Option<Duration>, job: &Job) -> Result<String, String> {
+    const OUTPUT_CAP: usize = 64 * 1024;
+    const ERROR_TAIL: usize = 4 * 1024;
+    let (program, args) = argv.split_first().ok_or("no program given")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .env("PREFORK_JOB_ID", job.id.to_string())
+        .env("PREFORK_QUEUE", &job.queue)
+        .env("PREFORK_ATTEMPT", job.attempt.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+    // Feed stdin and drain stdout/stderr on their own threads, so a program
+    // that writes before it reads cannot deadlock against us.
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let payload = job.payload.clone();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(payload.as_bytes());
+    });
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stdout).take(OUTPUT_CAP as u64).read_to_end(&mut buf);
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        buf
+    });
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(format!("timed out after {:?}", timeout.unwrap_or_default()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => break Err(format!("waiting for {program:?}: {e}")),
+        }
+    };
+    let _ = feeder.join();
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    let status = status?;
+    if status.success() {
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    } else {
+        let tail = &err[err.len().saturating_sub(ERROR_TAIL)..];
+        Err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(tail).trim_end()
+        ))
+    }
+}

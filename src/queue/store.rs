@@ -1,0 +1,351 @@
+//! The queue's tables and every statement that touches them.
+//!
+//! Jobs live in `<schema>.jobs`. A claim is a committed lease: the job turns
+//! `running`, its attempt is counted and it is stamped with the claiming
+//! process (`host:pid`) and a lease deadline. Completion is guarded by that
+//! stamp, so a worker whose lease was taken over can never mark the job
+//! twice. A job whose worker died is requeued at once by the master that saw
+//! it die, or by anyone once its lease expires (a dead host).
+//!
+//! Only queued jobs are in the claim index (a partial index), so finished
+//! jobs piling up do not slow claiming down.
+
+use std::time::Duration;
+
+use postgres::Client;
+
+/// Most jobs one enqueue statement inserts.
+const INSERT_BATCH: usize = 10_000;
+
+/// A valid PostgreSQL schema name for the queue's tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema(String);
+
+impl Schema {
+    /// Checks `name`: lower-case letters, digits and `_`, not starting with
+    /// a digit, at most 63 bytes (so it needs no quoting).
+    ///
+    /// # Errors
+    ///
+    /// A one-line description of what is wrong.
+    pub fn new(name: &str) -> Result<Schema, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(Schema(name.to_owned()))
+        } else {
+            Err(format!(
+                "invalid schema name {name:?}: use lower-case letters, digits and _ (max 63)"
+            ))
+        }
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The LISTEN/NOTIFY channel for new jobs.
+    pub(crate) fn channel(&self) -> String {
+        format!("{}_jobs", self.0)
+    }
+}
+
+impl Default for Schema {
+    fn default() -> Schema {
+        Schema("prefork".to_owned())
+    }
+}
+
+/// Checks a queue name: 1 to 100 characters of letters, digits, `_ - . :`.
+///
+/// # Errors
+///
+/// A one-line description of what is wrong.
+pub fn check_queue_name(name: &str) -> Result<(), String> {
+    let ok = (1..=100).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid queue name {name:?}: use 1-100 letters, digits, _ - . :"
+        ))
+    }
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, with a partial index over runnable jobs only.
+    "CREATE TABLE {s}.jobs (
+        id bigserial PRIMARY KEY,
+        queue text NOT NULL,
+        payload text NOT NULL,
+        state text NOT NULL DEFAULT 'queued'
+            CHECK (state IN ('queued', 'running', 'done', 'failed')),
+        attempts int NOT NULL DEFAULT 0,
+        max_attempts int NOT NULL DEFAULT 3,
+        run_at timestamptz NOT NULL DEFAULT now(),
+        locked_by text,
+        locked_until timestamptz,
+        result text,
+        last_error text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+     );
+     CREATE INDEX jobs_queued ON {s}.jobs (queue, run_at, id) WHERE state = 'queued';
+     CREATE INDEX jobs_running ON {s}.jobs (locked_until) WHERE state = 'running';
+     CREATE INDEX jobs_locked_by ON {s}.jobs (locked_by) WHERE state = 'running';",
+];
+
+/// Creates or upgrades the schema; safe to run from many processes at once.
+///
+/// # Errors
+///
+/// The server's error.
+pub fn migrate(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
+    let s = schema.name();
+    let mut tx = client.transaction()?;
+    // Serialises concurrent migrations; a transaction-level lock also works
+    // behind PgBouncer in transaction mode.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("{s}.migrate")],
+    )?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.schema_version (version int NOT NULL);"
+    ))?;
+    let version: i32 = tx
+        .query_opt(&format!("SELECT version FROM {s}.schema_version"), &[])?
+        .map_or(0, |row| row.get(0));
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(&migration.replace("{s}", s))?;
+        log::info!("queue schema {s}: migrated to version {}", i + 1);
+    }
+    if (version as usize) < MIGRATIONS.len() {
+        let latest = MIGRATIONS.len() as i32;
+        tx.execute(&format!("DELETE FROM {s}.schema_version"), &[])?;
+        tx.execute(
+            &format!("INSERT INTO {s}.schema_version VALUES ($1)"),
+            &[&latest],
+        )?;
+    }
+    tx.commit()
+}
+
+/// How to enqueue.
+#[derive(Debug, Clone)]
+pub struct Enqueue<'a> {
+    /// The queue.
+    pub queue: &'a str,
+    /// Attempts before a job is `failed`.
+    pub max_attempts: i32,
+    /// When the jobs become runnable (`None`: now), a PostgreSQL timestamp.
+    pub run_at: Option<&'a str>,
+}
+
+/// Inserts `payloads` in batches, each batch in its own transaction that
+/// also notifies listening workers. Returns how many were queued.
+///
+/// # Errors
+///
+/// The server's error; batches committed before it stay queued.
+pub fn enqueue(
+    client: &mut Client,
+    schema: &Schema,
+    how: &Enqueue<'_>,
+    payloads: &[String],
+) -> Result<u64, postgres::Error> {
+    let s = schema.name();
+    let insert = format!(
+        "INSERT INTO {s}.jobs (queue, payload, max_attempts, run_at)
+         SELECT $1, p, $2, coalesce($3::text::timestamptz, now()) FROM unnest($4::text[]) AS p"
+    );
+    let mut queued = 0;
+    for batch in payloads.chunks(INSERT_BATCH) {
+        let mut tx = client.transaction()?;
+        queued += tx.execute(
+            &insert,
+            &[&how.queue, &how.max_attempts, &how.run_at, &batch],
+        )?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&schema.channel(), &how.queue])?;
+        tx.commit()?;
+    }
+    Ok(queued)
+}
+
+/// A claimed job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The job's id.
+    pub id: i64,
+    /// The queue it came from.
+    pub queue: String,
+    /// Its payload.
+    pub payload: String,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+}
+
+/// Claims up to `limit` runnable jobs for `owner` with a lease of `lease`.
+pub(crate) fn claim(
+    client: &mut Client,
+    schema: &Schema,
+    queue: &str,
+    limit: i64,
+    owner: &str,
+    lease: Duration,
+) -> Result<Vec<Job>, postgres::Error> {
+    let s = schema.name();
+    let rows = client.query(
+        &format!(
+            "UPDATE {s}.jobs AS j
+             SET state = 'running', attempts = j.attempts + 1, locked_by = $3,
+                 locked_until = now() + make_interval(secs => $4)
+             FROM (SELECT id FROM {s}.jobs
+                   WHERE queue = $1 AND state = 'queued' AND run_at <= now()
+                   ORDER BY run_at, id LIMIT $2
+                   FOR UPDATE SKIP LOCKED) AS next
+             WHERE j.id = next.id
+             RETURNING j.id, j.payload, j.attempts"
+        ),
+        &[&queue, &limit, &owner, &lease.as_secs_f64()],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Job {
+            id: r.get(0),
+            queue: queue.to_owned(),
+            payload: r.get(1),
+            attempt: r.get(2),
+        })
+        .collect())
+}
+
+/// A job's outcome: `Ok(result)` or `Err(error)`.
+pub(crate) type Outcome = Result<String, String>;
+
+/// Records the outcomes of jobs `owner` claimed: done, or queued again
+/// after a backoff (0.2 s x 4^(attempt-1), at most an hour), or failed
+/// after the last attempt. Jobs whose lease `owner` lost are left alone.
+pub(crate) fn complete(
+    client: &mut impl postgres::GenericClient,
+    schema: &Schema,
+    owner: &str,
+    outcomes: &[(i64, Outcome)],
+) -> Result<u64, postgres::Error> {
+    let s = schema.name();
+    let ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
+    let oks: Vec<bool> = outcomes.iter().map(|(_, o)| o.is_ok()).collect();
+    let texts: Vec<&str> = outcomes
+        .iter()
+        .map(|(_, o)| match o {
+            Ok(text) | Err(text) => text.as_str(),
+        })
+        .collect();
+    client.execute(
+        &format!(
+            "UPDATE {s}.jobs AS j SET
+                state = CASE WHEN o.ok THEN 'done'
+                             WHEN j.attempts >= j.max_attempts THEN 'failed'
+                             ELSE 'queued' END,
+                result = CASE WHEN o.ok THEN o.text ELSE j.result END,
+                last_error = CASE WHEN o.ok THEN j.last_error ELSE o.text END,
+                run_at = CASE WHEN o.ok THEN j.run_at
+                              ELSE now() + make_interval(secs => least(3600, 0.2 * 4 ^ (j.attempts - 1)))
+                         END,
+                finished_at = CASE WHEN o.ok OR j.attempts >= j.max_attempts THEN now() END,
+                locked_by = NULL, locked_until = NULL
+             FROM unnest($1::int8[], $2::bool[], $3::text[]) AS o(id, ok, text)
+             WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = $4"
+        ),
+        &[&ids, &oks, &texts, &owner],
+    )
+}
+
+/// Requeues (or fails, after their last attempt) the running jobs of the
+/// given owners, or of every owner whose lease expired when `owners` is
+/// `None`. Returns how many jobs it released.
+///
+/// # Errors
+///
+/// The server's error.
+pub fn release(
+    client: &mut Client,
+    schema: &Schema,
+    owners: Option<&[String]>,
+) -> Result<u64, postgres::Error> {
+    let s = schema.name();
+    let set = "SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                   last_error = 'the worker running it died or lost its lease',
+                   finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+                   run_at = now(), locked_by = NULL, locked_until = NULL";
+    let n = match owners {
+        Some(owners) => client.execute(
+            &format!("UPDATE {s}.jobs {set} WHERE state = 'running' AND locked_by = ANY($1)"),
+            &[&owners],
+        )?,
+        None => client.execute(
+            &format!("UPDATE {s}.jobs {set} WHERE state = 'running' AND locked_until < now()"),
+            &[],
+        )?,
+    };
+    if n > 0 {
+        client.execute("SELECT pg_notify($1, '')", &[&schema.channel()])?;
+    }
+    Ok(n)
+}
+
+/// Jobs per state in `queue`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Waiting to run (including retries not yet due).
+    pub queued: i64,
+    /// Claimed by a worker.
+    pub running: i64,
+    /// Finished successfully.
+    pub done: i64,
+    /// Out of attempts.
+    pub failed: i64,
+}
+
+impl Counts {
+    /// Whether nothing is left to run or running.
+    pub fn drained(&self) -> bool {
+        self.queued == 0 && self.running == 0
+    }
+}
+
+/// Counts `queue`'s jobs by state.
+///
+/// # Errors
+///
+/// The server's error.
+pub fn counts(
+    client: &mut Client,
+    schema: &Schema,
+    queue: &str,
+) -> Result<Counts, postgres::Error> {
+    let s = schema.name();
+    let mut counts = Counts::default();
+    for row in client.query(
+        &format!("SELECT state, count(*) FROM {s}.jobs WHERE queue = $1 GROUP BY state"),
+        &[&queue],
+    )? {
+        let n: i64 = row.get(1);
+        match row.get::<_, &str>(0) {
+            "queued" => counts.queued = n,
+            "running" => counts.running = n,
+            "done" => counts.done = n,
+            "failed" => counts.failed = n,
+            _ => {}
+        }
+    }
+    Ok(counts)
+}

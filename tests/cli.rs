@@ -1,0 +1,383 @@
+//! The `prefork` command line against a real server, in real processes.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Ctx, Observer};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_prefork");
+
+fn configure(_: &str) {}
+
+fn main() {
+    common::main(
+        fork_safe::cluster::Builder::new(),
+        configure,
+        &[
+            ("bad_input_is_one_line_and_exit_2", bad_input),
+            ("unreachable_database_is_exit_1", unreachable),
+            ("enqueue_from_stdin_then_drain_with_sql", drain_sql),
+            (
+                "bad_payload_fails_alone_with_the_server_message",
+                bad_payload,
+            ),
+            ("exec_handler_gets_payload_and_environment", exec_handler),
+            ("sigkilled_children_lose_no_job", killed_children),
+            ("status_json_counts_states", status_json),
+        ],
+        &[],
+    )
+}
+
+fn prefork(ctx: &Ctx, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("DATABASE_URL", &ctx.url)
+        .env("RUST_LOG", "warn")
+        .env_remove("PGHOST")
+        .env_remove("PGDATABASE");
+    cmd
+}
+
+fn run(ctx: &Ctx, args: &[&str]) -> Output {
+    prefork(ctx, args).output().expect("running prefork")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn reset(ctx: &Ctx) -> Observer {
+    let mut obs = Observer::new(&ctx.url);
+    obs.client()
+        .batch_execute(
+            "DROP SCHEMA IF EXISTS prefork CASCADE;
+             DROP TABLE IF EXISTS effects;
+             CREATE TABLE effects (v int NOT NULL)",
+        )
+        .unwrap();
+    obs
+}
+
+fn enqueue_lines(ctx: &Ctx, lines: &str, extra: &[&str]) {
+    let mut args = vec!["enqueue"];
+    args.extend_from_slice(extra);
+    args.push("-");
+    let mut child = prefork(ctx, &args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "enqueue failed: {}", stderr(&out));
+}
+
+fn count(obs: &mut Observer, sql: &str) -> i64 {
+    obs.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+fn bad_input(ctx: &mut Ctx) {
+    let cases: &[&[&str]] = &[
+        &["--procs", "0", "--sql", "SELECT 1"],
+        &["--threads", "many", "--sql", "SELECT 1"],
+        &["--timeout", "soon", "--sql", "SELECT 1"],
+        &["--max-age", "old", "--sql", "SELECT 1"],
+        &[
+            "--sql",
+            "SELECT 1",
+            "--database-url",
+            "host=/tmp port=notaport",
+        ],
+        &["--sql", "SELECT 1", "--exec", "true"],
+        &[],
+        &["--exec"],
+        &["--exec", "/no/such/program"],
+        &["--queue", "no spaces", "--sql", "SELECT 1"],
+        &["--schema", "Bad-Schema", "--sql", "SELECT 1"],
+        &["enqueue", "x", "--run-at", "not a time"],
+        &["enqueue", "x", "--count", "0"],
+        &["--no-such-flag"],
+    ];
+    for args in cases {
+        let out = run(ctx, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // Nothing was queued by any of them.
+    let mut obs = Observer::new(&ctx.url);
+    let exists: bool = obs
+        .client()
+        .query_one("SELECT to_regclass('prefork.jobs') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    if exists {
+        assert_eq!(count(&mut obs, "SELECT count(*) FROM prefork.jobs"), 0);
+    }
+}
+
+fn unreachable(ctx: &mut Ctx) {
+    let out = prefork(ctx, &["--sql", "SELECT 1"])
+        .env(
+            "DATABASE_URL",
+            "host=/nonexistent-dir port=5432 user=x dbname=x",
+        )
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+fn drain_sql(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    let lines: String = (1..=500).map(|i| format!("{i}\n")).collect();
+    enqueue_lines(ctx, &lines, &[]);
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'queued'"
+        ),
+        500
+    );
+    let out = run(
+        ctx,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "4",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects VALUES ($1::int)",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        500
+    );
+    assert_eq!(
+        count(&mut obs, "SELECT count(*) FROM effects"),
+        500,
+        "one effect per job"
+    );
+    assert_eq!(
+        count(&mut obs, "SELECT count(DISTINCT v) FROM effects"),
+        500
+    );
+    let backends = count(
+        &mut obs,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:%'",
+    );
+    assert_eq!(backends, 0, "backends left after the master exited");
+}
+
+fn bad_payload(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    enqueue_lines(ctx, "1\nabc\n3\n", &["--max-attempts", "2"]);
+    let out = run(
+        ctx,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects VALUES ($1::int)",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        2
+    );
+    let row = obs
+        .client()
+        .query_one(
+            "SELECT state, attempts, last_error FROM prefork.jobs WHERE payload = 'abc'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "failed");
+    assert_eq!(row.get::<_, i32>(1), 2, "retried up to --max-attempts");
+    let error: &str = row.get(2);
+    assert!(
+        error.contains("invalid input syntax") && error.contains("22P02"),
+        "{error}"
+    );
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM effects"), 2);
+}
+
+fn exec_handler(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    enqueue_lines(ctx, "hello\nworld\n", &["--max-attempts", "1"]);
+    let script = "read x; if [ \"$x\" = world ]; then echo 'no world' >&2; exit 3; fi; \
+                  echo \"$x from job $PREFORK_JOB_ID attempt $PREFORK_ATTEMPT on $PREFORK_QUEUE\"";
+    let out = run(
+        ctx,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--drain",
+            "--exec",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = obs
+        .client()
+        .query(
+            "SELECT payload, state, result, last_error FROM prefork.jobs ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    let hello_result: &str = rows[0].get(2);
+    assert_eq!(rows[0].get::<_, &str>(1), "done");
+    assert!(
+        hello_result.starts_with("hello from job ")
+            && hello_result.contains("attempt 1 on default")
+    );
+    assert_eq!(rows[1].get::<_, &str>(1), "failed");
+    assert!(rows[1].get::<_, &str>(3).contains("no world"));
+}
+
+fn killed_children(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    let lines: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    enqueue_lines(ctx, &lines, &["--max-attempts", "10"]);
+    let mut master = KillOnDrop(
+        prefork(
+            ctx,
+            &[
+                "--procs",
+                "2",
+                "--threads",
+                "4",
+                "--drain",
+                "--batch",
+                "4",
+                "--sql",
+                "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.002)",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let pid = Pid::from_raw(master.0.id() as i32);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut kills = 0;
+    while master.0.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = master.0.kill();
+            let out = master.take().wait_with_output().unwrap();
+            let err = stderr(&out);
+            let tail: Vec<&str> = err.lines().rev().take(30).collect();
+            let states = obs
+                .client()
+                .query(
+                    "SELECT state || ' ' || count(*) FROM prefork.jobs GROUP BY state",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>();
+            panic!(
+                "the fleet never drained ({kills} kills, jobs {states:?}); log tail:\n{}",
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(child) = first_child(pid) {
+            if kill(child, Signal::SIGKILL).is_ok() {
+                kills += 1;
+            }
+        }
+    }
+    let out = master.take().wait_with_output().unwrap();
+    eprintln!("    {kills} children killed");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(kills >= 3, "too few kills to mean anything: {kills}");
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        3000
+    );
+    assert_eq!(
+        count(&mut obs, "SELECT count(*) FROM effects"),
+        3000,
+        "an effect of a killed attempt was kept, or a job ran twice"
+    );
+}
+
+/// A master that a failing test must not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn take(&mut self) -> std::process::Child {
+        let placeholder = Command::new("true").spawn().unwrap();
+        std::mem::replace(&mut self.0, placeholder)
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn first_child(parent: Pid) -> Option<Pid> {
+    let text = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    text.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .map(Pid::from_raw)
+}
+
+fn status_json(ctx: &mut Ctx) {
+    reset(ctx);
+    enqueue_lines(ctx, "a\nb\n", &[]);
+    let out = run(ctx, &["status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    for key in [
+        "\"queued\":2",
+        "\"running\":0",
+        "\"done\":0",
+        "\"failed\":0",
+    ] {
+        assert!(text.contains(key), "{key} missing: {text}");
+    }
+}
