@@ -45,6 +45,7 @@ fn main() {
             ("max_requests_recycles_children", max_requests),
             ("timeout_kills_a_child_stuck_in_a_task", stuck),
             ("boot_timeout_kills_a_hung_child", hung_boot),
+            ("http_example_serves_through_a_reload", http_example),
         ],
         &[("master", master_main)],
     )
@@ -604,4 +605,55 @@ fn hung_boot(ctx: &mut Ctx) {
     }
     fleet.assert_no_zombies();
     assert_eq!(fleet.quit(), Some(0));
+}
+
+/// examples/http_server.rs: the master binds, the children accept; every
+/// request is answered, during a HUP reload too; TERM exits 0.
+fn http_example(ctx: &mut Ctx) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/http_server");
+    let mut server = std::process::Command::new(&example)
+        .args(["127.0.0.1:0", "--procs", "2", "--threads", "2"])
+        .env("DATABASE_URL", &ctx.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {example:?}: {e}"));
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the address")
+        .to_owned();
+    let get = |path: &str| -> String {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let pid = Pid::from_raw(server.id() as i32);
+    for i in 0..60 {
+        if i == 20 {
+            kill(pid, Signal::SIGHUP).unwrap();
+        }
+        let response = get(&format!("/r{i}"));
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "request {i}: {response}"
+        );
+        assert!(response.contains(&format!("path /r{i}")) && response.contains("prefork:worker:"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(&mut server, Duration::from_secs(30)), Some(0));
 }
