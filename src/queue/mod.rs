@@ -24,7 +24,7 @@ use postgres::types::Type;
 use crate::prefork::{App, BoxError, ChildInfo, Waker, Worker};
 
 pub use store::{
-    Counts, Enqueue, Job, Schema, check_queue_name, counts, enqueue, migrate, release,
+    Counts, Enqueue, Job, Release, Schema, check_queue_name, counts, enqueue, migrate, release,
 };
 
 /// A job handler in Rust: the job and the worker thread's own connection
@@ -109,8 +109,8 @@ pub struct QueueApp {
 }
 
 struct ChildState {
-    /// `host:pid`, stamped on the jobs this child claims.
-    owner: String,
+    /// `host:pid`; each worker stamps its claims `host:pid/<thread>`.
+    process: String,
     /// Set once this child asked the master to stop (`drain`).
     drained: AtomicBool,
     /// When (ms since `started`) this child last released expired leases.
@@ -125,7 +125,7 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-fn owner_of(pid: u32) -> String {
+fn process_of(pid: u32) -> String {
     format!("{}:{pid}", hostname())
 }
 
@@ -148,9 +148,26 @@ impl QueueApp {
     }
 
     /// One claim-run-complete round; returns how many jobs it ran.
-    fn round(&self, worker: &Worker) -> Result<usize, crate::Error> {
+    ///
+    /// Jobs claimed by a round whose outcome could not be recorded (the
+    /// database went away) are left in `unfinished`, and released by the
+    /// next round before it claims anything, so they do not wait for their
+    /// lease to expire.
+    fn round(
+        &self,
+        worker: &Worker,
+        owner: &str,
+        unfinished: &mut Vec<i64>,
+    ) -> Result<usize, crate::Error> {
         let c = &self.config;
-        let owner = &self.state().owner;
+        if !unfinished.is_empty() {
+            let ids = unfinished.clone();
+            let n = crate::with_client(|client| {
+                store::release(client, &c.schema, store::Release::Jobs { owner, ids: &ids })
+            })?;
+            log::warn!("released {n} job(s) whose outcome could not be recorded");
+            unfinished.clear();
+        }
         let jobs = crate::with_client(|client| {
             store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)
         })?;
@@ -161,13 +178,15 @@ impl QueueApp {
             [one] => format!("job {}", one.id),
             many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
         };
-        worker.task(&label, || self.run_batch(&jobs))?;
+        if let Err(e) = worker.task(&label, || self.run_batch(&jobs, owner)) {
+            unfinished.extend(jobs.iter().map(|j| j.id));
+            return Err(e);
+        }
         Ok(jobs.len())
     }
 
-    fn run_batch(&self, jobs: &[Job]) -> Result<(), crate::Error> {
+    fn run_batch(&self, jobs: &[Job], owner: &str) -> Result<(), crate::Error> {
         let c = &self.config;
-        let owner = &self.state().owner;
         match &self.handler {
             Handler::Sql(sql) => crate::with_client(|client| {
                 let mut tx = client.transaction()?;
@@ -229,7 +248,9 @@ impl QueueApp {
                 .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            match crate::with_client(|c| store::release(c, &self.config.schema, None)) {
+            match crate::with_client(|c| {
+                store::release(c, &self.config.schema, store::Release::Expired)
+            }) {
                 Ok(0) => {}
                 Ok(n) => log::warn!("released {n} job(s) whose lease expired"),
                 Err(e) => log::warn!("releasing expired leases: {e}"),
@@ -259,7 +280,7 @@ impl QueueApp {
 impl App for QueueApp {
     fn init_child(&self, child: &ChildInfo) -> Result<(), BoxError> {
         let state = ChildState {
-            owner: owner_of(std::process::id()),
+            process: process_of(std::process::id()),
             drained: AtomicBool::new(false),
             last_sweep: AtomicU64::new(0),
             started: Instant::now(),
@@ -276,8 +297,9 @@ impl App for QueueApp {
     }
 
     fn children_lost(&self, pids: &[u32]) {
-        let owners: Vec<String> = pids.iter().map(|pid| owner_of(*pid)).collect();
-        match crate::with_client(|c| store::release(c, &self.config.schema, Some(&owners))) {
+        let processes: Vec<String> = pids.iter().map(|pid| process_of(*pid)).collect();
+        let which = store::Release::Processes(&processes);
+        match crate::with_client(|c| store::release(c, &self.config.schema, which)) {
             Ok(0) => {}
             Ok(n) => log::warn!("requeued {n} job(s) of dead children {pids:?}"),
             Err(e) => log::warn!("requeueing the jobs of dead children {pids:?}: {e}"),
@@ -285,8 +307,10 @@ impl App for QueueApp {
     }
 
     fn run_worker(&self, worker: &Worker) {
+        let owner = format!("{}/{}", self.state().process, worker.index());
+        let mut unfinished = Vec::new();
         while !worker.stopping() {
-            match self.round(worker) {
+            match self.round(worker, &owner, &mut unfinished) {
                 Ok(0) => self.idle(worker),
                 Ok(_) => {}
                 Err(e) => {
@@ -295,6 +319,15 @@ impl App for QueueApp {
                     worker.wait(Duration::from_secs(1));
                 }
             }
+        }
+        if !unfinished.is_empty() {
+            // Stopping with a batch that could not be recorded: one last
+            // try, or the jobs wait for their lease.
+            let which = store::Release::Jobs {
+                owner: &owner,
+                ids: &unfinished,
+            };
+            let _ = crate::with_client(|c| store::release(c, &self.config.schema, which));
         }
     }
 }

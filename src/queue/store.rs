@@ -2,7 +2,7 @@
 //!
 //! Jobs live in `<schema>.jobs`. A claim is a committed lease: the job turns
 //! `running`, its attempt is counted and it is stamped with the claiming
-//! process (`host:pid`) and a lease deadline. Completion is guarded by that
+//! worker (`host:pid/thread`) and a lease deadline. Completion is guarded by that
 //! stamp, so a worker whose lease was taken over can never mark the job
 //! twice. A job whose worker died is requeued at once by the master that saw
 //! it die, or by anyone once its lease expires (a dead host).
@@ -269,9 +269,25 @@ pub(crate) fn complete(
     )
 }
 
-/// Requeues (or fails, after their last attempt) the running jobs of the
-/// given owners, or of every owner whose lease expired when `owners` is
-/// `None`. Returns how many jobs it released.
+/// Which running jobs [`release`] gives back.
+#[derive(Debug, Clone, Copy)]
+pub enum Release<'a> {
+    /// Those of these processes (`host:pid` prefixes): children that died.
+    Processes(&'a [String]),
+    /// These jobs, if `owner` still holds them: a batch whose completion
+    /// could not be recorded.
+    Jobs {
+        /// The worker that claimed them.
+        owner: &'a str,
+        /// The job ids.
+        ids: &'a [i64],
+    },
+    /// Those whose lease expired: their host died.
+    Expired,
+}
+
+/// Requeues (or fails, after their last attempt) running jobs. Returns how
+/// many it released.
 ///
 /// # Errors
 ///
@@ -279,22 +295,27 @@ pub(crate) fn complete(
 pub fn release(
     client: &mut Client,
     schema: &Schema,
-    owners: Option<&[String]>,
+    which: Release<'_>,
 ) -> Result<u64, postgres::Error> {
     let s = schema.name();
-    let set = "SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-                   last_error = 'the worker running it died or lost its lease',
-                   finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
-                   run_at = now(), locked_by = NULL, locked_until = NULL";
-    let n = match owners {
-        Some(owners) => client.execute(
-            &format!("UPDATE {s}.jobs {set} WHERE state = 'running' AND locked_by = ANY($1)"),
-            &[&owners],
+    let set = format!(
+        "UPDATE {s}.jobs
+         SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+             last_error = 'the attempt was interrupted (its worker died or lost the database)',
+             finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+             run_at = now(), locked_by = NULL, locked_until = NULL
+         WHERE state = 'running'"
+    );
+    let n = match which {
+        Release::Processes(processes) => {
+            let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
+            client.execute(&format!("{set} AND locked_by LIKE ANY($1)"), &[&patterns])?
+        }
+        Release::Jobs { owner, ids } => client.execute(
+            &format!("{set} AND id = ANY($1) AND locked_by = $2"),
+            &[&ids, &owner],
         )?,
-        None => client.execute(
-            &format!("UPDATE {s}.jobs {set} WHERE state = 'running' AND locked_until < now()"),
-            &[],
-        )?,
+        Release::Expired => client.execute(&format!("{set} AND locked_until < now()"), &[])?,
     };
     if n > 0 {
         client.execute("SELECT pg_notify($1, '')", &[&schema.channel()])?;

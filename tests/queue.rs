@@ -1,0 +1,338 @@
+//! The job queue at fleet scale, in real processes against a real server:
+//! nothing lost, nothing run twice, connections within their bound.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Ctx, Observer};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_prefork");
+const EFFECT: &str = "INSERT INTO effects SELECT $1::int";
+
+fn configure(_: &str) {}
+
+fn main() {
+    common::main(
+        fork_safe::cluster::Builder::new().max_connections(120),
+        configure,
+        &[
+            (
+                "twenty_thousand_jobs_within_the_connection_bound",
+                twenty_thousand,
+            ),
+            (
+                "jobs_survive_a_child_killed_every_200ms",
+                killed_every_200ms,
+            ),
+            ("jobs_survive_a_server_restart", server_restart),
+            ("two_masters_share_one_queue", two_masters),
+            ("idle_fleet_holds_one_connection_per_child", idle_fleet),
+            ("enqueue_takes_100000_lines_from_stdin", enqueue_many),
+        ],
+        &[],
+    )
+}
+
+fn prefork(ctx: &Ctx, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("DATABASE_URL", &ctx.url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A master that a failing test must not leave running.
+struct Master(Child);
+
+impl Master {
+    fn start(ctx: &Ctx, args: &[&str]) -> Master {
+        Master(prefork(ctx, args).spawn().expect("running prefork"))
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.0.id() as i32)
+    }
+
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the master to exit by itself (`--drain`); its exit code.
+    fn wait(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        while self.running() {
+            assert!(
+                Instant::now() < deadline,
+                "the fleet did not drain in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = self.0.wait().unwrap();
+        if !status.success() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = self.0.stderr.take().unwrap().read_to_string(&mut err);
+            eprintln!("{err}");
+        }
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if self.running() {
+            if let Ok(text) = std::fs::read_to_string(format!(
+                "/proc/{}/task/{}/children",
+                self.0.id(),
+                self.0.id()
+            )) {
+                for pid in text.split_whitespace().filter_map(|p| p.parse().ok()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn reset(ctx: &Ctx) -> Observer {
+    let mut obs = Observer::new(&ctx.url);
+    obs.client()
+        .batch_execute(
+            "DROP SCHEMA IF EXISTS prefork CASCADE;
+             DROP TABLE IF EXISTS effects;
+             CREATE TABLE effects (v int NOT NULL)",
+        )
+        .unwrap();
+    obs
+}
+
+fn enqueue(ctx: &Ctx, n: usize) {
+    let lines: String = (1..=n).map(|i| format!("{i}\n")).collect();
+    let mut child = prefork(ctx, &["enqueue", "--max-attempts", "100", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn count(obs: &mut Observer, sql: &str) -> i64 {
+    obs.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+fn fleet_backends(obs: &mut Observer) -> i64 {
+    count(
+        obs,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE application_name LIKE 'prefork:master:%' OR application_name LIKE 'prefork:worker:%'",
+    )
+}
+
+/// Every job done, each effect exactly once.
+fn assert_all_done_once(obs: &mut Observer, n: i64) {
+    assert_eq!(
+        count(
+            obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        n
+    );
+    assert_eq!(
+        count(obs, "SELECT count(*) FROM effects"),
+        n,
+        "effects != jobs"
+    );
+    assert_eq!(
+        count(obs, "SELECT count(DISTINCT v) FROM effects"),
+        n,
+        "a job ran twice"
+    );
+}
+
+/// Samples the fleet's backends on a thread until stopped; the peak.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicI64>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Sampler {
+    fn start(url: &str) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicI64::new(0));
+        let mut obs = Observer::new(url);
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            let mut samples = 0;
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(fleet_backends(&mut obs), Ordering::Relaxed);
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            samples
+        });
+        Sampler {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (i64, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self.thread.take().unwrap().join().unwrap();
+        (self.peak.load(Ordering::Relaxed), samples)
+    }
+}
+
+fn twenty_thousand(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    enqueue(ctx, 20_000);
+    let sampler = Sampler::start(&ctx.url);
+    let mut master = Master::start(
+        ctx,
+        &["--procs", "4", "--threads", "8", "--drain", "--sql", EFFECT],
+    );
+    assert_eq!(master.wait(Duration::from_secs(300)), 0);
+    let (peak, samples) = sampler.finish();
+    eprintln!("    peak fleet backends {peak} over {samples} samples (bound 4 x 8 + 4 + 1 = 37)");
+    assert!(samples > 20);
+    assert!(peak <= 37, "the fleet held {peak} connections");
+    assert_all_done_once(&mut obs, 20_000);
+    assert_eq!(
+        fleet_backends(&mut obs),
+        0,
+        "backends left after the master exited"
+    );
+}
+
+fn killed_every_200ms(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    enqueue(ctx, 20_000);
+    let mut master = Master::start(
+        ctx,
+        &[
+            "--procs",
+            "4",
+            "--threads",
+            "8",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.001)",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut kills = 0;
+    while master.running() {
+        assert!(Instant::now() < deadline, "the fleet never drained");
+        std::thread::sleep(Duration::from_millis(200));
+        let text = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", master.pid()))
+            .unwrap_or_default();
+        if let Some(child) = text.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            if kill(Pid::from_raw(child), Signal::SIGKILL).is_ok() {
+                kills += 1;
+            }
+        }
+    }
+    eprintln!("    {kills} children killed");
+    assert_eq!(master.wait(Duration::from_secs(1)), 0);
+    assert!(kills >= 5, "too few kills: {kills}");
+    assert_all_done_once(&mut obs, 20_000);
+}
+
+fn server_restart(ctx: &mut Ctx) {
+    let obs = reset(ctx);
+    enqueue(ctx, 10_000);
+    drop(obs);
+    let mut master = Master::start(
+        ctx,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "4",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.001)",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(master.running(), "drained before the restart; enqueue more");
+    ctx.cluster.restart().unwrap();
+    assert_eq!(master.wait(Duration::from_secs(300)), 0);
+    let mut obs = Observer::new(&ctx.url);
+    assert_all_done_once(&mut obs, 10_000);
+}
+
+fn two_masters(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    enqueue(ctx, 10_000);
+    let args = ["--procs", "2", "--threads", "4", "--drain", "--sql", EFFECT];
+    let mut a = Master::start(ctx, &args);
+    let mut b = Master::start(ctx, &args);
+    assert_eq!(a.wait(Duration::from_secs(300)), 0);
+    assert_eq!(b.wait(Duration::from_secs(300)), 0);
+    assert_all_done_once(&mut obs, 10_000);
+}
+
+fn idle_fleet(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    let mut master = Master::start(ctx, &["--procs", "3", "--threads", "4", "--sql", EFFECT]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut peak = 0;
+    for _ in 0..50 {
+        peak = peak.max(fleet_backends(&mut obs));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(master.running());
+    assert!(peak <= 3 + 1, "an idle fleet of 3 held {peak} connections");
+    assert!(peak >= 3, "each child listens: {peak}");
+    // A job enqueued into the idle fleet is picked up.
+    enqueue(ctx, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&mut obs, "SELECT count(*) FROM effects") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle fleet never picked the job up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    assert_eq!(master.wait(Duration::from_secs(30)), 0);
+}
+
+fn enqueue_many(ctx: &mut Ctx) {
+    let mut obs = reset(ctx);
+    let started = Instant::now();
+    enqueue(ctx, 100_000);
+    eprintln!("    100,000 jobs enqueued in {:.2?}", started.elapsed());
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'queued'"
+        ),
+        100_000
+    );
+}
