@@ -127,7 +127,7 @@ fn master_main(_url: &str) -> i32 {
         fail_boot: std::env::var("PF_FAIL_BOOT").is_ok(),
     };
     match fleet.run(app) {
-        Ok(()) => 0,
+        Ok(_) => 0,
         Err(e) => {
             eprintln!("master: {e}");
             1

@@ -309,6 +309,19 @@ fn idle_fleet(ctx: &mut Ctx) {
     assert!(master.running());
     assert!(peak <= 3 + 1, "an idle fleet of 3 held {peak} connections");
     assert!(peak >= 3, "each child listens: {peak}");
+    // status lists the three live workers, recorded by their master.
+    let out = prefork(ctx, &["status", "--json"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let master_pid = format!("\"master_pid\":{}", master.pid());
+    assert_eq!(json.matches(&master_pid).count(), 3, "live workers: {json}");
     // A job enqueued into the idle fleet is picked up.
     enqueue(ctx, 1);
     let deadline = Instant::now() + Duration::from_secs(10);

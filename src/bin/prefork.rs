@@ -330,19 +330,35 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     })
     .map_err(runtime)?;
+    let workers =
+        fork_safe::with_client(|c| queue::live_workers(c, &schema, &db.queue)).map_err(runtime)?;
     fork_safe::close_all();
     if args.json {
+        let workers: Vec<String> = workers
+            .iter()
+            .map(|w| {
+                format!(
+                    "{{\"host\":{},\"pid\":{},\"master_pid\":{},\"since\":{:.3},\"tasks\":{}}}",
+                    json_string(&w.host),
+                    w.pid,
+                    w.master_pid,
+                    w.since,
+                    w.tasks
+                )
+            })
+            .collect();
         let backends: Vec<String> = backends
             .iter()
             .map(|(name, n)| format!("{}:{n}", json_string(name)))
             .collect();
         println!(
-            "{{\"queue\":{},\"queued\":{},\"running\":{},\"done\":{},\"failed\":{},\"backends\":{{{}}}}}",
+            "{{\"queue\":{},\"queued\":{},\"running\":{},\"done\":{},\"failed\":{},\"workers\":[{}],\"backends\":{{{}}}}}",
             json_string(&db.queue),
             counts.queued,
             counts.running,
             counts.done,
             counts.failed,
+            workers.join(","),
             backends.join(",")
         );
     } else {
@@ -350,6 +366,19 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
             "queue {:?}: {} queued, {} running, {} done, {} failed",
             db.queue, counts.queued, counts.running, counts.done, counts.failed
         );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        for w in &workers {
+            println!(
+                "  worker {}:{} (master {}) up {:.0}s, {} task(s) done",
+                w.host,
+                w.pid,
+                w.master_pid,
+                (now - w.since).max(0.0),
+                w.tasks
+            );
+        }
         for (name, n) in backends {
             println!("  {name}: {n} backend(s)");
         }
@@ -482,18 +511,25 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         .crash_limit(args.crash_limit)
         .strict(args.strict)
         .pidfile(args.pidfile.clone());
+    let app = QueueApp::new(config, handler);
+    let stats = app.stats();
     let started = Instant::now();
-    fleet.run(QueueApp::new(config, handler)).map_err(runtime)?;
+    let report = fleet.run(app).map_err(runtime)?;
     let elapsed = started.elapsed();
     let after = counts(&schema, &args.db.queue)?;
     let done = after.done - before.done;
     let failed = after.failed - before.failed;
     let summary = format!(
         "prefork: {done} job(s) done, {failed} failed in {elapsed:.1?} ({:.0} jobs/s); \
-         {} queued, {} running left",
+         {} queued, {} running left; peak backends {} (bound {}); {} restart(s)",
         done as f64 / elapsed.as_secs_f64().max(1e-9),
         after.queued,
-        after.running
+        after.running,
+        stats
+            .peak_backends
+            .load(std::sync::atomic::Ordering::Relaxed),
+        procs * args.threads as usize + procs + 1,
+        report.restarts
     );
     if std::io::stderr().is_terminal() || args.drain || args.sample.is_some() {
         eprintln!("{summary}");

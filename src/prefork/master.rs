@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
 use super::signals::SignalPipe;
-use super::{App, PreforkError, Settings, child, io_error, title};
+use super::{App, ChildStatus, PreforkError, Report, Settings, child, io_error, title};
 use crate::fork::Fork;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -40,6 +40,7 @@ struct Child {
     /// Read end of the ready pipe until the child reports (or dies).
     ready_pipe: Option<OwnedFd>,
     born: Instant,
+    born_at: std::time::SystemTime,
     ready_at: Option<Instant>,
     /// Set once the master told it to stop (TERM) or killed it.
     stop: Option<Stop>,
@@ -91,10 +92,11 @@ struct Master<A: App> {
     leftovers: Vec<(Pid, Instant)>,
     use_database: bool,
     outcome: Result<(), PreforkError>,
+    report: Report,
     rng: u64,
 }
 
-pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<(), PreforkError> {
+pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, PreforkError> {
     let pidfile = settings
         .pidfile
         .as_ref()
@@ -118,6 +120,7 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<(), Prefork
         leftovers: Vec::new(),
         use_database,
         outcome: Ok(()),
+        report: Report::default(),
         rng: seed(),
     };
     log::info!(
@@ -130,8 +133,11 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<(), Prefork
     if let Some(signals) = master.signals.take() {
         signals.uninstall();
     }
+    // A last tick with no children, so the app can clear its accounting.
+    master.app.master_tick(&[]);
+    crate::close_all();
     drop(pidfile);
-    result
+    result.map(|()| master.report)
 }
 
 impl<A: App> Master<A> {
@@ -152,6 +158,7 @@ impl<A: App> Master<A> {
             if self.leftovers_due(now) {
                 self.end_leftover_backends();
             }
+            self.tick();
             self.wait(now);
         }
     }
@@ -207,6 +214,7 @@ impl<A: App> Master<A> {
             child.index,
             child.pid
         );
+        self.report.restarts += 1;
         let Some(slot) = self.slots.get_mut(child.index - 1) else {
             return;
         };
@@ -413,12 +421,14 @@ impl<A: App> Master<A> {
                     "worker {index} started: pid {pid}{}",
                     replaces.map_or(String::new(), |old| format!(" (replacing pid {old})"))
                 );
+                self.report.started += 1;
                 self.children.push(Child {
                     index,
                     pid,
                     board,
                     ready_pipe: Some(ready_read),
                     born: Instant::now(),
+                    born_at: std::time::SystemTime::now(),
                     ready_at: None,
                     stop: None,
                     retire: None,
@@ -468,6 +478,21 @@ impl<A: App> Master<A> {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         self.rng
+    }
+
+    fn tick(&self) {
+        let children: Vec<ChildStatus> = self
+            .children
+            .iter()
+            .map(|c| ChildStatus {
+                index: c.index,
+                pid: c.pid.as_raw() as u32,
+                started: c.born_at,
+                ready: c.ready_at.is_some(),
+                tasks: c.board.tasks.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect();
+        self.app.master_tick(&children);
     }
 
     /// Whether to end dead children's backends now. Not while a

@@ -18,7 +18,9 @@
 //! }
 //!
 //! # fn main() -> Result<(), fork_safe::prefork::PreforkError> {
-//! Prefork::new().procs(4).threads(8).run(Hello)
+//! let report = Prefork::new().procs(4).threads(8).run(Hello)?;
+//! println!("{} restarts", report.restarts);
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -95,12 +97,45 @@ pub trait App: Send + Sync + 'static {
         let _ = pids;
     }
 
+    /// Runs in the master on every turn of its loop (at least every 100 ms)
+    /// with the children's status, for accounting: a job queue records its
+    /// live workers and samples its backends here. Keep it quick; any
+    /// database use is closed again before the master's next fork.
+    fn master_tick(&self, children: &[ChildStatus]) {
+        let _ = children;
+    }
+
     /// The body of each worker thread: take work until
     /// [`Worker::stopping`], wrapping each unit in [`Worker::task`].
     ///
     /// Returning (or panicking) before the child is told to stop is treated
     /// as a fault: the child stops and the master replaces it.
     fn run_worker(&self, worker: &Worker);
+}
+
+/// A child as the master sees it, for [`App::master_tick`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildStatus {
+    /// The slot number, from 1.
+    pub index: usize,
+    /// The child's pid.
+    pub pid: u32,
+    /// When it was forked.
+    pub started: std::time::SystemTime,
+    /// Whether it reported ready.
+    pub ready: bool,
+    /// Tasks it finished.
+    pub tasks: u64,
+}
+
+/// What a fleet did, returned by [`Prefork::run`] once it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Children forked, replacements included.
+    pub started: u64,
+    /// Children that died without being asked to stop (killed, crashed,
+    /// stuck or hung at boot) and were replaced.
+    pub restarts: u64,
 }
 
 /// About the child an [`App::init_child`] runs in.
@@ -410,7 +445,7 @@ impl Prefork {
         self
     }
 
-    /// Runs the fleet until it is stopped by a signal.
+    /// Runs the fleet until it is stopped by a signal; reports what it did.
     ///
     /// Call it from the main thread of a single-threaded process with no
     /// connection open (threads and connections are refused by the fork
@@ -429,7 +464,7 @@ impl Prefork {
     ///   connections held elsewhere;
     /// - [`PreforkError::CrashLimit`] after the fleet stopped because of it;
     /// - [`PreforkError::Io`] for pipes, mappings, signals or the pidfile.
-    pub fn run<A: App>(self, app: A) -> Result<(), PreforkError> {
+    pub fn run<A: App>(self, app: A) -> Result<Report, PreforkError> {
         master::run(self.settings, std::sync::Arc::new(app))
     }
 }

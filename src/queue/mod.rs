@@ -21,10 +21,11 @@ use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::Type;
 
-use crate::prefork::{App, BoxError, ChildInfo, Waker, Worker};
+use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Waker, Worker};
 
 pub use store::{
-    Counts, Enqueue, Job, Release, Schema, check_queue_name, counts, enqueue, migrate, release,
+    Counts, Enqueue, Job, Release, Schema, WorkerRow, check_queue_name, counts, enqueue,
+    live_workers, migrate, release,
 };
 
 /// A job handler in Rust: the job and the worker thread's own connection
@@ -99,10 +100,21 @@ impl Default for QueueConfig {
     }
 }
 
+/// What the master observed of its fleet, for a summary.
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    /// The most backends the fleet (master and children) held at once, as
+    /// sampled in `pg_stat_activity` every 250 ms.
+    pub peak_backends: AtomicU64,
+    last_sample: std::sync::Mutex<Option<Instant>>,
+    last_record: std::sync::Mutex<Option<Instant>>,
+}
+
 /// A prefork app that works a job queue.
 pub struct QueueApp {
     config: QueueConfig,
     handler: Handler,
+    stats: Arc<FleetStats>,
     /// Per-child state, set in `init_child` (each child has its own copy of
     /// the app, so this is per process).
     child: OnceLock<ChildState>,
@@ -139,8 +151,15 @@ impl QueueApp {
         QueueApp {
             config,
             handler,
+            stats: Arc::default(),
             child: OnceLock::new(),
         }
+    }
+
+    /// What the master observes while the fleet runs; read it after
+    /// [`Prefork::run`](crate::prefork::Prefork::run) returns.
+    pub fn stats(&self) -> Arc<FleetStats> {
+        self.stats.clone()
     }
 
     fn state(&self) -> &ChildState {
@@ -303,6 +322,60 @@ impl App for QueueApp {
             Ok(0) => {}
             Ok(n) => log::warn!("requeued {n} job(s) of dead children {pids:?}"),
             Err(e) => log::warn!("requeueing the jobs of dead children {pids:?}: {e}"),
+        }
+    }
+
+    fn master_tick(&self, children: &[ChildStatus]) {
+        let due = |last: &std::sync::Mutex<Option<Instant>>, every: Duration| {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= every) || children.is_empty();
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        let master = std::process::id();
+        if !children.is_empty() && due(&self.stats.last_sample, Duration::from_millis(250)) {
+            let mut names: Vec<String> = children
+                .iter()
+                .map(|c| format!("prefork:worker:{}", c.pid))
+                .collect();
+            names.push(format!("prefork:master:{master}"));
+            let sampled = crate::with_client(|c| {
+                let row = c.query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY($1)",
+                    &[&names],
+                )?;
+                Ok(row.get::<_, i64>(0) as u64)
+            });
+            if let Ok(n) = sampled {
+                self.stats.peak_backends.fetch_max(n, Ordering::Relaxed);
+            }
+        }
+        if due(&self.stats.last_record, Duration::from_secs(1)) {
+            let rows: Vec<(i32, f64, i64)> = children
+                .iter()
+                .map(|c| {
+                    let since = c
+                        .started
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    (c.pid as i32, since, c.tasks as i64)
+                })
+                .collect();
+            let c = &self.config;
+            if let Err(e) = crate::with_client(|client| {
+                store::record_workers(
+                    client,
+                    &c.schema,
+                    &hostname(),
+                    master as i32,
+                    &c.queue,
+                    &rows,
+                )
+            }) {
+                log::debug!("recording workers: {e}");
+            }
         }
     }
 

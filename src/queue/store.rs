@@ -101,6 +101,17 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX jobs_queued ON {s}.jobs (queue, run_at, id) WHERE state = 'queued';
      CREATE INDEX jobs_running ON {s}.jobs (locked_until) WHERE state = 'running';
      CREATE INDEX jobs_locked_by ON {s}.jobs (locked_by) WHERE state = 'running';",
+    // 2: live workers, kept by each master.
+    "CREATE TABLE {s}.workers (
+        host text NOT NULL,
+        pid int NOT NULL,
+        master_pid int NOT NULL,
+        queue text NOT NULL,
+        since timestamptz NOT NULL,
+        tasks bigint NOT NULL DEFAULT 0,
+        seen_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (host, pid)
+     );",
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.
@@ -369,4 +380,83 @@ pub fn counts(
         }
     }
     Ok(counts)
+}
+
+/// A live worker process, as its master last recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRow {
+    /// Its host.
+    pub host: String,
+    /// Its pid.
+    pub pid: i32,
+    /// Its master's pid.
+    pub master_pid: i32,
+    /// When it started (seconds since the Unix epoch).
+    pub since: f64,
+    /// Tasks it finished.
+    pub tasks: i64,
+}
+
+/// Records the children of the master `master_pid` on `host`, and forgets
+/// its children that are gone.
+pub(crate) fn record_workers(
+    client: &mut Client,
+    schema: &Schema,
+    host: &str,
+    master_pid: i32,
+    queue: &str,
+    rows: &[(i32, f64, i64)],
+) -> Result<(), postgres::Error> {
+    let s = schema.name();
+    let pids: Vec<i32> = rows.iter().map(|r| r.0).collect();
+    let since: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    let tasks: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let mut tx = client.transaction()?;
+    tx.execute(
+        &format!("DELETE FROM {s}.workers WHERE host = $1 AND master_pid = $2 AND pid <> ALL($3)"),
+        &[&host, &master_pid, &pids],
+    )?;
+    if !rows.is_empty() {
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.workers (host, pid, master_pid, queue, since, tasks)
+                 SELECT $1, p, $2, $3, to_timestamp(t), n FROM unnest($4::int4[], $5::float8[], $6::int8[]) AS w(p, t, n)
+                 ON CONFLICT (host, pid) DO UPDATE
+                 SET master_pid = EXCLUDED.master_pid, queue = EXCLUDED.queue, since = EXCLUDED.since,
+                     tasks = EXCLUDED.tasks, seen_at = now()"
+            ),
+            &[&host, &master_pid, &queue, &pids, &since, &tasks],
+        )?;
+    }
+    tx.commit()
+}
+
+/// Workers whose master recorded them in the last 10 seconds.
+///
+/// # Errors
+///
+/// The server's error.
+pub fn live_workers(
+    client: &mut Client,
+    schema: &Schema,
+    queue: &str,
+) -> Result<Vec<WorkerRow>, postgres::Error> {
+    let s = schema.name();
+    let rows = client.query(
+        &format!(
+            "SELECT host, pid, master_pid, extract(epoch FROM since)::float8, tasks FROM {s}.workers
+             WHERE queue = $1 AND seen_at > now() - interval '10 seconds' ORDER BY host, pid"
+        ),
+        &[&queue],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| WorkerRow {
+            host: r.get(0),
+            pid: r.get(1),
+            master_pid: r.get(2),
+            since: r.get(3),
+            tasks: r.get(4),
+        })
+        .collect())
 }
