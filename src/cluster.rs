@@ -345,7 +345,14 @@ pub fn find_bindir() -> Result<PathBuf, ClusterError> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
     let path = std::env::var_os("PATH").unwrap_or_default();
     if let Some(dir) = std::env::split_paths(&path).find(|d| has_server(d)) {
-        return Ok(dir);
+        // A PATH entry may hold symlinks (/usr/local/bin/initdb ->
+        // /usr/lib/postgresql/15/bin/initdb): use the real directory, which
+        // has the rest of the installation (pgbench, pg_ctl) too.
+        let real = fs::canonicalize(dir.join("initdb"))
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .filter(|d| has_server(d));
+        return Ok(real.unwrap_or(dir));
     }
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .into_iter()

@@ -205,6 +205,13 @@ pub struct Job {
 }
 
 /// Claims up to `limit` runnable jobs for `owner` with a lease of `lease`.
+///
+/// The claim commits without waiting for its WAL flush
+/// (`synchronous_commit = off` for this transaction only). That is safe:
+/// WAL is flushed in order, so the claim is durable as soon as anything
+/// after it is, such as the batch's completion. A claim lost in a server
+/// crash only returns its jobs to `queued`, together with anything their
+/// unflushed completion did. It saves one disk flush per batch.
 pub(crate) fn claim(
     client: &mut Client,
     schema: &Schema,
@@ -214,7 +221,9 @@ pub(crate) fn claim(
     lease: Duration,
 ) -> Result<Vec<Job>, postgres::Error> {
     let s = schema.name();
-    let rows = client.query(
+    let mut tx = client.transaction()?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+    let rows = tx.query(
         &format!(
             "UPDATE {s}.jobs AS j
              SET state = 'running', attempts = j.attempts + 1, locked_by = $3,
@@ -228,6 +237,7 @@ pub(crate) fn claim(
         ),
         &[&queue, &limit, &owner, &lease.as_secs_f64()],
     )?;
+    tx.commit()?;
     Ok(rows
         .iter()
         .map(|r| Job {
