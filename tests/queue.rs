@@ -301,10 +301,13 @@ fn idle_fleet(ctx: &mut Ctx) {
     let mut obs = reset(ctx);
     let mut master = Master::start(ctx, &["--procs", "3", "--threads", "4", "--sql", EFFECT]);
     std::thread::sleep(Duration::from_millis(1500));
+    // Sample across more than one fallback-poll interval (1 s): idle
+    // workers must not reconnect to look for work.
     let mut peak = 0;
-    for _ in 0..50 {
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
         peak = peak.max(fleet_backends(&mut obs));
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
     assert!(master.running());
     assert!(peak <= 3 + 1, "an idle fleet of 3 held {peak} connections");

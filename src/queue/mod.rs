@@ -82,8 +82,10 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// Stop the fleet once nothing is queued or running. Default: off.
     pub drain: bool,
-    /// How often idle workers look for work without a notification
-    /// (missed notifications, retries coming due). Default: 1 second.
+    /// How often each child's listener looks for work that came without a
+    /// notification (retries coming due, a missed notification) and for
+    /// expired leases. Idle workers hold no connection and only wake when
+    /// there is work. Default: 1 second.
     pub poll: Duration,
 }
 
@@ -125,9 +127,6 @@ struct ChildState {
     process: String,
     /// Set once this child asked the master to stop (`drain`).
     drained: AtomicBool,
-    /// When (ms since `started`) this child last released expired leases.
-    last_sweep: AtomicU64,
-    started: Instant,
 }
 
 fn hostname() -> String {
@@ -253,28 +252,10 @@ impl QueueApp {
         }
     }
 
-    /// Nothing to claim: hold no connection, maybe sweep expired leases or
-    /// end a drain, then sleep until woken.
+    /// Nothing to claim: end a drain if everything is finished, then hold
+    /// no connection and sleep until the listener sees work.
     fn idle(&self, worker: &Worker) {
-        crate::close_all();
         let state = self.state();
-        let now_ms = state.started.elapsed().as_millis() as u64;
-        let last = state.last_sweep.load(Ordering::Relaxed);
-        let sweep_every = (self.config.lease.as_millis() as u64 / 4).clamp(1_000, 60_000);
-        if now_ms >= last + sweep_every
-            && state
-                .last_sweep
-                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            match crate::with_client(|c| {
-                store::release(c, &self.config.schema, store::Release::Expired)
-            }) {
-                Ok(0) => {}
-                Ok(n) => log::warn!("released {n} job(s) whose lease expired"),
-                Err(e) => log::warn!("releasing expired leases: {e}"),
-            }
-        }
         if self.config.drain && !state.drained.load(Ordering::Acquire) {
             let c = &self.config;
             match crate::with_client(|client| store::counts(client, &c.schema, &c.queue)) {
@@ -292,7 +273,9 @@ impl QueueApp {
             }
         }
         crate::close_all();
-        worker.wait(self.config.poll);
+        // The listener wakes the child's workers when there is work; the
+        // long timeout is only a last resort.
+        worker.wait(Duration::from_secs(60));
     }
 }
 
@@ -301,17 +284,15 @@ impl App for QueueApp {
         let state = ChildState {
             process: process_of(std::process::id()),
             drained: AtomicBool::new(false),
-            last_sweep: AtomicU64::new(0),
-            started: Instant::now(),
         };
         if self.child.set(state).is_err() {
             return Err("init_child ran twice".into());
         }
-        let channel = self.config.schema.channel();
+        let config = self.config.clone();
         let waker = child.waker();
         crate::thread::Builder::new()
             .name("queue-listener".into())
-            .spawn(move || listen(&channel, &waker))?;
+            .spawn(move || listen(&config, &waker))?;
         Ok(())
     }
 
@@ -405,23 +386,37 @@ impl App for QueueApp {
     }
 }
 
-/// The child's LISTEN connection: wakes the workers on every notification.
+/// The child's LISTEN connection. It wakes the workers on every
+/// notification and, every `poll` without one, looks for runnable jobs
+/// (retries coming due, a missed notification) and releases expired leases.
 /// It lives as long as the child (the process exit closes it).
-fn listen(channel: &str, waker: &Waker) {
+fn listen(config: &QueueConfig, waker: &Waker) {
+    let sweep_every = (config.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut last_sweep = Instant::now();
     loop {
         let outcome = crate::with_client(|client| {
-            client.batch_execute(&format!("LISTEN {channel}"))?;
+            client.batch_execute(&format!("LISTEN {}", config.schema.channel()))?;
+            // Work queued before we listened.
+            waker.wake();
             loop {
-                let mut notifications = client.notifications();
-                let mut it = notifications.timeout_iter(Duration::from_secs(60));
-                match it.next() {
-                    Ok(Some(_)) => waker.wake(),
-                    Ok(None) => {}
-                    Err(e) => return Err::<(), _>(e),
+                let notified = {
+                    let mut notifications = client.notifications();
+                    let mut it = notifications.timeout_iter(config.poll);
+                    it.next()?.is_some()
+                };
+                if notified || store::has_runnable(client, &config.schema, &config.queue)? {
+                    waker.wake();
+                }
+                if last_sweep.elapsed() >= sweep_every {
+                    last_sweep = Instant::now();
+                    let n = store::release(client, &config.schema, store::Release::Expired)?;
+                    if n > 0 {
+                        log::warn!("released {n} job(s) whose lease expired");
+                    }
                 }
             }
         });
-        if let Err(e) = outcome {
+        if let Err::<(), _>(e) = outcome {
             log::warn!("queue listener: {e}; reconnecting in 1 s");
         }
         std::thread::sleep(Duration::from_secs(1));

@@ -249,6 +249,23 @@ pub(crate) fn claim(
         .collect())
 }
 
+/// Whether `queue` has a job runnable now (an index-only look).
+pub(crate) fn has_runnable(
+    client: &mut Client,
+    schema: &Schema,
+    queue: &str,
+) -> Result<bool, postgres::Error> {
+    let s = schema.name();
+    Ok(client
+        .query_opt(
+            &format!(
+                "SELECT 1 FROM {s}.jobs WHERE queue = $1 AND state = 'queued' AND run_at <= now() LIMIT 1"
+            ),
+            &[&queue],
+        )?
+        .is_some())
+}
+
 /// A job's outcome: `Ok(result)` or `Err(error)`.
 pub(crate) type Outcome = Result<String, String>;
 
