@@ -29,6 +29,7 @@ fn main() {
             ("exec_handler_gets_payload_and_environment", exec_handler),
             ("sigkilled_children_lose_no_job", killed_children),
             ("status_json_counts_states", status_json),
+            ("strict_refuses_a_fleet_too_big_for_the_server", strict),
         ],
         &[],
     )
@@ -380,4 +381,27 @@ fn status_json(ctx: &mut Ctx) {
     ] {
         assert!(text.contains(key), "{key} missing: {text}");
     }
+}
+
+fn strict(ctx: &mut Ctx) {
+    // 60 x 2 + 1 connections cannot fit in a 100-connection server.
+    let out = run(
+        ctx,
+        &[
+            "--procs",
+            "60",
+            "--threads",
+            "2",
+            "--strict",
+            "--sql",
+            "SELECT 1",
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("121 connections") && err.contains("free slots"),
+        "{err}"
+    );
 }

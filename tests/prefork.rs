@@ -46,6 +46,9 @@ fn main() {
             ("timeout_kills_a_child_stuck_in_a_task", stuck),
             ("boot_timeout_kills_a_hung_child", hung_boot),
             ("http_example_serves_through_a_reload", http_example),
+            ("max_lifetime_recycles_children", max_lifetime),
+            ("reload_on_rss_recycles_children", reload_on_rss),
+            ("ctrl_c_to_the_process_group_stops_the_fleet_once", ctrl_c),
         ],
         &[("master", master_main)],
     )
@@ -119,6 +122,8 @@ fn master_main(_url: &str) -> i32 {
         .boot_timeout(secs("PF_BOOT_TIMEOUT").unwrap_or(Duration::from_secs(30)))
         .graceful_timeout(secs("PF_GRACEFUL_TIMEOUT").unwrap_or(Duration::from_secs(30)))
         .max_requests(env_u64("PF_MAX_REQUESTS"), 0)
+        .max_lifetime(secs("PF_MAX_LIFETIME"), Duration::ZERO)
+        .reload_on_rss(env_u64("PF_RELOAD_ON_RSS"))
         .crash_limit(env_u64("PF_CRASH_LIMIT").map(|n| n as u32));
     let app = TestApp {
         task_ms: env_u64("PF_TASK_MS").unwrap_or(100),
@@ -656,4 +661,78 @@ fn http_example(ctx: &mut Ctx) {
     }
     kill(pid, Signal::SIGTERM).unwrap();
     assert_eq!(wait_exit(&mut server, Duration::from_secs(30)), Some(0));
+}
+
+fn max_lifetime(ctx: &mut Ctx) {
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "2"),
+            ("PF_THREADS", "1"),
+            ("PF_MAX_LIFETIME", "1"),
+        ],
+    );
+    let first = fleet.wait_children(2, Duration::from_secs(10));
+    fleet.wait_log("will be recycled: max lifetime", 2, Duration::from_secs(10));
+    fleet.wait_log("replaced (max lifetime)", 2, Duration::from_secs(10));
+    assert!(fleet.children().iter().any(|pid| !first.contains(pid)));
+    fleet.assert_no_zombies();
+    assert_eq!(fleet.stop(), Some(0));
+}
+
+fn reload_on_rss(ctx: &mut Ctx) {
+    // 1 MB: every child is over it as soon as it is ready.
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "1"),
+            ("PF_THREADS", "1"),
+            ("PF_RELOAD_ON_RSS", "1"),
+        ],
+    );
+    fleet.wait_log("memory over reload-on-rss", 2, Duration::from_secs(10));
+    fleet.wait_log(
+        "replaced (memory over reload-on-rss)",
+        1,
+        Duration::from_secs(10),
+    );
+    fleet.assert_no_zombies();
+    assert_eq!(fleet.stop(), Some(0));
+}
+
+/// Ctrl-C in a terminal sends INT to the whole foreground process group:
+/// the children ignore it, the master stops the fleet gracefully, once.
+fn ctrl_c(ctx: &mut Ctx) {
+    let mut obs = Observer::new(&ctx.url);
+    let mut fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "2"),
+            ("PF_THREADS", "2"),
+            ("PF_TASK_MS", "500"),
+        ],
+    );
+    fleet.wait_children(2, Duration::from_secs(10));
+    fleet.wait_log("ready in", 2, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count_tasks(&mut obs, "started") < 2 {
+        assert!(Instant::now() < deadline, "tasks never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let group = Pid::from_raw(-fleet.pid().as_raw());
+    kill(group, Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    kill(group, Signal::SIGINT).unwrap(); // an impatient second Ctrl-C
+    assert_eq!(
+        wait_exit(&mut fleet.master, Duration::from_secs(30)),
+        Some(0)
+    );
+    let log = fleet.log_text();
+    assert_eq!(log.matches("SIGINT: graceful stop").count(), 1, "{log}");
+    assert_eq!(
+        count_tasks(&mut obs, "started"),
+        0,
+        "an in-flight task was cut short"
+    );
+    assert_eq!(count_tasks(&mut obs, "failed"), 0);
 }

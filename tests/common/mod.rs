@@ -113,8 +113,11 @@ pub fn spawn_child(
     env: &[(&str, String)],
     log: &std::path::Path,
 ) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(CHILD_ENV, name).env(URL_ENV, url);
+    // Its own process group, as a terminal would give it: a test can send
+    // the group a Ctrl-C without hitting the test runner.
+    cmd.env(CHILD_ENV, name).env(URL_ENV, url).process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
