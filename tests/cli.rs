@@ -1,23 +1,20 @@
 //! The `prefork` command line against a real server, in real processes.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use cli::{Master, count, enqueue_lines, first_child, reset};
 use common::{Ctx, Observer};
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_prefork");
-
-fn configure(_: &str) {}
 
 fn main() {
     common::main(
         fork_safe::cluster::Builder::new(),
-        configure,
+        |_| {},
         &[
             ("bad_input_is_one_line_and_exit_2", bad_input),
             ("unreachable_database_is_exit_1", unreachable),
@@ -35,58 +32,14 @@ fn main() {
     )
 }
 
-fn prefork(ctx: &Ctx, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("DATABASE_URL", &ctx.url)
-        .env("RUST_LOG", "warn")
-        .env_remove("PGHOST")
-        .env_remove("PGDATABASE");
-    cmd
-}
-
 fn run(ctx: &Ctx, args: &[&str]) -> Output {
-    prefork(ctx, args).output().expect("running prefork")
+    cli::prefork(&ctx.url, args)
+        .output()
+        .expect("running prefork")
 }
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn reset(ctx: &Ctx) -> Observer {
-    let mut obs = Observer::new(&ctx.url);
-    obs.client()
-        .batch_execute(
-            "DROP SCHEMA IF EXISTS prefork CASCADE;
-             DROP TABLE IF EXISTS effects;
-             CREATE TABLE effects (v int NOT NULL)",
-        )
-        .unwrap();
-    obs
-}
-
-fn enqueue_lines(ctx: &Ctx, lines: &str, extra: &[&str]) {
-    let mut args = vec!["enqueue"];
-    args.extend_from_slice(extra);
-    args.push("-");
-    let mut child = prefork(ctx, &args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "enqueue failed: {}", stderr(&out));
-}
-
-fn count(obs: &mut Observer, sql: &str) -> i64 {
-    obs.client().query_one(sql, &[]).unwrap().get(0)
 }
 
 fn bad_input(ctx: &mut Ctx) {
@@ -131,7 +84,7 @@ fn bad_input(ctx: &mut Ctx) {
 }
 
 fn unreachable(ctx: &mut Ctx) {
-    let out = prefork(ctx, &["--sql", "SELECT 1"])
+    let out = cli::prefork(&ctx.url, &["--sql", "SELECT 1"])
         .env(
             "DATABASE_URL",
             "host=/nonexistent-dir port=5432 user=x dbname=x",
@@ -144,9 +97,9 @@ fn unreachable(ctx: &mut Ctx) {
 }
 
 fn drain_sql(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
+    let mut obs = reset(&ctx.url);
     let lines: String = (1..=500).map(|i| format!("{i}\n")).collect();
-    enqueue_lines(ctx, &lines, &[]);
+    enqueue_lines(&ctx.url, &lines, &[]);
     assert_eq!(
         count(
             &mut obs,
@@ -191,8 +144,8 @@ fn drain_sql(ctx: &mut Ctx) {
 }
 
 fn bad_payload(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
-    enqueue_lines(ctx, "1\nabc\n3\n", &["--max-attempts", "2"]);
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "1\nabc\n3\n", &["--max-attempts", "2"]);
     let out = run(
         ctx,
         &[
@@ -231,8 +184,8 @@ fn bad_payload(ctx: &mut Ctx) {
 }
 
 fn exec_handler(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
-    enqueue_lines(ctx, "hello\nworld\n", &["--max-attempts", "1"]);
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "hello\nworld\n", &["--max-attempts", "1"]);
     let script = "read x; if [ \"$x\" = world ]; then echo 'no world' >&2; exit 3; fi; \
                   echo \"$x from job $PREFORK_JOB_ID attempt $PREFORK_ATTEMPT on $PREFORK_QUEUE\"";
     let out = run(
@@ -268,37 +221,30 @@ fn exec_handler(ctx: &mut Ctx) {
 }
 
 fn killed_children(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
+    let mut obs = reset(&ctx.url);
     let lines: String = (1..=3000).map(|i| format!("{i}\n")).collect();
-    enqueue_lines(ctx, &lines, &["--max-attempts", "10"]);
-    let mut master = KillOnDrop(
-        prefork(
-            ctx,
-            &[
-                "--procs",
-                "2",
-                "--threads",
-                "4",
-                "--drain",
-                "--batch",
-                "4",
-                "--sql",
-                "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.002)",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
+    enqueue_lines(&ctx.url, &lines, &["--max-attempts", "10"]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "4",
+            "--drain",
+            "--batch",
+            "4",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.002)",
+        ],
     );
-    let pid = Pid::from_raw(master.0.id() as i32);
+    let pid = master.pid();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut kills = 0;
-    while master.0.try_wait().unwrap().is_none() {
+    while master.running() {
         if Instant::now() > deadline {
-            let _ = master.0.kill();
-            let out = master.take().wait_with_output().unwrap();
-            let err = stderr(&out);
+            let _ = kill(master.pid(), Signal::SIGKILL);
+            let (_, err) = master.wait(Duration::from_secs(10));
             let tail: Vec<&str> = err.lines().rev().take(30).collect();
             let states = obs
                 .client()
@@ -322,9 +268,9 @@ fn killed_children(ctx: &mut Ctx) {
             }
         }
     }
-    let out = master.take().wait_with_output().unwrap();
+    let (code, err) = master.wait(Duration::from_secs(10));
     eprintln!("    {kills} children killed");
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(code, 0, "{err}");
     assert!(kills >= 3, "too few kills to mean anything: {kills}");
     assert_eq!(
         count(
@@ -340,35 +286,9 @@ fn killed_children(ctx: &mut Ctx) {
     );
 }
 
-/// A master that a failing test must not leave running.
-struct KillOnDrop(std::process::Child);
-
-impl KillOnDrop {
-    fn take(&mut self) -> std::process::Child {
-        let placeholder = Command::new("true").spawn().unwrap();
-        std::mem::replace(&mut self.0, placeholder)
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn first_child(parent: Pid) -> Option<Pid> {
-    let text = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
-    text.split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-        .map(Pid::from_raw)
-}
-
 fn status_json(ctx: &mut Ctx) {
-    reset(ctx);
-    enqueue_lines(ctx, "a\nb\n", &[]);
+    reset(&ctx.url);
+    enqueue_lines(&ctx.url, "a\nb\n", &[]);
     let out = run(ctx, &["status", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);

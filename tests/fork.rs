@@ -12,22 +12,15 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{Ctx, Observer, app_name, backend_pid};
-use fork_safe::{Database, Fork, ForkError, MaxAge};
+use fork_safe::{Fork, ForkError};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-fn configure(url: &str) {
-    fork_safe::configure([Database::new("default", url)
-        .unwrap()
-        .max_age(MaxAge::Forever)])
-    .unwrap();
-}
-
 fn main() {
     common::main(
         fork_safe::cluster::Builder::new(),
-        configure,
+        common::configure_default,
         &[
             (
                 "guard_refuses_while_another_thread_holds_a_connection",

@@ -12,21 +12,13 @@ use std::time::{Duration, Instant};
 
 use common::{Ctx, Observer};
 use fork_safe::prefork::{App, BoxError, ChildInfo, Prefork, Worker};
-use fork_safe::{Database, MaxAge};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-fn configure(url: &str) {
-    fork_safe::configure([Database::new("default", url)
-        .unwrap()
-        .max_age(MaxAge::Forever)])
-    .unwrap();
-}
 
 fn main() {
     common::main(
         fork_safe::cluster::Builder::new(),
-        configure,
+        common::configure_default,
         &[
             ("children_are_named_and_ready", named),
             (
@@ -163,7 +155,10 @@ impl Fleet {
             0,
             "an earlier fleet is still connected"
         );
-        let log = std::env::temp_dir().join(format!("fork_safe-master-{}.log", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log =
+            std::env::temp_dir().join(format!("fork_safe-master-{}-{seq}.log", std::process::id()));
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let master = common::spawn_child("master", &ctx.url, &env, &log);
         Fleet { master, log }
@@ -245,8 +240,13 @@ impl Fleet {
 }
 
 impl Drop for Fleet {
-    /// A test that fails half-way must not leave its fleet running.
+    /// A test that fails half-way must not leave its fleet running; its
+    /// master's log is shown.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- master log ----\n{}----", self.log_text());
+        }
+        let _ = fs::remove_file(&self.log);
         if self.master.try_wait().ok().flatten().is_none() {
             for child in self.children() {
                 let _ = kill(child, Signal::SIGKILL);

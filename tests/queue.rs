@@ -1,27 +1,24 @@
 //! The job queue at fleet scale, in real processes against a real server:
 //! nothing lost, nothing run twice, connections within their bound.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use cli::{Master, count, enqueue_lines, first_child, reset};
 use common::{Ctx, Observer};
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_prefork");
 const EFFECT: &str = "INSERT INTO effects SELECT $1::int";
-
-fn configure(_: &str) {}
 
 fn main() {
     common::main(
         fork_safe::cluster::Builder::new().max_connections(120),
-        configure,
+        |_| {},
         &[
             (
                 "twenty_thousand_jobs_within_the_connection_bound",
@@ -40,106 +37,15 @@ fn main() {
     )
 }
 
-fn prefork(ctx: &Ctx, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("DATABASE_URL", &ctx.url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// A master that a failing test must not leave running.
-struct Master(Child);
-
-impl Master {
-    fn start(ctx: &Ctx, args: &[&str]) -> Master {
-        Master(prefork(ctx, args).spawn().expect("running prefork"))
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
-    }
-
-    fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-
-    /// Waits for the master to exit by itself (`--drain`); its exit code.
-    fn wait(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        while self.running() {
-            assert!(
-                Instant::now() < deadline,
-                "the fleet did not drain in {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let status = self.0.wait().unwrap();
-        if !status.success() {
-            let mut err = String::new();
-            use std::io::Read;
-            let _ = self.0.stderr.take().unwrap().read_to_string(&mut err);
-            eprintln!("{err}");
-        }
-        status.code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        if self.running() {
-            if let Ok(text) = std::fs::read_to_string(format!(
-                "/proc/{}/task/{}/children",
-                self.0.id(),
-                self.0.id()
-            )) {
-                for pid in text.split_whitespace().filter_map(|p| p.parse().ok()) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn reset(ctx: &Ctx) -> Observer {
-    let mut obs = Observer::new(&ctx.url);
-    obs.client()
-        .batch_execute(
-            "DROP SCHEMA IF EXISTS prefork CASCADE;
-             DROP TABLE IF EXISTS effects;
-             CREATE TABLE effects (v int NOT NULL)",
-        )
-        .unwrap();
-    obs
-}
-
 fn enqueue(ctx: &Ctx, n: usize) {
     let lines: String = (1..=n).map(|i| format!("{i}\n")).collect();
-    let mut child = prefork(ctx, &["enqueue", "--max-attempts", "100", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    enqueue_lines(&ctx.url, &lines, &["--max-attempts", "100"]);
 }
 
-fn count(obs: &mut Observer, sql: &str) -> i64 {
-    obs.client().query_one(sql, &[]).unwrap().get(0)
+/// Waits for a draining fleet and checks it exited 0.
+fn drained(master: &mut Master, within: Duration) {
+    let (code, err) = master.wait(within);
+    assert_eq!(code, 0, "the fleet failed: {err}");
 }
 
 fn fleet_backends(obs: &mut Observer) -> i64 {
@@ -208,14 +114,14 @@ impl Sampler {
 }
 
 fn twenty_thousand(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
+    let mut obs = reset(&ctx.url);
     enqueue(ctx, 20_000);
     let sampler = Sampler::start(&ctx.url);
     let mut master = Master::start(
-        ctx,
+        &ctx.url,
         &["--procs", "4", "--threads", "8", "--drain", "--sql", EFFECT],
     );
-    assert_eq!(master.wait(Duration::from_secs(300)), 0);
+    drained(&mut master, Duration::from_secs(300));
     let (peak, samples) = sampler.finish();
     eprintln!("    peak fleet backends {peak} over {samples} samples (bound 4 x 8 + 4 + 1 = 37)");
     assert!(samples > 20);
@@ -229,10 +135,10 @@ fn twenty_thousand(ctx: &mut Ctx) {
 }
 
 fn killed_every_200ms(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
+    let mut obs = reset(&ctx.url);
     enqueue(ctx, 20_000);
     let mut master = Master::start(
-        ctx,
+        &ctx.url,
         &[
             "--procs",
             "4",
@@ -248,26 +154,24 @@ fn killed_every_200ms(ctx: &mut Ctx) {
     while master.running() {
         assert!(Instant::now() < deadline, "the fleet never drained");
         std::thread::sleep(Duration::from_millis(200));
-        let text = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", master.pid()))
-            .unwrap_or_default();
-        if let Some(child) = text.split_whitespace().next().and_then(|p| p.parse().ok()) {
-            if kill(Pid::from_raw(child), Signal::SIGKILL).is_ok() {
+        if let Some(child) = first_child(master.pid()) {
+            if kill(child, Signal::SIGKILL).is_ok() {
                 kills += 1;
             }
         }
     }
     eprintln!("    {kills} children killed");
-    assert_eq!(master.wait(Duration::from_secs(1)), 0);
+    drained(&mut master, Duration::from_secs(1));
     assert!(kills >= 5, "too few kills: {kills}");
     assert_all_done_once(&mut obs, 20_000);
 }
 
 fn server_restart(ctx: &mut Ctx) {
-    let obs = reset(ctx);
+    let obs = reset(&ctx.url);
     enqueue(ctx, 10_000);
     drop(obs);
     let mut master = Master::start(
-        ctx,
+        &ctx.url,
         &[
             "--procs",
             "2",
@@ -281,25 +185,28 @@ fn server_restart(ctx: &mut Ctx) {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(master.running(), "drained before the restart; enqueue more");
     ctx.cluster.restart().unwrap();
-    assert_eq!(master.wait(Duration::from_secs(300)), 0);
+    drained(&mut master, Duration::from_secs(300));
     let mut obs = Observer::new(&ctx.url);
     assert_all_done_once(&mut obs, 10_000);
 }
 
 fn two_masters(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
+    let mut obs = reset(&ctx.url);
     enqueue(ctx, 10_000);
     let args = ["--procs", "2", "--threads", "4", "--drain", "--sql", EFFECT];
-    let mut a = Master::start(ctx, &args);
-    let mut b = Master::start(ctx, &args);
-    assert_eq!(a.wait(Duration::from_secs(300)), 0);
-    assert_eq!(b.wait(Duration::from_secs(300)), 0);
+    let mut a = Master::start(&ctx.url, &args);
+    let mut b = Master::start(&ctx.url, &args);
+    drained(&mut a, Duration::from_secs(300));
+    drained(&mut b, Duration::from_secs(300));
     assert_all_done_once(&mut obs, 10_000);
 }
 
 fn idle_fleet(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
-    let mut master = Master::start(ctx, &["--procs", "3", "--threads", "4", "--sql", EFFECT]);
+    let mut obs = reset(&ctx.url);
+    let mut master = Master::start(
+        &ctx.url,
+        &["--procs", "3", "--threads", "4", "--sql", EFFECT],
+    );
     std::thread::sleep(Duration::from_millis(1500));
     // Sample across more than one fallback-poll interval (1 s): idle
     // workers must not reconnect to look for work.
@@ -313,8 +220,7 @@ fn idle_fleet(ctx: &mut Ctx) {
     assert!(peak <= 3 + 1, "an idle fleet of 3 held {peak} connections");
     assert!(peak >= 3, "each child listens: {peak}");
     // status lists the three live workers, recorded by their master.
-    let out = prefork(ctx, &["status", "--json"])
-        .stdout(Stdio::piped())
+    let out = cli::prefork(&ctx.url, &["status", "--json"])
         .output()
         .unwrap();
     let json = String::from_utf8_lossy(&out.stdout);
@@ -336,11 +242,11 @@ fn idle_fleet(ctx: &mut Ctx) {
         std::thread::sleep(Duration::from_millis(10));
     }
     kill(master.pid(), Signal::SIGTERM).unwrap();
-    assert_eq!(master.wait(Duration::from_secs(30)), 0);
+    drained(&mut master, Duration::from_secs(30));
 }
 
 fn enqueue_many(ctx: &mut Ctx) {
-    let mut obs = reset(ctx);
+    let mut obs = reset(&ctx.url);
     let started = Instant::now();
     enqueue(ctx, 100_000);
     eprintln!("    100,000 jobs enqueued in {:.2?}", started.elapsed());

@@ -7,19 +7,11 @@ use std::cell::RefCell;
 use std::os::unix::process::ExitStatusExt;
 
 use common::{Ctx, Observer, backend_pid};
-use fork_safe::{Database, MaxAge};
-
-fn configure(url: &str) {
-    fork_safe::configure([Database::new("default", url)
-        .unwrap()
-        .max_age(MaxAge::Forever)])
-    .unwrap();
-}
 
 fn main() {
     common::main(
         fork_safe::cluster::Builder::new(),
-        configure,
+        common::configure_default,
         &[
             ("thousand_threads_one_after_another", thousand_sequential),
             ("thousand_threads_32_at_a_time", thousand_concurrent),

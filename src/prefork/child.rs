@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 
 use super::board::SharedBoard;
@@ -40,25 +40,10 @@ pub(crate) fn run<A: App>(
     title::set(&format!("{}: worker {index}", settings.name));
     crate::set_role("worker");
 
-    // TERM and QUIT are blocked in every thread (the workers inherit the
-    // mask) and taken by sigtimedwait below. Ctrl-C in a terminal reaches
-    // the whole process group; the master stops the fleet once, so the
-    // children ignore INT, and the master's other signals.
-    let mut wait_set = SigSet::empty();
-    wait_set.add(Signal::SIGTERM);
-    wait_set.add(Signal::SIGQUIT);
-    let _ = wait_set.thread_block();
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGUSR1,
-    ] {
-        // SAFETY: ignoring a signal installs no handler.
-        let _ = unsafe { sigaction(signal, &ignore) };
-    }
+    // TERM and QUIT stay blocked in every thread (the workers inherit the
+    // mask that `SignalPipe::reset_in_child` set) and are taken by
+    // sigtimedwait below; the master's other signals are ignored.
+    let wait_set = super::signals::child_mask();
 
     let shared = Arc::new(ChildShared::new(board));
     let info = ChildInfo {

@@ -27,7 +27,7 @@ use nix::unistd::Pid;
 
 use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
-use super::signals::SignalPipe;
+use super::signals::{Blocked, SignalPipe};
 use super::{App, ChildStatus, PreforkError, Report, Settings, child, io_error, title};
 use crate::fork::Fork;
 
@@ -391,8 +391,12 @@ impl<A: App> Master<A> {
             })?;
         let master = Pid::this();
         let forking = Instant::now();
-        match crate::fork::fork() {
+        let blocked = Blocked::new().map_err(io_error("blocking signals"))?;
+        let forked = crate::fork::fork();
+        match forked {
             Ok(Fork::Child) => {
+                // Still blocked: the child's own dispositions go in first.
+                std::mem::forget(blocked);
                 drop(ready_read);
                 // Let go of everything that is the master's: the other
                 // children's boards and pipes, and the signal pipe.
@@ -410,6 +414,7 @@ impl<A: App> Master<A> {
                 )
             }
             Ok(Fork::Parent(pid)) => {
+                drop(blocked);
                 log::debug!(
                     "worker {index}: fork took {:?}; pid {pid} exists at {}",
                     forking.elapsed(),

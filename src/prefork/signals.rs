@@ -94,11 +94,26 @@ impl SignalPipe {
         signals
     }
 
-    /// In a forked child: default dispositions, nothing blocked, and the
-    /// master's pipe closed.
+    /// In a forked child, which starts with [`Blocked`] signals: TERM and
+    /// QUIT get their default action but stay blocked (the child takes them
+    /// with `sigtimedwait`), the master's other signals are ignored (a
+    /// terminal's Ctrl-C reaches the whole group; the master stops the fleet
+    /// once), and the master's pipe is closed. A signal sent to the child
+    /// before this point stays pending rather than running the master's
+    /// handler in the child.
     pub(crate) fn reset_in_child(self) {
         WRITE_FD.store(-1, Ordering::Relaxed);
-        reset_dispositions();
+        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        for signal in HANDLED {
+            let action = match signal {
+                Signal::SIGTERM | Signal::SIGQUIT | Signal::SIGCHLD => &default,
+                _ => &ignore,
+            };
+            // SAFETY: default and ignore dispositions install no handler.
+            let _ = unsafe { sigaction(signal, action) };
+        }
+        let _ = child_mask().thread_set_mask();
         drop(self);
     }
 
@@ -107,6 +122,35 @@ impl SignalPipe {
         WRITE_FD.store(-1, Ordering::Relaxed);
         reset_dispositions();
         drop((self.read, self.write));
+    }
+}
+
+/// The signals a child keeps blocked for `sigtimedwait`.
+pub(crate) fn child_mask() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGQUIT);
+    set
+}
+
+/// The master's signals blocked until dropped; held across `fork()` so that
+/// a signal meant for the new child cannot run the master's handler in it.
+pub(crate) struct Blocked(SigSet);
+
+impl Blocked {
+    pub(crate) fn new() -> std::io::Result<Blocked> {
+        let mut set = SigSet::empty();
+        for signal in HANDLED {
+            set.add(signal);
+        }
+        let old = set.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
+        Ok(Blocked(old))
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        let _ = self.0.thread_set_mask();
     }
 }
 

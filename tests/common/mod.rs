@@ -125,6 +125,14 @@ pub fn spawn_child(
     cmd.spawn().expect("re-running the test binary")
 }
 
+/// Configures one database, `default`, whose connections live until closed.
+pub fn configure_default(url: &str) {
+    fork_safe::configure([fork_safe::Database::new("default", url)
+        .unwrap()
+        .max_age(fork_safe::MaxAge::Forever)])
+    .unwrap();
+}
+
 /// Re-runs this test binary as a child running `name`; returns its status.
 pub fn run_child(name: &str, url: &str) -> ExitStatus {
     Command::new(std::env::current_exe().unwrap())
