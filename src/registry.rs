@@ -164,6 +164,11 @@ pub(crate) fn take_orphans() -> Vec<Conn> {
     std::mem::take(&mut state.orphans)
 }
 
+/// How many connections are open in this process, on any thread.
+pub(crate) fn open_count() -> usize {
+    state().records.len()
+}
+
 /// Held by the `pthread_atfork` prepare handler so that no thread is inside
 /// the state at the moment of a fork.
 pub(crate) fn lock_for_fork() {
