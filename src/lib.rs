@@ -18,7 +18,17 @@
 //! - **A fork guard** ([`fork()`](fork())): forks only a single-threaded
 //!   process with no open connection; the child reconnects lazily.
 //!
-//! Linux only: the guard counts threads in `/proc/self/task` and finds
+//! Built on these:
+//!
+//! - [`prefork`]: a supervising prefork master, N processes x M threads
+//!   (restarts with backoff, harakiri, recycling, graceful and rolling
+//!   reloads), for your own [`prefork::App`];
+//! - [`queue`]: a PostgreSQL job queue that a prefork fleet works (the
+//!   `prefork` command line);
+//! - `cluster` (feature `cluster`, on by default): throwaway PostgreSQL
+//!   clusters for tests, benchmarks and a default database.
+//!
+//! Linux only: the guard counts threads in `/proc/self/stat` and finds
 //! sockets in `/proc/self/fd`.
 //!
 //! # Example
