@@ -5,11 +5,9 @@ mod cli;
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
 
-use cli::{Master, count, enqueue_lines, first_child, reset};
+use cli::{count, enqueue_lines, reset};
 use common::{Ctx, Observer};
-use nix::sys::signal::{Signal, kill};
 
 fn main() {
     common::main(
@@ -24,7 +22,6 @@ fn main() {
                 bad_payload,
             ),
             ("exec_handler_gets_payload_and_environment", exec_handler),
-            ("sigkilled_children_lose_no_job", killed_children),
             ("status_json_counts_states", status_json),
             ("strict_refuses_a_fleet_too_big_for_the_server", strict),
         ],
@@ -218,72 +215,6 @@ fn exec_handler(ctx: &mut Ctx) {
     );
     assert_eq!(rows[1].get::<_, &str>(1), "failed");
     assert!(rows[1].get::<_, &str>(3).contains("no world"));
-}
-
-fn killed_children(ctx: &mut Ctx) {
-    let mut obs = reset(&ctx.url);
-    let lines: String = (1..=3000).map(|i| format!("{i}\n")).collect();
-    enqueue_lines(&ctx.url, &lines, &["--max-attempts", "10"]);
-    let mut master = Master::start(
-        &ctx.url,
-        &[
-            "--procs",
-            "2",
-            "--threads",
-            "4",
-            "--drain",
-            "--batch",
-            "4",
-            "--sql",
-            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.002)",
-        ],
-    );
-    let pid = master.pid();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut kills = 0;
-    while master.running() {
-        if Instant::now() > deadline {
-            let _ = kill(master.pid(), Signal::SIGKILL);
-            let (_, err) = master.wait(Duration::from_secs(10));
-            let tail: Vec<&str> = err.lines().rev().take(30).collect();
-            let states = obs
-                .client()
-                .query(
-                    "SELECT state || ' ' || count(*) FROM prefork.jobs GROUP BY state",
-                    &[],
-                )
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>();
-            panic!(
-                "the fleet never drained ({kills} kills, jobs {states:?}); log tail:\n{}",
-                tail.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        if let Some(child) = first_child(pid) {
-            if kill(child, Signal::SIGKILL).is_ok() {
-                kills += 1;
-            }
-        }
-    }
-    let (code, err) = master.wait(Duration::from_secs(10));
-    eprintln!("    {kills} children killed");
-    assert_eq!(code, 0, "{err}");
-    assert!(kills >= 3, "too few kills to mean anything: {kills}");
-    assert_eq!(
-        count(
-            &mut obs,
-            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
-        ),
-        3000
-    );
-    assert_eq!(
-        count(&mut obs, "SELECT count(*) FROM effects"),
-        3000,
-        "an effect of a killed attempt was kept, or a job ran twice"
-    );
 }
 
 fn status_json(ctx: &mut Ctx) {
