@@ -24,6 +24,7 @@ fn main() {
             ("exec_handler_gets_payload_and_environment", exec_handler),
             ("status_json_counts_states", status_json),
             ("strict_refuses_a_fleet_too_big_for_the_server", strict),
+            ("quick_start_runs_on_an_embedded_database", quick_start),
         ],
         &[],
     )
@@ -255,4 +256,39 @@ fn strict(ctx: &mut Ctx) {
         err.contains("121 connections") && err.contains("free slots"),
         "{err}"
     );
+}
+
+/// The README's quick start: no database configured at all, so the fleet
+/// starts a throwaway cluster, works a sample batch, drains, summarises,
+/// and removes the cluster.
+fn quick_start(_: &mut Ctx) {
+    let out = std::process::Command::new(cli::BIN)
+        .args([
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--drain",
+            "--sample",
+            "300",
+        ])
+        .args(["--sql", "SELECT $1::int"])
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .env_remove("PGHOST")
+        .env_remove("PGDATABASE")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("starting a throwaway PostgreSQL cluster"),
+        "{err}"
+    );
+    assert!(err.contains("300 job(s) done, 0 failed"), "{err}");
+    let dir = err
+        .lines()
+        .find_map(|l| l.strip_prefix("prefork: throwaway cluster at "))
+        .expect("the cluster's directory is reported");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} was not removed");
 }
