@@ -167,9 +167,8 @@ fn killed_every_200ms(ctx: &mut Ctx) {
 }
 
 fn server_restart(ctx: &mut Ctx) {
-    let obs = reset(&ctx.url);
+    let mut obs = reset(&ctx.url);
     enqueue(ctx, 10_000);
-    drop(obs);
     let mut master = Master::start(
         &ctx.url,
         &[
@@ -182,8 +181,19 @@ fn server_restart(ctx: &mut Ctx) {
             "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.001)",
         ],
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(master.running(), "drained before the restart; enqueue more");
+    // Restart once some, but not all, of the work is done: a fixed sleep
+    // can be outrun by a fast fleet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mut obs, "SELECT count(*) FROM effects") < 1_000 {
+        assert!(Instant::now() < deadline, "the fleet made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let done_before = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE state = 'done'",
+    );
+    assert!(done_before < 10_000, "drained before the restart");
+    drop(obs);
     ctx.cluster.restart().unwrap();
     drained(&mut master, Duration::from_secs(300));
     let mut obs = Observer::new(&ctx.url);
