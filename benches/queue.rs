@@ -161,16 +161,12 @@ fn main() {
     // The server's ceilings, measured now on the same server.
     reset(&url);
     enqueue(scaled(2_000_000).min(3_000_000));
+    // What a worker sends per batch: the claim, then the statements and
+    // the completion in one call.
     let claim_complete = "\\set owner random(1, 1000000)\n\
-        BEGIN;\n\
-        UPDATE prefork.jobs AS j SET state = 'running', attempts = j.attempts + 1, \
-          locked_by = 'bench/' || :owner, locked_until = now() + interval '5 min' \
-          FROM (SELECT id FROM prefork.jobs WHERE queue = 'default' AND state = 'queued' \
-                AND run_at <= now() ORDER BY run_at, id LIMIT 8 FOR UPDATE SKIP LOCKED) AS next \
-          WHERE j.id = next.id;\n\
-        COMMIT;\n\
-        UPDATE prefork.jobs SET state = 'done', finished_at = now(), locked_by = NULL, \
-          locked_until = NULL WHERE state = 'running' AND locked_by = 'bench/' || :owner;\n";
+        SELECT array_agg(job_id) AS ids, array_agg(job_payload) AS payloads \
+          FROM prefork.claim('default', 8, 'bench/' || :owner, 300) \\gset\n\
+        SELECT prefork.run_sql('SELECT $1', 'bench/' || :owner, :ids::int8[], :payloads::text[]);\n";
     let pg48 = pgbench(&cluster, claim_complete, 32, 10).map(|tps| tps * 8.0);
     let pg24 = pgbench(&cluster, claim_complete, 8, 10).map(|tps| tps * 8.0);
     client(&url)

@@ -3,7 +3,10 @@
 //! [`QueueApp`] is a [`prefork::App`](crate::prefork::App): every worker
 //! thread of every child claims jobs in small batches (`FOR UPDATE SKIP
 //! LOCKED`), runs them through a [`Handler`], and records the outcomes in
-//! one statement per batch. Idle workers hold no connection; each child
+//! one statement per batch. The hot path is server-side functions called
+//! with unnamed statements: a `--sql` batch costs two round trips (claim;
+//! run and complete) and one synchronous commit, and nothing in it depends
+//! on session state. Idle workers hold no connection; each child
 //! keeps one `LISTEN` connection that wakes them when jobs are enqueued,
 //! with a slow fallback poll. So an idle fleet holds at most one connection
 //! per child, and a busy one at most one per thread plus one per child (plus
@@ -19,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::Type;
 
 use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Waker, Worker};
 
@@ -207,40 +209,7 @@ impl QueueApp {
         let c = &self.config;
         match &self.handler {
             Handler::Sql(sql) => crate::with_client(|client| {
-                if sql_batch_fast(client, sql, jobs, &c.schema, owner)? {
-                    return Ok(());
-                }
-                // A statement failed: replay the batch (the failed
-                // transaction left no effect) with a savepoint per job, so
-                // only the failing jobs fail.
-                let mut tx = client.transaction()?;
-                let statement = tx.prepare_typed(sql, &[Type::TEXT]);
-                let mut outcomes = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    let outcome = match &statement {
-                        Ok(statement) => {
-                            let mut sp = tx.savepoint("job")?;
-                            match sp.execute(statement, &[&job.payload]) {
-                                Ok(n) => {
-                                    sp.commit()?;
-                                    Ok(format!("{n} row(s)"))
-                                }
-                                Err(e) => Err(crate::error::DisplayPg(&e).to_string()),
-                            }
-                        }
-                        Err(e) => Err(crate::error::DisplayPg(e).to_string()),
-                    };
-                    outcomes.push((job.id, outcome));
-                }
-                if statement.is_err() {
-                    // The failed prepare aborted the transaction: record the
-                    // outcomes in a fresh one.
-                    drop(tx);
-                    store::complete(client, &c.schema, owner, &outcomes)?;
-                    return Ok(());
-                }
-                store::complete(&mut tx, &c.schema, owner, &outcomes)?;
-                tx.commit()
+                store::run_sql(client, &c.schema, sql, owner, jobs).map(drop)
             }),
             Handler::Exec { argv, timeout } => {
                 let outcomes: Vec<_> = jobs
@@ -392,40 +361,14 @@ impl App for QueueApp {
     }
 }
 
-/// Runs a `--sql` batch in one transaction without savepoints (three round
-/// trips per job fewer) and records it done. Returns `Ok(false)`, with the
-/// transaction rolled back and nothing recorded, if any statement failed.
-///
-/// # Errors
-///
-/// A failure of the connection or of the bookkeeping statements.
-fn sql_batch_fast(
-    client: &mut Client,
-    sql: &str,
-    jobs: &[Job],
-    schema: &Schema,
-    owner: &str,
-) -> Result<bool, postgres::Error> {
-    let mut tx = client.transaction()?;
-    let Ok(statement) = tx.prepare_typed(sql, &[Type::TEXT]) else {
-        return Ok(false);
-    };
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        match tx.execute(&statement, &[&job.payload]) {
-            Ok(n) => outcomes.push((job.id, Ok(format!("{n} row(s)")))),
-            Err(e) if e.code().is_some() => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
-    store::complete(&mut tx, schema, owner, &outcomes)?;
-    tx.commit()?;
-    Ok(true)
-}
+/// Dead rows in the jobs table at which a listener vacuums it (see
+/// [`store::vacuum`]): about a second of a busy fleet's work.
+const VACUUM_AFTER_DEAD_ROWS: i64 = 20_000;
 
 /// The child's LISTEN connection. It wakes the workers on every
 /// notification and, every `poll` without one, looks for runnable jobs
-/// (retries coming due, a missed notification) and releases expired leases.
+/// (retries coming due, a missed notification), vacuums the jobs table if
+/// dead rows piled up, and releases expired leases.
 /// It lives as long as the child (the process exit closes it).
 fn listen(config: &QueueConfig, waker: &Waker) {
     let sweep_every = (config.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -441,8 +384,18 @@ fn listen(config: &QueueConfig, waker: &Waker) {
                     let mut it = notifications.timeout_iter(config.poll);
                     it.next()?.is_some()
                 };
-                if notified || store::has_runnable(client, &config.schema, &config.queue)? {
+                let probe = store::probe(client, &config.schema, &config.queue)?;
+                if notified || probe.runnable {
                     waker.wake();
+                }
+                if probe.dead_rows >= VACUUM_AFTER_DEAD_ROWS {
+                    let started = Instant::now();
+                    store::vacuum(client, &config.schema)?;
+                    log::debug!(
+                        "vacuumed the jobs table ({} dead rows) in {:.1?}",
+                        probe.dead_rows,
+                        started.elapsed()
+                    );
                 }
                 if last_sweep.elapsed() >= sweep_every {
                     last_sweep = Instant::now();

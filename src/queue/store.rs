@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use postgres::Client;
+use postgres::types::Type;
 
 /// Most jobs one enqueue statement inserts.
 const INSERT_BATCH: usize = 10_000;
@@ -112,6 +113,89 @@ const MIGRATIONS: &[&str] = &[
         seen_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (host, pid)
      );",
+    // 3: the hot path as server-side functions, so that a batch costs two
+    // round trips (claim; run and complete) with plans cached per session,
+    // and no named prepared statement (which PgBouncer's transaction
+    // pooling would break).
+    r#"CREATE FUNCTION {s}.claim(p_queue text, p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int)
+     LANGUAGE plpgsql AS $f$
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         RETURN QUERY
+         UPDATE {s}.jobs AS j
+         SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+             locked_until = now() + make_interval(secs => p_lease)
+         FROM (SELECT k.id FROM {s}.jobs AS k
+               WHERE k.queue = p_queue AND k.state = 'queued' AND k.run_at <= now()
+               ORDER BY k.run_at, k.id LIMIT p_limit
+               FOR UPDATE SKIP LOCKED) AS next
+         WHERE j.id = next.id
+         RETURNING j.id, j.payload, j.attempts;
+     END $f$;
+
+     CREATE FUNCTION {s}.complete(p_owner text, p_ids int8[], p_oks bool[], p_texts text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int8;
+     BEGIN
+         UPDATE {s}.jobs AS j SET
+             state = CASE WHEN o.ok THEN 'done'
+                          WHEN j.attempts >= j.max_attempts THEN 'failed'
+                          ELSE 'queued' END,
+             result = CASE WHEN o.ok THEN o.text ELSE j.result END,
+             last_error = CASE WHEN o.ok THEN j.last_error ELSE o.text END,
+             run_at = CASE WHEN o.ok THEN j.run_at
+                           ELSE now() + make_interval(secs => least(3600, 0.2 * 4 ^ (j.attempts - 1)))
+                      END,
+             finished_at = CASE WHEN o.ok OR j.attempts >= j.max_attempts THEN now() END,
+             locked_by = NULL, locked_until = NULL
+         FROM unnest(p_ids, p_oks, p_texts) AS o(id, ok, text)
+         WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = p_owner;
+         GET DIAGNOSTICS n = ROW_COUNT;
+         RETURN n;
+     END $f$;
+
+     CREATE FUNCTION {s}.run_sql(p_sql text, p_owner text, p_ids int8[], p_payloads text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int := coalesce(cardinality(p_ids), 0);
+         oks bool[] := array_fill(true, ARRAY[n]);
+         texts text[] := array_fill(NULL::text, ARRAY[n]);
+         affected int8;
+         failed bool := false;
+         message text;
+         code text;
+     BEGIN
+         -- The whole batch in one subtransaction ...
+         BEGIN
+             FOR i IN 1..n LOOP
+                 EXECUTE p_sql USING p_payloads[i];
+                 GET DIAGNOSTICS affected = ROW_COUNT;
+                 texts[i] := affected || ' row(s)';
+             END LOOP;
+         EXCEPTION WHEN OTHERS THEN
+             failed := true;
+         END;
+         -- ... and if a job failed (which rolled the batch back), one
+         -- subtransaction per job, so that only the failing jobs fail.
+         IF failed THEN
+             FOR i IN 1..n LOOP
+                 BEGIN
+                     EXECUTE p_sql USING p_payloads[i];
+                     GET DIAGNOSTICS affected = ROW_COUNT;
+                     oks[i] := true;
+                     texts[i] := affected || ' row(s)';
+                 EXCEPTION WHEN OTHERS THEN
+                     GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+                     oks[i] := false;
+                     texts[i] := 'ERROR: ' || message || ' (SQLSTATE ' || code || ')';
+                 END;
+             END LOOP;
+         END IF;
+         RETURN {s}.complete(p_owner, p_ids, oks, texts);
+     END $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.
@@ -221,23 +305,16 @@ pub(crate) fn claim(
     lease: Duration,
 ) -> Result<Vec<Job>, postgres::Error> {
     let s = schema.name();
-    let mut tx = client.transaction()?;
-    tx.batch_execute("SET LOCAL synchronous_commit = off")?;
-    let rows = tx.query(
-        &format!(
-            "UPDATE {s}.jobs AS j
-             SET state = 'running', attempts = j.attempts + 1, locked_by = $3,
-                 locked_until = now() + make_interval(secs => $4)
-             FROM (SELECT id FROM {s}.jobs
-                   WHERE queue = $1 AND state = 'queued' AND run_at <= now()
-                   ORDER BY run_at, id LIMIT $2
-                   FOR UPDATE SKIP LOCKED) AS next
-             WHERE j.id = next.id
-             RETURNING j.id, j.payload, j.attempts"
-        ),
-        &[&queue, &limit, &owner, &lease.as_secs_f64()],
+    let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+    let rows = client.query_typed(
+        &format!("SELECT job_id, job_payload, job_attempt FROM {s}.claim($1, $2, $3, $4)"),
+        &[
+            (&queue, Type::TEXT),
+            (&limit, Type::INT4),
+            (&owner, Type::TEXT),
+            (&lease.as_secs_f64(), Type::FLOAT8),
+        ],
     )?;
-    tx.commit()?;
     Ok(rows
         .iter()
         .map(|r| Job {
@@ -249,21 +326,53 @@ pub(crate) fn claim(
         .collect())
 }
 
-/// Whether `queue` has a job runnable now (an index-only look).
-pub(crate) fn has_runnable(
+/// What a listener's periodic look at the queue found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probe {
+    /// `queue` has a job runnable now.
+    pub(crate) runnable: bool,
+    /// Dead row versions in the jobs table, as the statistics collector
+    /// last counted them (0 if it does not count).
+    pub(crate) dead_rows: i64,
+}
+
+/// Looks for a runnable job in `queue` (an index-only look) and at the
+/// jobs table's dead rows, in one round trip.
+pub(crate) fn probe(
     client: &mut Client,
     schema: &Schema,
     queue: &str,
-) -> Result<bool, postgres::Error> {
+) -> Result<Probe, postgres::Error> {
     let s = schema.name();
-    Ok(client
-        .query_opt(
-            &format!(
-                "SELECT 1 FROM {s}.jobs WHERE queue = $1 AND state = 'queued' AND run_at <= now() LIMIT 1"
-            ),
-            &[&queue],
-        )?
-        .is_some())
+    let row = client.query_typed_one(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}.jobs
+                            WHERE queue = $1 AND state = 'queued' AND run_at <= now()),
+                    coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
+                              WHERE relid = '{s}.jobs'::regclass), 0)"
+        ),
+        &[(&queue, Type::TEXT)],
+    )?;
+    Ok(Probe {
+        runnable: row.get(0),
+        dead_rows: row.get(1),
+    })
+}
+
+/// Vacuums the jobs table, unless another session is already at it.
+///
+/// Every claim and every completion leaves a dead row version, and the
+/// claim index keeps an entry for each claimed job until a vacuum removes
+/// it. A claim's index scan starts at the oldest entry, so between vacuums
+/// it walks over every job claimed since the last one: at thousands of jobs
+/// a second, autovacuum (a minute apart by default, and throttled) lets
+/// that walk grow to thousands of index pages per claim. The fleet's
+/// listeners call this once dead rows pile up, which keeps the walk short.
+/// A role that does not own the table gets a warning from the server and
+/// nothing happens.
+pub(crate) fn vacuum(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
+    let s = schema.name();
+    client.batch_execute(&format!("VACUUM (SKIP_LOCKED, PARALLEL 0) {s}.jobs"))
 }
 
 /// A job's outcome: `Ok(result)` or `Err(error)`.
@@ -272,12 +381,13 @@ pub(crate) type Outcome = Result<String, String>;
 /// Records the outcomes of jobs `owner` claimed: done, or queued again
 /// after a backoff (0.2 s x 4^(attempt-1), at most an hour), or failed
 /// after the last attempt. Jobs whose lease `owner` lost are left alone.
+/// Returns how many it recorded.
 pub(crate) fn complete(
-    client: &mut impl postgres::GenericClient,
+    client: &mut Client,
     schema: &Schema,
     owner: &str,
     outcomes: &[(i64, Outcome)],
-) -> Result<u64, postgres::Error> {
+) -> Result<i64, postgres::Error> {
     let s = schema.name();
     let ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
     let oks: Vec<bool> = outcomes.iter().map(|(_, o)| o.is_ok()).collect();
@@ -287,24 +397,43 @@ pub(crate) fn complete(
             Ok(text) | Err(text) => text.as_str(),
         })
         .collect();
-    client.execute(
-        &format!(
-            "UPDATE {s}.jobs AS j SET
-                state = CASE WHEN o.ok THEN 'done'
-                             WHEN j.attempts >= j.max_attempts THEN 'failed'
-                             ELSE 'queued' END,
-                result = CASE WHEN o.ok THEN o.text ELSE j.result END,
-                last_error = CASE WHEN o.ok THEN j.last_error ELSE o.text END,
-                run_at = CASE WHEN o.ok THEN j.run_at
-                              ELSE now() + make_interval(secs => least(3600, 0.2 * 4 ^ (j.attempts - 1)))
-                         END,
-                finished_at = CASE WHEN o.ok OR j.attempts >= j.max_attempts THEN now() END,
-                locked_by = NULL, locked_until = NULL
-             FROM unnest($1::int8[], $2::bool[], $3::text[]) AS o(id, ok, text)
-             WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = $4"
-        ),
-        &[&ids, &oks, &texts, &owner],
-    )
+    let row = client.query_typed_one(
+        &format!("SELECT {s}.complete($1, $2, $3, $4)"),
+        &[
+            (&owner, Type::TEXT),
+            (&ids, Type::INT8_ARRAY),
+            (&oks, Type::BOOL_ARRAY),
+            (&texts, Type::TEXT_ARRAY),
+        ],
+    )?;
+    Ok(row.get(0))
+}
+
+/// Runs `sql` once per job with the payload as `$1` (a `text`), and records
+/// the outcomes as [`complete`] does, all in one transaction and one round
+/// trip: a statement's effect commits exactly when its job is marked done.
+/// A failing statement fails only its own job, with the server's message
+/// and SQLSTATE. Returns how many outcomes it recorded.
+pub(crate) fn run_sql(
+    client: &mut Client,
+    schema: &Schema,
+    sql: &str,
+    owner: &str,
+    jobs: &[Job],
+) -> Result<i64, postgres::Error> {
+    let s = schema.name();
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    let payloads: Vec<&str> = jobs.iter().map(|j| j.payload.as_str()).collect();
+    let row = client.query_typed_one(
+        &format!("SELECT {s}.run_sql($1, $2, $3, $4)"),
+        &[
+            (&sql, Type::TEXT),
+            (&owner, Type::TEXT),
+            (&ids, Type::INT8_ARRAY),
+            (&payloads, Type::TEXT_ARRAY),
+        ],
+    )?;
+    Ok(row.get(0))
 }
 
 /// Which running jobs [`release`] gives back.
