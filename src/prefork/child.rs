@@ -45,7 +45,7 @@ pub(crate) fn run<A: App>(
     // sigtimedwait below; the master's other signals are ignored.
     let wait_set = super::signals::child_mask();
 
-    let shared = Arc::new(ChildShared::new(board));
+    let shared = Arc::new(ChildShared::new(board, settings.threads));
     let info = ChildInfo {
         index,
         threads: settings.threads,

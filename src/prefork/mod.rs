@@ -167,30 +167,48 @@ impl ChildInfo {
 /// What all worker threads of one child share.
 struct ChildShared {
     board: SharedBoard,
+    threads: usize,
     stopping: AtomicBool,
-    /// Bumped by every wake-up, so a worker notices one that came while it
-    /// was busy.
-    generation: Mutex<u64>,
+    wakes: Mutex<Wakes>,
     wake: Condvar,
 }
 
+/// Wake-ups not yet taken by a worker.
+#[derive(Default)]
+struct Wakes {
+    /// Bumped by every wake-all, so a worker notices one that came while it
+    /// was busy.
+    generation: u64,
+    /// Wake-ups for one worker each, at most one per thread.
+    tokens: usize,
+}
+
 impl ChildShared {
-    fn new(board: SharedBoard) -> ChildShared {
+    fn new(board: SharedBoard, threads: usize) -> ChildShared {
         ChildShared {
             board,
+            threads,
             stopping: AtomicBool::new(false),
-            generation: Mutex::new(0),
+            wakes: Mutex::default(),
             wake: Condvar::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Wakes> {
+        self.wakes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn wake_all(&self) {
-        *self.lock() += 1;
+        self.lock().generation += 1;
         self.wake.notify_all();
+    }
+
+    fn wake_one(&self) {
+        {
+            let mut wakes = self.lock();
+            wakes.tokens = (wakes.tokens + 1).min(self.threads);
+        }
+        self.wake.notify_one();
     }
 
     fn stop(&self) {
@@ -199,7 +217,7 @@ impl ChildShared {
     }
 }
 
-/// Wakes every worker of one child out of [`Worker::wait`].
+/// Wakes the workers of one child out of [`Worker::wait`].
 #[derive(Clone)]
 pub struct Waker(std::sync::Arc<ChildShared>);
 
@@ -214,6 +232,13 @@ impl Waker {
     /// `wait`.
     pub fn wake(&self) {
         self.0.wake_all();
+    }
+
+    /// Wakes one of them: one waiting worker returns from `wait`, or, if
+    /// none waits, the next worker to call it returns at once. Wake-ups
+    /// beyond one per thread are not kept.
+    pub fn wake_one(&self) {
+        self.0.wake_one();
     }
 }
 
@@ -254,22 +279,27 @@ impl Worker {
         self.shared.stopping.load(Ordering::Acquire)
     }
 
-    /// Sleeps until `timeout` passes, a [`Waker`] wakes the child's
-    /// workers, or the child is told to stop; returns [`Worker::stopping`].
-    /// A wake-up that came since this worker's previous `wait` returned
-    /// makes it return at once, so none is lost while the worker was busy.
+    /// Sleeps until `timeout` passes, a [`Waker`] wakes this worker, or the
+    /// child is told to stop; returns [`Worker::stopping`]. A wake-up that
+    /// came since this worker's previous `wait` returned (or a wake-one no
+    /// other worker took) makes it return at once, so none is lost while the
+    /// worker was busy.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let mut generation = self.shared.lock();
-        if *generation == self.seen.get() && !self.stopping() {
-            generation = self
+        let mut wakes = self.shared.lock();
+        if wakes.generation == self.seen.get() && wakes.tokens == 0 && !self.stopping() {
+            wakes = self
                 .shared
                 .wake
-                .wait_timeout(generation, timeout)
+                .wait_timeout(wakes, timeout)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        self.seen.set(*generation);
-        drop(generation);
+        if wakes.generation == self.seen.get() {
+            // Not a wake-all: take a wake-one if there is one.
+            wakes.tokens = wakes.tokens.saturating_sub(1);
+        }
+        self.seen.set(wakes.generation);
+        drop(wakes);
         self.stopping()
     }
 

@@ -6,18 +6,23 @@
 //! one statement per batch. The hot path is server-side functions called
 //! with unnamed statements: a `--sql` batch costs two round trips (claim;
 //! run and complete) and one synchronous commit, and nothing in it depends
-//! on session state. Idle workers hold no connection; each child
-//! keeps one `LISTEN` connection that wakes them when jobs are enqueued,
-//! with a slow fallback poll. So an idle fleet holds at most one connection
-//! per child, and a busy one at most one per thread plus one per child (plus
-//! the master's, which it opens only between forks).
+//! on session state.
+//!
+//! A child's idle workers are leader and followers: one of them, the
+//! leader, keeps its connection, `LISTEN`s for new jobs and claims them the
+//! moment a notification comes (no connect on the way), with a slow
+//! fallback poll; the followers hold no connection and sleep until the
+//! leader, on taking work, hands the lead to one of them. A worker that
+//! claimed a full batch wakes another, so a burst spreads over the threads.
+//! So an idle fleet holds one connection per child, and a busy one at most
+//! one per thread (plus the master's).
 
 mod store;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use postgres::Client;
@@ -84,10 +89,9 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// Stop the fleet once nothing is queued or running. Default: off.
     pub drain: bool,
-    /// How often each child's listener looks for work that came without a
-    /// notification (retries coming due, a missed notification) and for
-    /// expired leases. Idle workers hold no connection and only wake when
-    /// there is work. Default: 1 second.
+    /// How often each child looks for work that came without a
+    /// notification (retries coming due, a missed notification), for dead
+    /// rows to vacuum and for expired leases. Default: 1 second.
     pub poll: Duration,
 }
 
@@ -127,8 +131,38 @@ pub struct QueueApp {
 struct ChildState {
     /// `host:pid`; each worker stamps its claims `host:pid/<thread>`.
     process: String,
+    /// Wakes the child's idle workers.
+    waker: Waker,
+    /// Whether one of the child's idle workers is the leader (see
+    /// [`QueueApp::lead`]).
+    leader: AtomicBool,
+    /// When the child's periodic duties (vacuum, expired leases) are due.
+    housekeeping: Mutex<Housekeeping>,
     /// Set once this child asked the master to stop (`drain`).
     drained: AtomicBool,
+}
+
+struct Housekeeping {
+    next: Instant,
+    next_sweep: Instant,
+}
+
+/// Holds a child's leadership; gives it up when dropped, also on an error
+/// or a panic.
+struct Leadership<'a>(&'a AtomicBool);
+
+impl<'a> Leadership<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<Leadership<'a>> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Leadership(flag))
+    }
+}
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 fn hostname() -> String {
@@ -167,7 +201,9 @@ impl QueueApp {
         self.child.get().expect("init_child ran first")
     }
 
-    /// One claim-run-complete round; returns how many jobs it ran.
+    /// One claim-run-complete round; returns how many jobs it ran. Runs
+    /// `claimed` instead of claiming if it is not empty (jobs the worker
+    /// claimed as the leader).
     ///
     /// Jobs claimed by a round whose outcome could not be recorded (the
     /// database went away) are left in `unfinished`, and released by the
@@ -178,6 +214,7 @@ impl QueueApp {
         worker: &Worker,
         owner: &str,
         unfinished: &mut Vec<i64>,
+        claimed: Vec<Job>,
     ) -> Result<usize, crate::Error> {
         let c = &self.config;
         if !unfinished.is_empty() {
@@ -188,9 +225,13 @@ impl QueueApp {
             log::warn!("released {n} job(s) whose outcome could not be recorded");
             unfinished.clear();
         }
-        let jobs = crate::with_client(|client| {
-            store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)
-        })?;
+        let jobs = if claimed.is_empty() {
+            crate::with_client(|client| {
+                store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)
+            })?
+        } else {
+            claimed
+        };
         if jobs.is_empty() {
             return Ok(0);
         }
@@ -227,9 +268,10 @@ impl QueueApp {
         }
     }
 
-    /// Nothing to claim: end a drain if everything is finished, then hold
-    /// no connection and sleep until the listener sees work.
-    fn idle(&self, worker: &Worker) {
+    /// Nothing to claim: end a drain if everything is finished, then lead
+    /// the child's idle workers if none does, or else sleep without a
+    /// connection until woken. Returns jobs claimed as the leader.
+    fn idle(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
         let state = self.state();
         if self.config.drain && !state.drained.load(Ordering::Acquire) {
             let c = &self.config;
@@ -247,27 +289,127 @@ impl QueueApp {
                 Err(e) => log::warn!("checking the queue: {e}"),
             }
         }
+        if let Some(leadership) = Leadership::take(&state.leader) {
+            let jobs = self.lead(worker, owner)?;
+            // Hand the lead on before running the jobs: a follower
+            // connects and listens while this worker works.
+            drop(leadership);
+            state.waker.wake_one();
+            if !jobs.is_empty() {
+                crate::with_client(|client| client.batch_execute("UNLISTEN *"))?;
+            }
+            return Ok(jobs);
+        }
         crate::close_all();
-        // The listener wakes the child's workers when there is work; the
-        // long timeout is only a last resort.
+        // The leader wakes a worker when there is work; the long timeout is
+        // only a last resort.
         worker.wait(Duration::from_secs(60));
+        Ok(Vec::new())
     }
+
+    /// The leader of a child's idle workers: the only one that keeps its
+    /// connection while idle, LISTENing for new jobs.
+    ///
+    /// It claims as soon as a notification comes, on the connection it
+    /// already has, so an idle fleet picks a job up within a round trip or
+    /// two instead of a connect. It also looks for work every `poll` without
+    /// one (retries coming due, a missed notification) and does the child's
+    /// housekeeping. Returns the jobs it claimed, or none if the child is
+    /// stopping. Followers hold no connection, so an idle child holds one.
+    fn lead(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
+        /// How long the leader waits for a notification before it looks at
+        /// the stop flag again.
+        const SLICE: Duration = Duration::from_millis(100);
+        let c = &self.config;
+        crate::with_client(|client| {
+            client.batch_execute(&format!("LISTEN {}", c.schema.channel()))?;
+            // Work queued before we listened.
+            let mut look = true;
+            while !worker.stopping() {
+                if look {
+                    let jobs = store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)?;
+                    if !jobs.is_empty() {
+                        return Ok(jobs);
+                    }
+                }
+                look = {
+                    let mut notifications = client.notifications();
+                    let notified = notifications.timeout_iter(SLICE).next()?.is_some();
+                    // One claim answers any number of notifications.
+                    while notifications.iter().next()?.is_some() {}
+                    notified
+                };
+                if let Some(probe) = self.housekeeping(client)? {
+                    look |= probe.runnable;
+                }
+            }
+            Ok(Vec::new())
+        })
+    }
+
+    /// The child's periodic duties, done by whichever worker finds them due
+    /// (the leader when idle, any worker when busy): vacuum the jobs table
+    /// if dead rows piled up, release expired leases. Returns what it saw
+    /// of the queue, or `None` if nothing was due.
+    fn housekeeping(&self, client: &mut Client) -> Result<Option<store::Probe>, postgres::Error> {
+        let c = &self.config;
+        let sweep = {
+            let mut due = match self.state().housekeeping.try_lock() {
+                Ok(due) => due,
+                Err(_) => return Ok(None),
+            };
+            let now = Instant::now();
+            if now < due.next {
+                return Ok(None);
+            }
+            due.next = now + c.poll;
+            let sweep = now >= due.next_sweep;
+            if sweep {
+                due.next_sweep = now + sweep_every(c.lease);
+            }
+            sweep
+        };
+        let probe = store::probe(client, &c.schema, &c.queue)?;
+        if probe.dead_rows >= VACUUM_AFTER_DEAD_ROWS {
+            let started = Instant::now();
+            store::vacuum(client, &c.schema)?;
+            log::debug!(
+                "vacuumed the jobs table ({} dead rows) in {:.1?}",
+                probe.dead_rows,
+                started.elapsed()
+            );
+        }
+        if sweep {
+            let n = store::release(client, &c.schema, store::Release::Expired)?;
+            if n > 0 {
+                log::warn!("released {n} job(s) whose lease expired");
+            }
+        }
+        Ok(Some(probe))
+    }
+}
+
+/// How often a child looks for expired leases.
+fn sweep_every(lease: Duration) -> Duration {
+    (lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 impl App for QueueApp {
     fn init_child(&self, child: &ChildInfo) -> Result<(), BoxError> {
+        let now = Instant::now();
         let state = ChildState {
             process: process_of(std::process::id()),
+            waker: child.waker(),
+            leader: AtomicBool::new(false),
+            housekeeping: Mutex::new(Housekeeping {
+                next: now,
+                next_sweep: now,
+            }),
             drained: AtomicBool::new(false),
         };
         if self.child.set(state).is_err() {
             return Err("init_child ran twice".into());
         }
-        let config = self.config.clone();
-        let waker = child.waker();
-        crate::thread::Builder::new()
-            .name("queue-listener".into())
-            .spawn(move || listen(&config, &waker))?;
         Ok(())
     }
 
@@ -338,16 +480,35 @@ impl App for QueueApp {
     fn run_worker(&self, worker: &Worker) {
         let owner = format!("{}/{}", self.state().process, worker.index());
         let mut unfinished = Vec::new();
+        let mut claimed = Vec::new();
         while !worker.stopping() {
-            match self.round(worker, &owner, &mut unfinished) {
-                Ok(0) => self.idle(worker),
-                Ok(_) => {}
-                Err(e) => {
-                    log::warn!("worker {}.{}: {e}", worker.child_index(), worker.index());
-                    crate::close_all();
-                    worker.wait(Duration::from_secs(1));
+            let ran = self.round(
+                worker,
+                &owner,
+                &mut unfinished,
+                std::mem::take(&mut claimed),
+            );
+            let outcome = match ran {
+                Ok(0) => self.idle(worker, &owner).map(|jobs| claimed = jobs),
+                Ok(n) => {
+                    if n as i64 >= self.config.batch {
+                        // A full batch: there is probably more, so bring in
+                        // another worker (which brings in the next).
+                        self.state().waker.wake_one();
+                    }
+                    crate::with_client(|client| self.housekeeping(client).map(drop))
                 }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                log::warn!("worker {}.{}: {e}", worker.child_index(), worker.index());
+                crate::close_all();
+                worker.wait(Duration::from_secs(1));
             }
+        }
+        if !claimed.is_empty() {
+            // Claimed as the leader just as the child was told to stop.
+            unfinished.extend(claimed.iter().map(|j| j.id));
         }
         if !unfinished.is_empty() {
             // Stopping with a batch that could not be recorded: one last
@@ -361,57 +522,9 @@ impl App for QueueApp {
     }
 }
 
-/// Dead rows in the jobs table at which a listener vacuums it (see
+/// Dead rows in the jobs table at which a child vacuums it (see
 /// [`store::vacuum`]): about a second of a busy fleet's work.
 const VACUUM_AFTER_DEAD_ROWS: i64 = 20_000;
-
-/// The child's LISTEN connection. It wakes the workers on every
-/// notification and, every `poll` without one, looks for runnable jobs
-/// (retries coming due, a missed notification), vacuums the jobs table if
-/// dead rows piled up, and releases expired leases.
-/// It lives as long as the child (the process exit closes it).
-fn listen(config: &QueueConfig, waker: &Waker) {
-    let sweep_every = (config.lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let mut last_sweep = Instant::now();
-    loop {
-        let outcome = crate::with_client(|client| {
-            client.batch_execute(&format!("LISTEN {}", config.schema.channel()))?;
-            // Work queued before we listened.
-            waker.wake();
-            loop {
-                let notified = {
-                    let mut notifications = client.notifications();
-                    let mut it = notifications.timeout_iter(config.poll);
-                    it.next()?.is_some()
-                };
-                let probe = store::probe(client, &config.schema, &config.queue)?;
-                if notified || probe.runnable {
-                    waker.wake();
-                }
-                if probe.dead_rows >= VACUUM_AFTER_DEAD_ROWS {
-                    let started = Instant::now();
-                    store::vacuum(client, &config.schema)?;
-                    log::debug!(
-                        "vacuumed the jobs table ({} dead rows) in {:.1?}",
-                        probe.dead_rows,
-                        started.elapsed()
-                    );
-                }
-                if last_sweep.elapsed() >= sweep_every {
-                    last_sweep = Instant::now();
-                    let n = store::release(client, &config.schema, store::Release::Expired)?;
-                    if n > 0 {
-                        log::warn!("released {n} job(s) whose lease expired");
-                    }
-                }
-            }
-        });
-        if let Err::<(), _>(e) = outcome {
-            log::warn!("queue listener: {e}; reconnecting in 1 s");
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
 
 /// Runs one job through an external program.
 fn exec(argv: &[String], timeout: Option<Duration>, job: &Job) -> Result<String, String> {

@@ -326,7 +326,7 @@ pub(crate) fn claim(
         .collect())
 }
 
-/// What a listener's periodic look at the queue found.
+/// What a child's periodic look at the queue found.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Probe {
     /// `queue` has a job runnable now.
@@ -367,7 +367,7 @@ pub(crate) fn probe(
 /// it walks over every job claimed since the last one: at thousands of jobs
 /// a second, autovacuum (a minute apart by default, and throttled) lets
 /// that walk grow to thousands of index pages per claim. The fleet's
-/// listeners call this once dead rows pile up, which keeps the walk short.
+/// children call this once dead rows pile up, which keeps the walk short.
 /// A role that does not own the table gets a warning from the server and
 /// nothing happens.
 pub(crate) fn vacuum(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
