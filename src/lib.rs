@@ -126,7 +126,7 @@ pub mod thread;
 pub use config::{Database, MaxAge};
 pub use error::Error;
 pub use fork::{Fork, ForkError, fork, install_atfork_handlers, ready_to_fork};
-pub use local::{close_all, close_old, thread_open_count, with_client, with_client_for};
+pub use local::{close, close_all, close_old, thread_open_count, with_client, with_client_for};
 pub use pool::ThreadPool;
 pub use registry::{Stats, ThreadStats, stats};
 pub use thread::CloseOnExit;

@@ -275,6 +275,17 @@ pub fn close_all() {
     drop(registry::take_orphans());
 }
 
+/// Closes the calling thread's connection to `alias`, if it has one; its
+/// other connections stay open.
+pub fn close(alias: &str) {
+    let conn = LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        let i = local.conns.iter().position(|c| c.alias() == alias)?;
+        Some(local.conns.swap_remove(i))
+    });
+    drop(conn);
+}
+
 /// Django's `close_old_connections`: run it at every task boundary.
 ///
 /// For each connection of the calling thread it:

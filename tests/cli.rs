@@ -53,6 +53,13 @@ fn bad_input(ctx: &mut Ctx) {
             "host=/tmp port=notaport",
         ],
         &["--sql", "SELECT 1", "--exec", "true"],
+        &["--sql", "SELECT 1", "--poll", "0"],
+        &[
+            "--sql",
+            "SELECT 1",
+            "--listen-url",
+            "host=/tmp port=notaport",
+        ],
         &[],
         &["--exec"],
         &["--exec", "/no/such/program"],

@@ -35,6 +35,10 @@ fn main() {
                 idle_fleet,
             ),
             ("enqueue_takes_100000_lines_from_stdin", enqueue_many),
+            (
+                "fleet_behind_pgbouncer_transaction_pooling",
+                behind_pgbouncer,
+            ),
         ],
         &[],
     )
@@ -313,4 +317,137 @@ fn enqueue_many(ctx: &mut Ctx) {
         ),
         100_000
     );
+}
+
+/// A PgBouncer in front of the test cluster, in transaction pooling mode
+/// with fewer server connections than the fleet has threads. Stopped on drop.
+struct PgBouncer {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl PgBouncer {
+    const POOL_SIZE: usize = 4;
+
+    fn start(ctx: &Ctx) -> PgBouncer {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let bin = ["pgbouncer", "/usr/sbin/pgbouncer"]
+            .into_iter()
+            .find(|b| {
+                std::process::Command::new(b)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("pgbouncer not found: scripts/test installs it (apt-get install pgbouncer)");
+        let dir = std::env::temp_dir().join(format!("fork_safe-bouncer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Like the server, PgBouncer will not run as root.
+        let user = nix::unistd::geteuid()
+            .is_root()
+            .then(|| nix::unistd::User::from_name("postgres").unwrap().unwrap());
+        if let Some(user) = &user {
+            nix::unistd::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        let d = dir.display();
+        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n\
+                 postgres = host={} port=5432 dbname=postgres\n\
+                 [pgbouncer]\n\
+                 listen_addr =\n\
+                 listen_port = 6432\n\
+                 unix_socket_dir = {d}\n\
+                 auth_type = trust\n\
+                 auth_file = {d}/users.txt\n\
+                 pool_mode = transaction\n\
+                 default_pool_size = {}\n\
+                 max_client_conn = 200\n\
+                 ignore_startup_parameters = extra_float_digits,options\n\
+                 logfile = {d}/pgbouncer.log\n\
+                 pidfile = {d}/pgbouncer.pid\n",
+                ctx.cluster.socket_dir().display(),
+                Self::POOL_SIZE,
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg(dir.join("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(user) = &user {
+            cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        let child = cmd.spawn().unwrap();
+        let url = format!("host={d} port=6432 user=postgres dbname=postgres");
+        let bouncer = PgBouncer { child, dir, url };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while postgres::Client::connect(&bouncer.url, postgres::NoTls).is_err() {
+            assert!(Instant::now() < deadline, "pgbouncer did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bouncer
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Through PgBouncer in transaction mode (a server connection per
+/// transaction, four for eight threads), with the leaders LISTENing on a
+/// direct connection: every job done once, and an idle fleet whose fallback
+/// poll is a minute away still picks a job up, so the notification reached
+/// a leader.
+fn behind_pgbouncer(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let bouncer = PgBouncer::start(ctx);
+    let lines: String = (1..=5_000).map(|i| format!("{i}\n")).collect();
+    enqueue_lines(&bouncer.url, &lines, &[]);
+    let mut master = Master::start(
+        &bouncer.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "4",
+            "--listen-url",
+            &ctx.url,
+            "--poll",
+            "60s",
+            "--sql",
+            EFFECT,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&mut obs, "SELECT count(*) FROM effects") < 5_000 {
+        assert!(master.running(), "the fleet died");
+        assert!(Instant::now() < deadline, "the fleet did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_all_done_once(&mut obs, 5_000);
+    // Idle now: one more job, enqueued through the pooler.
+    std::thread::sleep(Duration::from_millis(500));
+    enqueue_lines(&bouncer.url, "5001\n", &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&mut obs, "SELECT count(*) FROM effects") < 5_001 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle fleet behind PgBouncer never picked the job up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    drained(&mut master, Duration::from_secs(30));
+    assert_all_done_once(&mut obs, 5_001);
 }

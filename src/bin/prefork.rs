@@ -115,6 +115,15 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_BATCH", default_value_t = 8,
           value_parser = clap::value_parser!(i64).range(1..=1000))]
     batch: i64,
+    /// How often a child looks for work that came without a notification
+    /// (retries coming due), for dead rows to vacuum and expired leases.
+    #[arg(long, env = "PREFORK_POLL", default_value = "1s", value_parser = parse_positive_duration)]
+    poll: Duration,
+    /// Where each child's idle leader LISTENs for new jobs: a direct or
+    /// session-pooled URL, for jobs that go through PgBouncer in transaction
+    /// mode [default: the database URL].
+    #[arg(long, env = "PREFORK_LISTEN_URL", hide_env_values = true)]
+    listen_url: Option<String>,
     /// How long a claim holds before a dead host's jobs are taken over.
     #[arg(long, env = "PREFORK_LEASE", default_value = "300s", value_parser = parse_duration)]
     lease: Duration,
@@ -216,6 +225,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {text:?}"))
 }
 
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("invalid duration {text:?}: must be above zero")),
+        d => Ok(d),
+    }
+}
+
 fn parse_max_age(text: &str) -> Result<MaxAge, String> {
     text.parse()
 }
@@ -255,8 +271,8 @@ fn schema(db: &DbArgs) -> Result<Schema, Fail> {
 }
 
 /// Configures the registry and migrates the schema.
-fn connect(database: Database, schema: &Schema) -> Result<(), Fail> {
-    fork_safe::configure([database]).map_err(runtime)?;
+fn connect(databases: impl IntoIterator<Item = Database>, schema: &Schema) -> Result<(), Fail> {
+    fork_safe::configure(databases).map_err(runtime)?;
     fork_safe::with_client(|c| queue::migrate(c, schema)).map_err(runtime)?;
     fork_safe::close_all();
     Ok(())
@@ -295,10 +311,15 @@ fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
     } else {
         vec![args.payload.clone(); args.count as usize]
     };
-    connect(database, &schema)?;
+    connect([database], &schema)?;
     if let Some(at) = &args.run_at {
-        fork_safe::with_client(|c| c.execute("SELECT $1::text::timestamptz", &[at]))
-            .map_err(|e| usage(format!("invalid --run-at {at:?}: {e}")))?;
+        fork_safe::with_client(|c| {
+            c.execute_typed(
+                "SELECT $1::text::timestamptz",
+                &[(at, postgres::types::Type::TEXT)],
+            )
+        })
+        .map_err(|e| usage(format!("invalid --run-at {at:?}: {e}")))?;
     }
     let how = queue::Enqueue {
         queue: &db.queue,
@@ -317,11 +338,11 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
     let url = needs_database(db, "status")?;
     let database = database(&url)?;
     fork_safe::set_role("cli");
-    connect(database, &schema)?;
+    connect([database], &schema)?;
     let counts =
         fork_safe::with_client(|c| queue::counts(c, &schema, &db.queue)).map_err(runtime)?;
     let backends: Vec<(String, i64)> = fork_safe::with_client(|c| {
-        let rows = c.query(
+        let rows = c.query_typed(
             "SELECT application_name, count(*) FROM pg_stat_activity
              WHERE application_name LIKE 'prefork:%' AND application_name NOT LIKE 'prefork:cli:%'
              GROUP BY 1 ORDER BY 1",
@@ -445,6 +466,13 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
     if let Some(url) = &given {
         database(url)?;
     }
+    let listen = args
+        .listen_url
+        .as_deref()
+        .map(|url| {
+            Database::new("listen", url).map_err(|e| usage(format!("invalid --listen-url: {e}")))
+        })
+        .transpose()?;
     let _cluster;
     let url = match given {
         Some(url) => url,
@@ -469,7 +497,8 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         .max_age(args.max_age)
         .max_idle(Some(args.max_idle).filter(|d| !d.is_zero()))
         .health_checks(args.health_checks);
-    connect(database, &schema)?;
+    let listen_alias = listen.as_ref().map(|db| db.alias().to_owned());
+    connect([database].into_iter().chain(listen), &schema)?;
     if let Some(n) = args.sample {
         let payloads: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
         let how = queue::Enqueue {
@@ -493,7 +522,8 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         batch: args.batch,
         lease,
         drain: args.drain,
-        ..QueueConfig::default()
+        listen: listen_alias,
+        poll: args.poll,
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -528,7 +558,9 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         stats
             .peak_backends
             .load(std::sync::atomic::Ordering::Relaxed),
-        procs * args.threads as usize + procs + 1,
+        // One connection per worker thread (a child's idle leader is one of
+        // them), plus the master's.
+        procs * args.threads as usize + 1,
         report.restarts
     );
     if std::io::stderr().is_terminal() || args.drain || args.sample.is_some() {

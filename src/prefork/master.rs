@@ -533,10 +533,10 @@ impl<A: App> Master<A> {
             .map(|pid| format!("prefork:worker:{pid}"))
             .collect();
         let ended = crate::with_client(|c| {
-            let rows = c.query(
+            let rows = c.query_typed(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE application_name = ANY($1) AND pid <> pg_backend_pid()",
-                &[&names],
+                &[(&names, postgres::types::Type::TEXT_ARRAY)],
             )?;
             Ok(rows.len())
         });
@@ -777,7 +777,7 @@ fn seed() -> u64 {
 /// fit in the server's free slots. Closes the master's connection after.
 fn check_slots(settings: &Settings) -> Result<(), PreforkError> {
     let free = crate::with_client(|c| {
-        let row = c.query_one(
+        let row = c.query_typed_one(
             "SELECT current_setting('max_connections')::int8 \
                   - current_setting('superuser_reserved_connections')::int8 \
                   - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \

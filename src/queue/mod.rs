@@ -93,6 +93,14 @@ pub struct QueueConfig {
     /// notification (retries coming due, a missed notification), for dead
     /// rows to vacuum and for expired leases. Default: 1 second.
     pub poll: Duration,
+    /// The database alias a child's leader `LISTEN`s (and claims) on;
+    /// `None`: the first configured one, like the jobs. Give a direct (or
+    /// session-pooled) connection here when the jobs go through PgBouncer
+    /// in transaction mode, where `LISTEN` does not reach the session and
+    /// pickup would fall back to the poll. A leader with its own alias
+    /// closes its other connections while it leads, and this one when it
+    /// stops leading, so the connection bounds hold. Default: `None`.
+    pub listen: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -104,6 +112,7 @@ impl Default for QueueConfig {
             lease: Duration::from_secs(300),
             drain: false,
             poll: Duration::from_secs(1),
+            listen: None,
         }
     }
 }
@@ -290,15 +299,23 @@ impl QueueApp {
             }
         }
         if let Some(leadership) = Leadership::take(&state.leader) {
-            let jobs = self.lead(worker, owner)?;
+            if self.config.listen.is_some() {
+                // It leads on its own connection: hold only that one.
+                crate::close_all();
+            }
+            let led = self.lead(worker, owner);
             // Hand the lead on before running the jobs: a follower
             // connects and listens while this worker works.
             drop(leadership);
             state.waker.wake_one();
-            if !jobs.is_empty() {
-                crate::with_client(|client| client.batch_execute("UNLISTEN *"))?;
+            match (&self.config.listen, &led) {
+                (Some(alias), _) => crate::close(alias),
+                (None, Ok(jobs)) if !jobs.is_empty() => {
+                    crate::with_client(|client| client.batch_execute("UNLISTEN *"))?;
+                }
+                (None, _) => {}
             }
-            return Ok(jobs);
+            return led;
         }
         crate::close_all();
         // The leader wakes a worker when there is work; the long timeout is
@@ -321,7 +338,7 @@ impl QueueApp {
         /// the stop flag again.
         const SLICE: Duration = Duration::from_millis(100);
         let c = &self.config;
-        crate::with_client(|client| {
+        let lead = |client: &mut Client| {
             client.batch_execute(&format!("LISTEN {}", c.schema.channel()))?;
             // Work queued before we listened.
             let mut look = true;
@@ -344,7 +361,11 @@ impl QueueApp {
                 }
             }
             Ok(Vec::new())
-        })
+        };
+        match &c.listen {
+            Some(alias) => crate::with_client_for(alias, lead),
+            None => crate::with_client(lead),
+        }
     }
 
     /// The child's periodic duties, done by whichever worker finds them due
@@ -440,9 +461,9 @@ impl App for QueueApp {
                 .collect();
             names.push(format!("prefork:master:{master}"));
             let sampled = crate::with_client(|c| {
-                let row = c.query_one(
+                let row = c.query_typed_one(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY($1)",
-                    &[&names],
+                    &[(&names, postgres::types::Type::TEXT_ARRAY)],
                 )?;
                 Ok(row.get::<_, i64>(0) as u64)
             });

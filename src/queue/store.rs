@@ -265,11 +265,19 @@ pub fn enqueue(
     let mut queued = 0;
     for batch in payloads.chunks(INSERT_BATCH) {
         let mut tx = client.transaction()?;
-        queued += tx.execute(
+        queued += tx.execute_typed(
             &insert,
-            &[&how.queue, &how.max_attempts, &how.run_at, &batch],
+            &[
+                (&how.queue, Type::TEXT),
+                (&how.max_attempts, Type::INT4),
+                (&how.run_at, Type::TEXT),
+                (&batch, Type::TEXT_ARRAY),
+            ],
         )?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&schema.channel(), &how.queue])?;
+        tx.execute_typed(
+            "SELECT pg_notify($1, $2)",
+            &[(&schema.channel(), Type::TEXT), (&how.queue, Type::TEXT)],
+        )?;
         tx.commit()?;
     }
     Ok(queued)
@@ -476,16 +484,24 @@ pub fn release(
     let n = match which {
         Release::Processes(processes) => {
             let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
-            client.execute(&format!("{set} AND locked_by LIKE ANY($1)"), &[&patterns])?
+            client.execute_typed(
+                &format!("{set} AND locked_by LIKE ANY($1)"),
+                &[(&patterns, Type::TEXT_ARRAY)],
+            )?
         }
-        Release::Jobs { owner, ids } => client.execute(
+        Release::Jobs { owner, ids } => client.execute_typed(
             &format!("{set} AND id = ANY($1) AND locked_by = $2"),
-            &[&ids, &owner],
+            &[(&ids, Type::INT8_ARRAY), (&owner, Type::TEXT)],
         )?,
-        Release::Expired => client.execute(&format!("{set} AND locked_until < now()"), &[])?,
+        Release::Expired => {
+            client.execute_typed(&format!("{set} AND locked_until < now()"), &[])?
+        }
     };
     if n > 0 {
-        client.execute("SELECT pg_notify($1, '')", &[&schema.channel()])?;
+        client.execute_typed(
+            "SELECT pg_notify($1, '')",
+            &[(&schema.channel(), Type::TEXT)],
+        )?;
     }
     Ok(n)
 }
@@ -522,9 +538,9 @@ pub fn counts(
 ) -> Result<Counts, postgres::Error> {
     let s = schema.name();
     let mut counts = Counts::default();
-    for row in client.query(
+    for row in client.query_typed(
         &format!("SELECT state, count(*) FROM {s}.jobs WHERE queue = $1 GROUP BY state"),
-        &[&queue],
+        &[(&queue, Type::TEXT)],
     )? {
         let n: i64 = row.get(1);
         match row.get::<_, &str>(0) {
@@ -568,12 +584,16 @@ pub(crate) fn record_workers(
     let since: Vec<f64> = rows.iter().map(|r| r.1).collect();
     let tasks: Vec<i64> = rows.iter().map(|r| r.2).collect();
     let mut tx = client.transaction()?;
-    tx.execute(
+    tx.execute_typed(
         &format!("DELETE FROM {s}.workers WHERE host = $1 AND master_pid = $2 AND pid <> ALL($3)"),
-        &[&host, &master_pid, &pids],
+        &[
+            (&host, Type::TEXT),
+            (&master_pid, Type::INT4),
+            (&pids, Type::INT4_ARRAY),
+        ],
     )?;
     if !rows.is_empty() {
-        tx.execute(
+        tx.execute_typed(
             &format!(
                 "INSERT INTO {s}.workers (host, pid, master_pid, queue, since, tasks)
                  SELECT $1, p, $2, $3, to_timestamp(t), n FROM unnest($4::int4[], $5::float8[], $6::int8[]) AS w(p, t, n)
@@ -581,7 +601,14 @@ pub(crate) fn record_workers(
                  SET master_pid = EXCLUDED.master_pid, queue = EXCLUDED.queue, since = EXCLUDED.since,
                      tasks = EXCLUDED.tasks, seen_at = now()"
             ),
-            &[&host, &master_pid, &queue, &pids, &since, &tasks],
+            &[
+                (&host, Type::TEXT),
+                (&master_pid, Type::INT4),
+                (&queue, Type::TEXT),
+                (&pids, Type::INT4_ARRAY),
+                (&since, Type::FLOAT8_ARRAY),
+                (&tasks, Type::INT8_ARRAY),
+            ],
         )?;
     }
     tx.commit()
@@ -598,12 +625,12 @@ pub fn live_workers(
     queue: &str,
 ) -> Result<Vec<WorkerRow>, postgres::Error> {
     let s = schema.name();
-    let rows = client.query(
+    let rows = client.query_typed(
         &format!(
             "SELECT host, pid, master_pid, extract(epoch FROM since)::float8, tasks FROM {s}.workers
              WHERE queue = $1 AND seen_at > now() - interval '10 seconds' ORDER BY host, pid"
         ),
-        &[&queue],
+        &[(&queue, Type::TEXT)],
     )?;
     Ok(rows
         .iter()
