@@ -30,6 +30,10 @@ fn main() {
                 crash_loop,
             ),
             ("crash_limit_exits_non_zero", crash_limit),
+            (
+                "a_refused_fork_stops_and_reaps_the_fleet_first",
+                refused_fork,
+            ),
             ("term_finishes_in_flight_tasks_and_exits_zero", graceful),
             ("sigkill_of_the_master_takes_the_fleet_down", master_killed),
             ("hup_replaces_every_child_without_failing_a_task", reload),
@@ -57,6 +61,9 @@ struct TestApp {
     stuck: bool,
     hang_boot: bool,
     fail_boot: bool,
+    /// Start a thread in the master at its first tick, so that its next
+    /// fork is refused.
+    thread_in_master: bool,
 }
 
 impl App for TestApp {
@@ -68,6 +75,15 @@ impl App for TestApp {
             std::thread::sleep(Duration::from_secs(3600));
         }
         Ok(())
+    }
+
+    fn master_tick(&self, _: &[fork_safe::prefork::ChildStatus]) {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        if self.thread_in_master {
+            STARTED.call_once(|| {
+                std::thread::spawn(|| std::thread::sleep(Duration::from_secs(3600)));
+            });
+        }
     }
 
     fn run_worker(&self, worker: &Worker) {
@@ -122,6 +138,7 @@ fn master_main(_url: &str) -> i32 {
         stuck: std::env::var("PF_STUCK").is_ok(),
         hang_boot: std::env::var("PF_HANG_BOOT").is_ok(),
         fail_boot: std::env::var("PF_FAIL_BOOT").is_ok(),
+        thread_in_master: std::env::var("PF_THREAD_IN_MASTER").is_ok(),
     };
     match fleet.run(app) {
         Ok(_) => 0,
@@ -437,6 +454,24 @@ fn crash_limit(ctx: &mut Ctx) {
     assert_eq!(code, Some(1), "log:\n{}", fleet.log_text());
     assert!(
         fleet.log_text().contains("crash limit"),
+        "{}",
+        fleet.log_text()
+    );
+}
+
+fn refused_fork(ctx: &mut Ctx) {
+    let mut fleet = Fleet::start(ctx, &[("PF_PROCS", "2"), ("PF_THREAD_IN_MASTER", "1")]);
+    let children = fleet.wait_children(2, Duration::from_secs(10));
+    // The master now has a second thread: replacing a child is refused.
+    kill(children[0], Signal::SIGKILL).unwrap();
+    let code = wait_exit(&mut fleet.master, Duration::from_secs(30));
+    // Checked at once: the survivor was stopped and reaped by the master
+    // before it exited, not left to PDEATHSIG.
+    let survivor_alive = alive(children[1]);
+    assert_eq!(code, Some(1), "log:\n{}", fleet.log_text());
+    assert!(!survivor_alive, "the master exited before its child");
+    assert!(
+        fleet.log_text().contains("stopping the fleet"),
         "{}",
         fleet.log_text()
     );

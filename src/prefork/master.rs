@@ -153,7 +153,18 @@ impl<A: App> Master<A> {
             self.check_deadlines(now);
             if let Phase::Running = self.phase {
                 self.check_recycling(now);
-                self.shape(now)?;
+                if let Err(e) = self.shape(now) {
+                    // The fork guard refused (the app started a thread in
+                    // the master) or the system did. Returning now would
+                    // leave the children to PDEATHSIG, unreaped and with
+                    // their backends unchecked: stop them like a TERM
+                    // would, and report the error once they are gone.
+                    log::error!("{e}; stopping the fleet");
+                    if self.outcome.is_ok() {
+                        self.outcome = Err(e);
+                    }
+                    self.stop_fleet(false);
+                }
             }
             if self.leftovers_due(now) {
                 self.end_leftover_backends();

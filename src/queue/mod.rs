@@ -391,7 +391,7 @@ impl QueueApp {
             sweep
         };
         let probe = store::probe(client, &c.schema, &c.queue)?;
-        if probe.dead_rows >= VACUUM_AFTER_DEAD_ROWS {
+        if probe.dead_rows >= VACUUM_AFTER_DEAD_ROWS && probe.may_vacuum {
             let started = Instant::now();
             store::vacuum(client, &c.schema)?;
             log::debug!(

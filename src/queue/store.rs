@@ -342,6 +342,8 @@ pub(crate) struct Probe {
     /// Dead row versions in the jobs table, as the statistics collector
     /// last counted them (0 if it does not count).
     pub(crate) dead_rows: i64,
+    /// This role may vacuum the jobs table (it owns it, or is a superuser).
+    pub(crate) may_vacuum: bool,
 }
 
 /// Looks for a runnable job in `queue` (an index-only look) and at the
@@ -357,13 +359,16 @@ pub(crate) fn probe(
             "SELECT EXISTS (SELECT 1 FROM {s}.jobs
                             WHERE queue = $1 AND state = 'queued' AND run_at <= now()),
                     coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
-                              WHERE relid = '{s}.jobs'::regclass), 0)"
+                              WHERE relid = '{s}.jobs'::regclass), 0),
+                    pg_has_role((SELECT relowner FROM pg_class
+                                 WHERE oid = '{s}.jobs'::regclass), 'USAGE')"
         ),
         &[(&queue, Type::TEXT)],
     )?;
     Ok(Probe {
         runnable: row.get(0),
         dead_rows: row.get(1),
+        may_vacuum: row.get(2),
     })
 }
 
@@ -376,8 +381,8 @@ pub(crate) fn probe(
 /// a second, autovacuum (a minute apart by default, and throttled) lets
 /// that walk grow to thousands of index pages per claim. The fleet's
 /// children call this once dead rows pile up, which keeps the walk short.
-/// A role that does not own the table gets a warning from the server and
-/// nothing happens.
+/// Only for a role that owns the table (see [`Probe::may_vacuum`]); for
+/// others the server would skip it with a warning.
 pub(crate) fn vacuum(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
     let s = schema.name();
     client.batch_execute(&format!("VACUUM (SKIP_LOCKED, PARALLEL 0) {s}.jobs"))
