@@ -499,6 +499,9 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         .health_checks(args.health_checks);
     let listen_alias = listen.as_ref().map(|db| db.alias().to_owned());
     connect([database].into_iter().chain(listen), &schema)?;
+    if let Handler::Sql(sql) = &handler {
+        check_statement(sql)?;
+    }
     if let Some(n) = args.sample {
         let payloads: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
         let how = queue::Enqueue {
@@ -569,6 +572,34 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         log::info!("{summary}");
     }
     Ok(())
+}
+
+/// Refuses a `--sql` statement the server cannot prepare (a syntax error,
+/// an unknown table) before anything starts, rather than failing every job.
+/// Prepared inside a transaction, so behind PgBouncer the statement is
+/// created and closed on one server connection.
+fn check_statement(sql: &str) -> Result<(), Fail> {
+    let checked = fork_safe::with_client(|c| {
+        let mut tx = c.transaction()?;
+        let prepared = tx
+            .prepare_typed(sql, &[postgres::types::Type::TEXT])
+            .map(drop);
+        tx.rollback()?;
+        Ok(prepared)
+    });
+    fork_safe::close_all();
+    match checked.map_err(runtime)? {
+        Ok(()) => Ok(()),
+        Err(e) if e.as_db_error().is_some() => {
+            let db = e.as_db_error().expect("checked");
+            Err(usage(format!(
+                "invalid --sql: {} (SQLSTATE {})",
+                db.message(),
+                db.code().code()
+            )))
+        }
+        Err(e) => Err(runtime(e)),
+    }
 }
 
 fn counts(schema: &Schema, queue: &str) -> Result<queue::Counts, Fail> {
