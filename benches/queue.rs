@@ -216,7 +216,7 @@ fn main() {
     for i in 0..100 {
         let id: i64 = observer
             .query_one(
-                "INSERT INTO prefork.jobs (queue, payload) VALUES ('default', $1) RETURNING id",
+                "INSERT INTO prefork.jobs_live (queue, payload) VALUES ('default', $1) RETURNING id",
                 &[&i.to_string()],
             )
             .unwrap()

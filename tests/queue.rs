@@ -39,6 +39,10 @@ fn main() {
                 "fleet_behind_pgbouncer_transaction_pooling",
                 behind_pgbouncer,
             ),
+            (
+                "a_claim_whose_answer_was_lost_is_released_on_reconnect",
+                lost_claim,
+            ),
         ],
         &[],
     )
@@ -262,17 +266,36 @@ fn idle_fleet(ctx: &mut Ctx) {
     let master_pid = format!("\"master_pid\":{}", master.pid());
     assert_eq!(json.matches(&master_pid).count(), 3, "live workers: {json}");
     // Jobs enqueued into the idle fleet are picked up by a leader, on the
-    // connection it already had: no connect on the way.
-    let leaders: Vec<i32> = obs
-        .client()
-        .query_one(
-            "SELECT array_agg(pid) FROM pg_stat_activity WHERE application_name LIKE 'prefork:worker:%'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    // connection it already had: no connect on the way. (The lead may move
+    // to another worker while a job runs, so the leaders are read again,
+    // once settled, before each job.)
+    let leaders = |obs: &mut Observer| -> Vec<i32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last: Vec<i32> = Vec::new();
+        loop {
+            let now: Vec<i32> = obs
+                .client()
+                .query_one(
+                    "SELECT coalesce(array_agg(pid ORDER BY pid), '{}') FROM pg_stat_activity
+                     WHERE application_name LIKE 'prefork:worker:%'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if now.len() == 3 && now == last {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the idle fleet never settled to a leader per child: {now:?}"
+            );
+            last = now;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     let mut latencies = Vec::new();
     for i in 1..=20 {
+        let leaders = leaders(&mut obs);
         let enqueued = Instant::now();
         cli::enqueue_lines(&ctx.url, &format!("{i}\n"), &[]);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -450,4 +473,57 @@ fn behind_pgbouncer(ctx: &mut Ctx) {
     kill(master.pid(), Signal::SIGTERM).unwrap();
     drained(&mut master, Duration::from_secs(30));
     assert_all_done_once(&mut obs, 5_001);
+}
+
+/// A claim can commit and its answer be lost with the connection; the
+/// worker then holds a job it never heard of. After reconnecting it
+/// releases every job stamped with its name, so the job runs now rather
+/// than after its lease (5 minutes).
+fn lost_claim(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let mut master = Master::start(
+        &ctx.url,
+        &["--procs", "1", "--threads", "1", "--sql", EFFECT],
+    );
+    // The only worker, idle, leads: its backend is the fleet's only one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (backend, name) = loop {
+        let row = obs
+            .client()
+            .query_opt(
+                "SELECT pid, application_name FROM pg_stat_activity
+                 WHERE application_name LIKE 'prefork:worker:%'",
+                &[],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            break (row.get::<_, i32>(0), row.get::<_, String>(1));
+        }
+        assert!(Instant::now() < deadline, "no leader connected");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let child = name.rsplit(':').next().unwrap();
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    // What the server holds after a claim whose answer was lost.
+    obs.client()
+        .execute(
+            "INSERT INTO prefork.jobs_live (queue, payload, state, attempts, locked_by, locked_until)
+             VALUES ('default', '7', 'running', 1, $1, now() + interval '5 minutes')",
+            &[&format!("{host}:{child}/0")],
+        )
+        .unwrap();
+    obs.client()
+        .execute("SELECT pg_terminate_backend($1)", &[&backend])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count(&mut obs, "SELECT count(*) FROM effects") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stranded job was not released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_all_done_once(&mut obs, 1);
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    drained(&mut master, Duration::from_secs(30));
 }

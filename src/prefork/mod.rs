@@ -242,6 +242,17 @@ impl Waker {
     }
 }
 
+/// Why [`Worker::sleep`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A [`Waker`] woke this worker.
+    Woken,
+    /// The timeout passed.
+    TimedOut,
+    /// The child was told to stop.
+    Stopping,
+}
+
 /// A worker thread's handle on its child: the stop flag, and task
 /// accounting that the master watches.
 pub struct Worker {
@@ -285,22 +296,38 @@ impl Worker {
     /// other worker took) makes it return at once, so none is lost while the
     /// worker was busy.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let mut wakes = self.shared.lock();
-        if wakes.generation == self.seen.get() && wakes.tokens == 0 && !self.stopping() {
-            wakes = self
-                .shared
-                .wake
-                .wait_timeout(wakes, timeout)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        if wakes.generation == self.seen.get() {
-            // Not a wake-all: take a wake-one if there is one.
-            wakes.tokens = wakes.tokens.saturating_sub(1);
-        }
+        self.sleep(timeout);
+        self.stopping()
+    }
+
+    /// Like [`Worker::wait`], and says why it returned.
+    pub fn sleep(&self, timeout: Duration) -> Wake {
+        let seen = self.seen.get();
+        let wakes = self.shared.lock();
+        let (mut wakes, _) = self
+            .shared
+            .wake
+            .wait_timeout_while(wakes, timeout, |w| {
+                w.generation == seen && w.tokens == 0 && !self.stopping()
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        let woken = if wakes.generation != seen {
+            true
+        } else if wakes.tokens > 0 {
+            wakes.tokens -= 1;
+            true
+        } else {
+            false
+        };
         self.seen.set(wakes.generation);
         drop(wakes);
-        self.stopping()
+        if self.stopping() {
+            Wake::Stopping
+        } else if woken {
+            Wake::Woken
+        } else {
+            Wake::TimedOut
+        }
     }
 
     /// Runs one unit of work, the equivalent of a request.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
-use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Waker, Worker};
+use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Wake, Waker, Worker};
 
 pub use store::{
     Counts, Enqueue, Job, Release, Schema, WorkerRow, check_queue_name, counts, enqueue,
@@ -145,6 +145,9 @@ struct ChildState {
     /// Whether one of the child's idle workers is the leader (see
     /// [`QueueApp::lead`]).
     leader: AtomicBool,
+    /// A leader took work and handed the lead on: the follower it woke
+    /// takes the lead unless the old leader is back first.
+    handoff: AtomicBool,
     /// When the child's periodic duties (vacuum, expired leases) are due.
     housekeeping: Mutex<Housekeeping>,
     /// Set once this child asked the master to stop (`drain`).
@@ -214,25 +217,27 @@ impl QueueApp {
     /// `claimed` instead of claiming if it is not empty (jobs the worker
     /// claimed as the leader).
     ///
-    /// Jobs claimed by a round whose outcome could not be recorded (the
-    /// database went away) are left in `unfinished`, and released by the
-    /// next round before it claims anything, so they do not wait for their
-    /// lease to expire.
+    /// After a failure (`stranded`), the round first releases every job
+    /// still stamped with this worker's `owner`: a batch whose outcome could
+    /// not be recorded, or a claim that committed although its answer never
+    /// arrived. Between rounds a worker holds no job (but `claimed`), so
+    /// this cannot take one from under it, and none waits for its lease.
     fn round(
         &self,
         worker: &Worker,
         owner: &str,
-        unfinished: &mut Vec<i64>,
+        stranded: &mut bool,
         claimed: Vec<Job>,
     ) -> Result<usize, crate::Error> {
         let c = &self.config;
-        if !unfinished.is_empty() {
-            let ids = unfinished.clone();
+        if *stranded && claimed.is_empty() {
             let n = crate::with_client(|client| {
-                store::release(client, &c.schema, store::Release::Jobs { owner, ids: &ids })
+                store::release(client, &c.schema, store::Release::Owner(owner))
             })?;
-            log::warn!("released {n} job(s) whose outcome could not be recorded");
-            unfinished.clear();
+            if n > 0 {
+                log::warn!("released {n} job(s) whose outcome could not be recorded");
+            }
+            *stranded = false;
         }
         let jobs = if claimed.is_empty() {
             crate::with_client(|client| {
@@ -248,10 +253,7 @@ impl QueueApp {
             [one] => format!("job {}", one.id),
             many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
         };
-        if let Err(e) = worker.task(&label, || self.run_batch(&jobs, owner)) {
-            unfinished.extend(jobs.iter().map(|j| j.id));
-            return Err(e);
-        }
+        worker.task(&label, || self.run_batch(&jobs, owner))?;
         Ok(jobs.len())
     }
 
@@ -280,12 +282,17 @@ impl QueueApp {
     /// Nothing to claim: end a drain if everything is finished, then lead
     /// the child's idle workers if none does, or else sleep without a
     /// connection until woken. Returns jobs claimed as the leader.
-    fn idle(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
+    fn idle(
+        &self,
+        worker: &Worker,
+        owner: &str,
+        listening: &mut bool,
+    ) -> Result<Vec<Job>, crate::Error> {
         let state = self.state();
         if self.config.drain && !state.drained.load(Ordering::Acquire) {
             let c = &self.config;
-            match crate::with_client(|client| store::counts(client, &c.schema, &c.queue)) {
-                Ok(counts) if counts.drained() => {
+            match crate::with_client(|client| store::pending(client, &c.schema, &c.queue)) {
+                Ok(false) => {
                     if !state.drained.swap(true, Ordering::AcqRel) {
                         log::info!("queue {:?} drained; stopping the fleet", c.queue);
                         let _ = nix::sys::signal::kill(
@@ -299,29 +306,59 @@ impl QueueApp {
             }
         }
         if let Some(leadership) = Leadership::take(&state.leader) {
-            if self.config.listen.is_some() {
-                // It leads on its own connection: hold only that one.
-                crate::close_all();
-            }
-            let led = self.lead(worker, owner);
-            // Hand the lead on before running the jobs: a follower
-            // connects and listens while this worker works.
-            drop(leadership);
-            state.waker.wake_one();
-            match (&self.config.listen, &led) {
-                (Some(alias), _) => crate::close(alias),
-                (None, Ok(jobs)) if !jobs.is_empty() => {
-                    crate::with_client(|client| client.batch_execute("UNLISTEN *"))?;
-                }
-                (None, _) => {}
-            }
-            return led;
+            return self.lead_then_hand_on(leadership, worker, owner, listening);
         }
+        // A follower: no connection, asleep until a leader hands it work or
+        // the lead.
         crate::close_all();
-        // The leader wakes a worker when there is work; the long timeout is
-        // only a last resort.
-        worker.wait(Duration::from_secs(60));
-        Ok(Vec::new())
+        *listening = false;
+        loop {
+            match worker.sleep(Duration::from_secs(3600)) {
+                Wake::Stopping => return Ok(Vec::new()),
+                Wake::TimedOut => continue,
+                Wake::Woken => {}
+            }
+            if !state.handoff.swap(false, Ordering::AcqRel) {
+                // Work for one more worker: go and claim.
+                return Ok(Vec::new());
+            }
+            // Handed the lead. After a short job the old leader is back
+            // within milliseconds and leads again on the connection it
+            // has; only if it is not does this worker connect to lead.
+            std::thread::sleep(HANDOFF_GRACE);
+            if let Some(leadership) = Leadership::take(&state.leader) {
+                return self.lead_then_hand_on(leadership, worker, owner, listening);
+            }
+        }
+    }
+
+    /// Leads until there is work, then gives the lead up and, if it took
+    /// work, wakes a follower to take the lead (see [`HANDOFF_GRACE`]).
+    fn lead_then_hand_on(
+        &self,
+        leadership: Leadership<'_>,
+        worker: &Worker,
+        owner: &str,
+        listening: &mut bool,
+    ) -> Result<Vec<Job>, crate::Error> {
+        let state = self.state();
+        if self.config.listen.is_some() {
+            // It leads on its own connection: hold only that one.
+            crate::close_all();
+        }
+        let led = self.lead(worker, owner);
+        drop(leadership);
+        if led.as_ref().is_ok_and(|jobs| !jobs.is_empty()) {
+            state.handoff.store(true, Ordering::Release);
+            state.waker.wake_one();
+        }
+        match &self.config.listen {
+            Some(alias) => crate::close(alias),
+            // The connection still LISTENs; the worker UNLISTENs after
+            // running the jobs, off the pickup path (see `run_worker`).
+            None => *listening = led.is_ok(),
+        }
+        led
     }
 
     /// The leader of a child's idle workers: the only one that keeps its
@@ -422,6 +459,7 @@ impl App for QueueApp {
             process: process_of(std::process::id()),
             waker: child.waker(),
             leader: AtomicBool::new(false),
+            handoff: AtomicBool::new(false),
             housekeeping: Mutex::new(Housekeeping {
                 next: now,
                 next_sweep: now,
@@ -500,48 +538,54 @@ impl App for QueueApp {
 
     fn run_worker(&self, worker: &Worker) {
         let owner = format!("{}/{}", self.state().process, worker.index());
-        let mut unfinished = Vec::new();
+        // Whether a failure may have left jobs stamped with `owner`.
+        let mut stranded = false;
         let mut claimed = Vec::new();
+        // This worker's connection still LISTENs from its time as leader.
+        let mut listening = false;
         while !worker.stopping() {
-            let ran = self.round(
-                worker,
-                &owner,
-                &mut unfinished,
-                std::mem::take(&mut claimed),
-            );
+            let ran = self.round(worker, &owner, &mut stranded, std::mem::take(&mut claimed));
             let outcome = match ran {
-                Ok(0) => self.idle(worker, &owner).map(|jobs| claimed = jobs),
+                Ok(0) => self
+                    .idle(worker, &owner, &mut listening)
+                    .map(|jobs| claimed = jobs),
                 Ok(n) => {
                     if n as i64 >= self.config.batch {
                         // A full batch: there is probably more, so bring in
                         // another worker (which brings in the next).
                         self.state().waker.wake_one();
                     }
-                    crate::with_client(|client| self.housekeeping(client).map(drop))
+                    crate::with_client(|client| {
+                        if std::mem::take(&mut listening) {
+                            client.batch_execute("UNLISTEN *")?;
+                        }
+                        self.housekeeping(client).map(drop)
+                    })
                 }
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
+                listening = false;
+                stranded = true;
                 log::warn!("worker {}.{}: {e}", worker.child_index(), worker.index());
                 crate::close_all();
                 worker.wait(Duration::from_secs(1));
             }
         }
-        if !claimed.is_empty() {
-            // Claimed as the leader just as the child was told to stop.
-            unfinished.extend(claimed.iter().map(|j| j.id));
-        }
-        if !unfinished.is_empty() {
-            // Stopping with a batch that could not be recorded: one last
-            // try, or the jobs wait for their lease.
-            let which = store::Release::Jobs {
-                owner: &owner,
-                ids: &unfinished,
-            };
+        if stranded || !claimed.is_empty() {
+            // Stopping after a failure, or with jobs claimed as the leader
+            // just as the child was told to stop: one last try, or the jobs
+            // wait for their lease.
+            let which = store::Release::Owner(&owner);
             let _ = crate::with_client(|c| store::release(c, &self.config.schema, which));
         }
     }
 }
+
+/// How long a follower handed the lead waits for the old leader to come
+/// back before it connects to lead itself: longer than a short job, short
+/// enough that a long one leaves the child deaf only briefly.
+const HANDOFF_GRACE: Duration = Duration::from_millis(20);
 
 /// Dead rows in the jobs table at which a child vacuums it (see
 /// [`store::vacuum`]): about a second of a busy fleet's work.

@@ -1,14 +1,17 @@
 //! The queue's tables and every statement that touches them.
 //!
-//! Jobs live in `<schema>.jobs`. A claim is a committed lease: the job turns
+//! Queued and running jobs live in `<schema>.jobs_live`, finished ones (done,
+//! or failed after their last attempt) in `<schema>.jobs_finished`, and the
+//! view `<schema>.jobs` shows both. A claim is a committed lease: the job turns
 //! `running`, its attempt is counted and it is stamped with the claiming
 //! worker (`host:pid/thread`) and a lease deadline. Completion is guarded by that
 //! stamp, so a worker whose lease was taken over can never mark the job
 //! twice. A job whose worker died is requeued at once by the master that saw
 //! it die, or by anyone once its lease expires (a dead host).
 //!
-//! Only queued jobs are in the claim index (a partial index), so finished
-//! jobs piling up do not slow claiming down.
+//! Only queued jobs are in the claim index (a partial index), and finished
+//! jobs leave the live table, so a long history slows neither claiming nor
+//! the live table's vacuums.
 
 use std::time::Duration;
 
@@ -196,6 +199,82 @@ const MIGRATIONS: &[&str] = &[
          END IF;
          RETURN {s}.complete(p_owner, p_ids, oks, texts);
      END $f$;"#,
+    // 4: finished jobs move to their own table. The live table then holds
+    // only queued and running jobs, so its size, its vacuums and the claim's
+    // index walk follow the backlog, not the queue's history. (With every
+    // job ever run in one table, a vacuum that finds few dead rows in a big
+    // table skips its indexes, and the claim index's dead entries stay.)
+    // `jobs` becomes a view over both, for reading.
+    r#"ALTER TABLE {s}.jobs RENAME TO jobs_live;
+     CREATE TABLE {s}.jobs_finished
+         (LIKE {s}.jobs_live INCLUDING DEFAULTS INCLUDING CONSTRAINTS, PRIMARY KEY (id));
+     CREATE INDEX jobs_finished_at ON {s}.jobs_finished (finished_at);
+     INSERT INTO {s}.jobs_finished SELECT * FROM {s}.jobs_live WHERE state IN ('done', 'failed');
+     DELETE FROM {s}.jobs_live WHERE state IN ('done', 'failed');
+     CREATE VIEW {s}.jobs AS
+         SELECT * FROM {s}.jobs_live UNION ALL SELECT * FROM {s}.jobs_finished;
+
+     CREATE OR REPLACE FUNCTION {s}.claim(p_queue text, p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int)
+     LANGUAGE plpgsql AS $f$
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         RETURN QUERY
+         UPDATE {s}.jobs_live AS j
+         SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+             locked_until = now() + make_interval(secs => p_lease)
+         FROM (SELECT k.id FROM {s}.jobs_live AS k
+               WHERE k.queue = p_queue AND k.state = 'queued' AND k.run_at <= now()
+               ORDER BY k.run_at, k.id LIMIT p_limit
+               FOR UPDATE SKIP LOCKED) AS next
+         WHERE j.id = next.id
+         RETURNING j.id, j.payload, j.attempts;
+     END $f$;
+
+     -- Moves the running jobs `p_ids` held by `p_owner` that are finished
+     -- (done, or failed with no attempt left) to jobs_finished. `p_texts`
+     -- are the results of done jobs and the errors of failed ones.
+     CREATE FUNCTION {s}.finish(p_owner text, p_ids int8[], p_oks bool[], p_texts text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int8;
+     BEGIN
+         WITH moved AS (
+             DELETE FROM {s}.jobs_live AS j
+             USING unnest(p_ids, p_oks, p_texts) AS o(id, ok, text)
+             WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = p_owner
+               AND (o.ok OR j.attempts >= j.max_attempts)
+             RETURNING j.*, o.ok, o.text
+         )
+         INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
+                                        run_at, result, last_error, created_at, finished_at)
+         SELECT m.id, m.queue, m.payload, CASE WHEN m.ok THEN 'done' ELSE 'failed' END,
+                m.attempts, m.max_attempts, m.run_at,
+                CASE WHEN m.ok THEN m.text ELSE m.result END,
+                CASE WHEN m.ok THEN m.last_error ELSE m.text END,
+                m.created_at, now()
+         FROM moved AS m;
+         GET DIAGNOSTICS n = ROW_COUNT;
+         RETURN n;
+     END $f$;
+
+     CREATE OR REPLACE FUNCTION {s}.complete(p_owner text, p_ids int8[], p_oks bool[], p_texts text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int8;
+     BEGIN
+         -- Failed attempts with attempts left: queued again after a backoff.
+         UPDATE {s}.jobs_live AS j SET
+             state = 'queued', last_error = o.text,
+             run_at = now() + make_interval(secs => least(3600, 0.2 * 4 ^ (j.attempts - 1))),
+             locked_by = NULL, locked_until = NULL
+         FROM unnest(p_ids, p_oks, p_texts) AS o(id, ok, text)
+         WHERE j.id = o.id AND NOT o.ok AND j.attempts < j.max_attempts
+           AND j.state = 'running' AND j.locked_by = p_owner;
+         GET DIAGNOSTICS n = ROW_COUNT;
+         RETURN n + {s}.finish(p_owner, p_ids, p_oks, p_texts);
+     END $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.
@@ -204,6 +283,11 @@ const MIGRATIONS: &[&str] = &[
 ///
 /// The server's error.
 pub fn migrate(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
+    migrate_to(client, schema, MIGRATIONS.len())
+}
+
+/// Migrates up to version `target` (never down).
+fn migrate_to(client: &mut Client, schema: &Schema, target: usize) -> Result<(), postgres::Error> {
     let s = schema.name();
     let mut tx = client.transaction()?;
     // Serialises concurrent migrations; a transaction-level lock also works
@@ -219,12 +303,17 @@ pub fn migrate(client: &mut Client, schema: &Schema) -> Result<(), postgres::Err
     let version: i32 = tx
         .query_opt(&format!("SELECT version FROM {s}.schema_version"), &[])?
         .map_or(0, |row| row.get(0));
-    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    let target = target.min(MIGRATIONS.len());
+    for (i, migration) in MIGRATIONS[..target]
+        .iter()
+        .enumerate()
+        .skip(version as usize)
+    {
         tx.batch_execute(&migration.replace("{s}", s))?;
         log::info!("queue schema {s}: migrated to version {}", i + 1);
     }
-    if (version as usize) < MIGRATIONS.len() {
-        let latest = MIGRATIONS.len() as i32;
+    if (version as usize) < target {
+        let latest = target as i32;
         tx.execute(&format!("DELETE FROM {s}.schema_version"), &[])?;
         tx.execute(
             &format!("INSERT INTO {s}.schema_version VALUES ($1)"),
@@ -259,7 +348,7 @@ pub fn enqueue(
 ) -> Result<u64, postgres::Error> {
     let s = schema.name();
     let insert = format!(
-        "INSERT INTO {s}.jobs (queue, payload, max_attempts, run_at)
+        "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at)
          SELECT $1, p, $2, coalesce($3::text::timestamptz, now()) FROM unnest($4::text[]) AS p"
     );
     let mut queued = 0;
@@ -356,12 +445,12 @@ pub(crate) fn probe(
     let s = schema.name();
     let row = client.query_typed_one(
         &format!(
-            "SELECT EXISTS (SELECT 1 FROM {s}.jobs
+            "SELECT EXISTS (SELECT 1 FROM {s}.jobs_live
                             WHERE queue = $1 AND state = 'queued' AND run_at <= now()),
                     coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
-                              WHERE relid = '{s}.jobs'::regclass), 0),
+                              WHERE relid = '{s}.jobs_live'::regclass), 0),
                     pg_has_role((SELECT relowner FROM pg_class
-                                 WHERE oid = '{s}.jobs'::regclass), 'USAGE')"
+                                 WHERE oid = '{s}.jobs_live'::regclass), 'USAGE')"
         ),
         &[(&queue, Type::TEXT)],
     )?;
@@ -385,7 +474,7 @@ pub(crate) fn probe(
 /// others the server would skip it with a warning.
 pub(crate) fn vacuum(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
     let s = schema.name();
-    client.batch_execute(&format!("VACUUM (SKIP_LOCKED, PARALLEL 0) {s}.jobs"))
+    client.batch_execute(&format!("VACUUM (SKIP_LOCKED, PARALLEL 0) {s}.jobs_live"))
 }
 
 /// A job's outcome: `Ok(result)` or `Err(error)`.
@@ -454,14 +543,10 @@ pub(crate) fn run_sql(
 pub enum Release<'a> {
     /// Those of these processes (`host:pid` prefixes): children that died.
     Processes(&'a [String]),
-    /// These jobs, if `owner` still holds them: a batch whose completion
-    /// could not be recorded.
-    Jobs {
-        /// The worker that claimed them.
-        owner: &'a str,
-        /// The job ids.
-        ids: &'a [i64],
-    },
+    /// Those `owner` (`host:pid/thread`) holds: a worker that lost the
+    /// database may hold jobs it never heard of (a claim that committed
+    /// but whose answer was lost) besides a batch it could not record.
+    Owner(&'a str),
     /// Those whose lease expired: their host died.
     Expired,
 }
@@ -478,30 +563,48 @@ pub fn release(
     which: Release<'_>,
 ) -> Result<u64, postgres::Error> {
     let s = schema.name();
-    let set = format!(
-        "UPDATE {s}.jobs
-         SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-             last_error = 'the attempt was interrupted (its worker died or lost the database)',
-             finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
-             run_at = now(), locked_by = NULL, locked_until = NULL
-         WHERE state = 'running'"
-    );
-    let n = match which {
+    // The running jobs that match, locked; those out of attempts move to
+    // jobs_finished as failed, the others are queued again at once.
+    let release = |condition: &str| {
+        format!(
+            "WITH target AS (
+                 SELECT id FROM {s}.jobs_live WHERE state = 'running' AND {condition} FOR UPDATE
+             ), moved AS (
+                 DELETE FROM {s}.jobs_live AS j USING target AS t
+                 WHERE j.id = t.id AND j.attempts >= j.max_attempts
+                 RETURNING j.*
+             ), failed AS (
+                 INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
+                                                run_at, result, last_error, created_at, finished_at)
+                 SELECT id, queue, payload, 'failed', attempts, max_attempts, run_at, result,
+                        '{INTERRUPTED}', created_at, now()
+                 FROM moved
+                 RETURNING 1
+             ), requeued AS (
+                 UPDATE {s}.jobs_live AS j
+                 SET state = 'queued', last_error = '{INTERRUPTED}', run_at = now(),
+                     locked_by = NULL, locked_until = NULL
+                 FROM target AS t
+                 WHERE j.id = t.id AND j.attempts < j.max_attempts
+                 RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM failed) + (SELECT count(*) FROM requeued)"
+        )
+    };
+    let row = match which {
         Release::Processes(processes) => {
             let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
-            client.execute_typed(
-                &format!("{set} AND locked_by LIKE ANY($1)"),
+            client.query_typed_one(
+                &release("locked_by LIKE ANY($1)"),
                 &[(&patterns, Type::TEXT_ARRAY)],
             )?
         }
-        Release::Jobs { owner, ids } => client.execute_typed(
-            &format!("{set} AND id = ANY($1) AND locked_by = $2"),
-            &[(&ids, Type::INT8_ARRAY), (&owner, Type::TEXT)],
-        )?,
-        Release::Expired => {
-            client.execute_typed(&format!("{set} AND locked_until < now()"), &[])?
+        Release::Owner(owner) => {
+            client.query_typed_one(&release("locked_by = $1"), &[(&owner, Type::TEXT)])?
         }
+        Release::Expired => client.query_typed_one(&release("locked_until < now()"), &[])?,
     };
+    let n = row.get::<_, i64>(0) as u64;
     if n > 0 {
         client.execute_typed(
             "SELECT pg_notify($1, '')",
@@ -510,6 +613,9 @@ pub fn release(
     }
     Ok(n)
 }
+
+/// The error recorded for an attempt whose worker died or lost the database.
+const INTERRUPTED: &str = "the attempt was interrupted (its worker died or lost the database)";
 
 /// Jobs per state in `queue`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -557,6 +663,21 @@ pub fn counts(
         }
     }
     Ok(counts)
+}
+
+/// Whether `queue` has a job queued (due or not) or running: what is left
+/// to drain. Looks at the live table only.
+pub(crate) fn pending(
+    client: &mut Client,
+    schema: &Schema,
+    queue: &str,
+) -> Result<bool, postgres::Error> {
+    let s = schema.name();
+    let row = client.query_typed_one(
+        &format!("SELECT EXISTS (SELECT 1 FROM {s}.jobs_live WHERE queue = $1)"),
+        &[(&queue, Type::TEXT)],
+    )?;
+    Ok(row.get(0))
 }
 
 /// A live worker process, as its master last recorded it.
@@ -647,4 +768,96 @@ pub fn live_workers(
             tasks: r.get(4),
         })
         .collect())
+}
+
+#[cfg(all(test, feature = "cluster"))]
+mod tests {
+    use super::*;
+    use crate::cluster::TempCluster;
+
+    fn count(client: &mut Client, sql: &str) -> i64 {
+        client.query_one(sql, &[]).unwrap().get(0)
+    }
+
+    /// A version-3 queue with history moves its finished jobs out of the
+    /// live table on upgrade, and keeps working.
+    #[test]
+    fn migration_4_moves_finished_jobs_out_of_the_live_table() {
+        let cluster = TempCluster::start().unwrap();
+        let mut client = Client::connect(&cluster.connection_string(), postgres::NoTls).unwrap();
+        let schema = Schema::new("upgrade").unwrap();
+        migrate_to(&mut client, &schema, 3).unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO upgrade.jobs (queue, payload, state, finished_at)
+                 SELECT 'q', g::text, CASE WHEN g <= 6 THEN 'done' WHEN g <= 8 THEN 'failed'
+                                           WHEN g = 9 THEN 'running' ELSE 'queued' END,
+                        CASE WHEN g <= 8 THEN now() END
+                 FROM generate_series(1, 10) g",
+            )
+            .unwrap();
+        migrate(&mut client, &schema).unwrap();
+        assert_eq!(
+            count(&mut client, "SELECT count(*) FROM upgrade.jobs_live"),
+            2
+        );
+        assert_eq!(
+            count(&mut client, "SELECT count(*) FROM upgrade.jobs_finished"),
+            8
+        );
+        assert_eq!(
+            count(
+                &mut client,
+                "SELECT count(*) FROM upgrade.jobs WHERE state = 'done'"
+            ),
+            6
+        );
+        // Idempotent, and the queue works on the new tables.
+        migrate(&mut client, &schema).unwrap();
+        let jobs = claim(
+            &mut client,
+            &schema,
+            "q",
+            8,
+            "t:1/0",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(jobs.len(), 1);
+        let outcomes = [(jobs[0].id, Ok("fine".to_owned()))];
+        assert_eq!(
+            complete(&mut client, &schema, "t:1/0", &outcomes).unwrap(),
+            1
+        );
+        assert_eq!(
+            count(&mut client, "SELECT count(*) FROM upgrade.jobs_live"),
+            1
+        );
+        assert_eq!(
+            count(
+                &mut client,
+                "SELECT count(*) FROM upgrade.jobs WHERE state = 'done'"
+            ),
+            7
+        );
+        // The running job of a dead worker comes back.
+        let dead = ["localhost:0".to_owned()];
+        client
+            .batch_execute(
+                "UPDATE upgrade.jobs_live SET locked_by = 'localhost:0/1' WHERE state = 'running'",
+            )
+            .unwrap();
+        assert_eq!(
+            release(&mut client, &schema, Release::Processes(&dead)).unwrap(),
+            1
+        );
+        assert!(pending(&mut client, &schema, "q").unwrap());
+        assert_eq!(
+            count(
+                &mut client,
+                "SELECT count(*) FROM upgrade.jobs_live WHERE state = 'queued'"
+            ),
+            1
+        );
+    }
 }

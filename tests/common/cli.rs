@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,25 +82,50 @@ fn children(parent: Pid) -> Vec<Pid> {
 }
 
 /// A running `prefork` master that a failing test must not leave behind:
-/// dropping it kills the master and its children.
-pub struct Master(Child);
+/// dropping it kills the master and its children. Its standard error is
+/// read as it comes (a full pipe would block the fleet's logging).
+pub struct Master {
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+}
 
 impl Master {
     pub fn start(url: &str, args: &[&str]) -> Master {
-        let child = prefork(url, args)
+        let mut child = prefork(url, args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("running prefork");
-        Master(child)
+        let mut pipe = child.stderr.take().expect("piped");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = seen.clone();
+        let stderr = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut pipe, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            sink.lock().unwrap().clone()
+        });
+        Master {
+            child,
+            stderr: Some(stderr),
+            seen,
+        }
     }
 
     pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
+        Pid::from_raw(self.child.id() as i32)
     }
 
     pub fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Waits for the master to exit by itself; returns its exit code and
@@ -108,17 +133,30 @@ impl Master {
     pub fn wait(&mut self, within: Duration) -> (i32, String) {
         let deadline = Instant::now() + within;
         while self.running() {
-            assert!(
-                Instant::now() < deadline,
-                "the master did not exit in {within:?}"
-            );
+            if Instant::now() >= deadline {
+                let seen = self.seen.lock().unwrap().clone();
+                let tail: Vec<&str> = seen.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "the master did not exit in {within:?}; its stderr ends:\n{}",
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let status = self.0.wait().unwrap();
-        let mut err = String::new();
-        if let Some(mut stderr) = self.0.stderr.take() {
-            let _ = stderr.read_to_string(&mut err);
+        let status = self.child.wait().unwrap();
+        // The children may hold the pipe a moment longer than the master;
+        // a stray one holding it for good must not hang the test.
+        let reader = self.stderr.take().expect("waited once");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
+        let err = if reader.is_finished() {
+            reader.join().unwrap_or_default()
+        } else {
+            self.seen.lock().unwrap().clone()
+        };
         (status.code().unwrap_or(-1), err)
     }
 }
@@ -129,8 +167,8 @@ impl Drop for Master {
             for child in children(self.pid()) {
                 let _ = kill(child, Signal::SIGKILL);
             }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
