@@ -15,7 +15,6 @@
 //! or closes its parent's sessions and reconnects lazily instead.
 
 use std::fmt;
-use std::fs;
 use std::io;
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -151,11 +150,8 @@ pub fn thread_count() -> usize {
 }
 
 fn read_thread_count() -> Option<usize> {
-    let stat = fs::read_to_string("/proc/self/stat").ok()?;
-    // Field 2 (the command name) may hold spaces; fields after its ')'
-    // start at field 3, and num_threads is field 20.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(20 - 3)?.parse().ok()
+    // num_threads is field 20.
+    Some(crate::procfs::SelfStat::read()?.field(20)? as usize)
 }
 
 /// Registers the `pthread_atfork` handlers that protect programs forking

@@ -117,6 +117,7 @@ mod local;
 mod oneshot;
 pub mod pool;
 pub mod prefork;
+mod procfs;
 pub mod queue;
 mod registry;
 mod socket;

@@ -54,6 +54,7 @@ fn bad_input(ctx: &mut Ctx) {
         ],
         &["--sql", "SELECT 1", "--exec", "true"],
         &["--sql", "SELECT 1", "--poll", "0"],
+        &["--sql", "SELECT 1", "--keep-finished", "soon"],
         &["--sql", "SELEC $1"],
         &["--sql", "INSERT INTO no_such_table VALUES ($1)"],
         &[

@@ -43,6 +43,7 @@ fn main() {
                 "a_claim_whose_answer_was_lost_is_released_on_reconnect",
                 lost_claim,
             ),
+            ("keep_finished_deletes_old_finished_jobs", keep_finished),
         ],
         &[],
     )
@@ -524,6 +525,70 @@ fn lost_claim(ctx: &mut Ctx) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_all_done_once(&mut obs, 1);
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    drained(&mut master, Duration::from_secs(30));
+}
+
+/// `--keep-finished`: finished jobs of the queue are deleted once older,
+/// queued ones and other queues' are not.
+fn keep_finished(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "1\n2\n3\n", &["--queue", "other"]);
+    let mut other = Master::start(
+        &ctx.url,
+        &[
+            "--procs", "1", "--queue", "other", "--drain", "--sql", EFFECT,
+        ],
+    );
+    drained(&mut other, Duration::from_secs(30));
+    enqueue(ctx, 100);
+    enqueue_lines(&ctx.url, "500\n", &["--run-at", "2100-01-01"]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--keep-finished",
+            "1s",
+            "--poll",
+            "100ms",
+            "--sql",
+            EFFECT,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE queue = 'default'",
+        );
+        if left == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} jobs left, want only the future one"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM effects"), 103);
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE queue = 'other' AND state = 'done'"
+        ),
+        3,
+        "another queue's jobs were deleted"
+    );
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'queued'"
+        ),
+        1
+    );
     kill(master.pid(), Signal::SIGTERM).unwrap();
     drained(&mut master, Duration::from_secs(30));
 }

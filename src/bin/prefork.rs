@@ -119,6 +119,10 @@ struct FleetArgs {
     /// (retries coming due), for dead rows to vacuum and expired leases.
     #[arg(long, env = "PREFORK_POLL", default_value = "1s", value_parser = parse_positive_duration)]
     poll: Duration,
+    /// Delete finished jobs this long after they finished: a duration, or
+    /// "forever" to keep them.
+    #[arg(long, env = "PREFORK_KEEP_FINISHED", default_value = "forever", value_parser = parse_keep)]
+    keep_finished: Keep,
     /// Where each child's idle leader LISTENs for new jobs: a direct or
     /// session-pooled URL, for jobs that go through PgBouncer in transaction
     /// mode [default: the database URL].
@@ -223,6 +227,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {text:?}"))
+}
+
+/// How long finished jobs are kept (`None`: forever).
+#[derive(Debug, Clone, Copy)]
+struct Keep(Option<Duration>);
+
+fn parse_keep(text: &str) -> Result<Keep, String> {
+    if text.trim() == "forever" {
+        return Ok(Keep(None));
+    }
+    parse_duration(text).map(|d| Keep(Some(d)))
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -527,6 +542,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         drain: args.drain,
         listen: listen_alias,
         poll: args.poll,
+        keep_finished: args.keep_finished.0,
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),

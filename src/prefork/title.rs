@@ -5,8 +5,6 @@
 //! area in place changes the title without any privilege; the thread name
 //! (`comm`, 15 bytes, shown by `ps -o comm` and `top`) is set with prctl.
 
-use std::fs;
-
 /// Sets the title as far as the platform allows; never fails.
 pub(crate) fn set(title: &str) {
     set_comm(title);
@@ -45,12 +43,6 @@ fn set_cmdline(title: &str) {
 
 /// `arg_start` and `arg_end` from `/proc/self/stat` (fields 48 and 49).
 fn argv_area() -> Option<(usize, usize)> {
-    let stat = fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may contain spaces; count after its ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // `rest` starts at field 3.
-    let start = fields.get(48 - 3)?.parse().ok()?;
-    let end = fields.get(49 - 3)?.parse().ok()?;
-    Some((start, end))
+    let stat = crate::procfs::SelfStat::read()?;
+    Some((stat.field(48)? as usize, stat.field(49)? as usize))
 }

@@ -91,7 +91,8 @@ pub struct QueueConfig {
     pub drain: bool,
     /// How often each child looks for work that came without a
     /// notification (retries coming due, a missed notification), for dead
-    /// rows to vacuum and for expired leases. Default: 1 second.
+    /// rows to vacuum, expired leases and finished jobs to delete. Default:
+    /// 1 second.
     pub poll: Duration,
     /// The database alias a child's leader `LISTEN`s (and claims) on;
     /// `None`: the first configured one, like the jobs. Give a direct (or
@@ -101,6 +102,9 @@ pub struct QueueConfig {
     /// closes its other connections while it leads, and this one when it
     /// stops leading, so the connection bounds hold. Default: `None`.
     pub listen: Option<String>,
+    /// Delete finished jobs (done or failed) of this queue this long after
+    /// they finished, a batch per `poll`; `None` keeps them. Default: `None`.
+    pub keep_finished: Option<Duration>,
 }
 
 impl Default for QueueConfig {
@@ -113,6 +117,7 @@ impl Default for QueueConfig {
             drain: false,
             poll: Duration::from_secs(1),
             listen: None,
+            keep_finished: None,
         }
     }
 }
@@ -437,6 +442,12 @@ impl QueueApp {
                 started.elapsed()
             );
         }
+        if let Some(keep) = c.keep_finished {
+            let n = store::prune(client, &c.schema, &c.queue, keep, PRUNE_BATCH)?;
+            if n > 0 {
+                log::debug!("deleted {n} finished job(s) older than {keep:?}");
+            }
+        }
         if sweep {
             let n = store::release(client, &c.schema, store::Release::Expired)?;
             if n > 0 {
@@ -581,6 +592,10 @@ impl App for QueueApp {
         }
     }
 }
+
+/// Most finished jobs a child deletes per `poll` (see
+/// [`QueueConfig::keep_finished`]): more than a busy fleet finishes.
+const PRUNE_BATCH: i64 = 20_000;
 
 /// How long a follower handed the lead waits for the old leader to come
 /// back before it connects to lead itself: longer than a short job, short
