@@ -1,0 +1,311 @@
+//! The queue's PostgreSQL schema: its name, the queue names it accepts,
+//! and the versioned migrations that create and upgrade its tables and
+//! functions.
+
+use postgres::Client;
+
+/// A valid PostgreSQL schema name for the queue's tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema(String);
+
+impl Schema {
+    /// Checks `name`: lower-case letters, digits and `_`, not starting with
+    /// a digit, at most 63 bytes (so it needs no quoting).
+    ///
+    /// # Errors
+    ///
+    /// A one-line description of what is wrong.
+    pub fn new(name: &str) -> Result<Schema, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(Schema(name.to_owned()))
+        } else {
+            Err(format!(
+                "invalid schema name {name:?}: use lower-case letters, digits and _ (max 63)"
+            ))
+        }
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The LISTEN/NOTIFY channel for new jobs.
+    pub(crate) fn channel(&self) -> String {
+        format!("{}_jobs", self.0)
+    }
+}
+
+impl Default for Schema {
+    fn default() -> Schema {
+        Schema("prefork".to_owned())
+    }
+}
+
+/// Checks a queue name: 1 to 100 characters of letters, digits, `_ - . :`.
+///
+/// # Errors
+///
+/// A one-line description of what is wrong.
+pub fn check_queue_name(name: &str) -> Result<(), String> {
+    let ok = (1..=100).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid queue name {name:?}: use 1-100 letters, digits, _ - . :"
+        ))
+    }
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, with a partial index over runnable jobs only.
+    "CREATE TABLE {s}.jobs (
+        id bigserial PRIMARY KEY,
+        queue text NOT NULL,
+        payload text NOT NULL,
+        state text NOT NULL DEFAULT 'queued'
+            CHECK (state IN ('queued', 'running', 'done', 'failed')),
+        attempts int NOT NULL DEFAULT 0,
+        max_attempts int NOT NULL DEFAULT 3,
+        run_at timestamptz NOT NULL DEFAULT now(),
+        locked_by text,
+        locked_until timestamptz,
+        result text,
+        last_error text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+     );
+     CREATE INDEX jobs_queued ON {s}.jobs (queue, run_at, id) WHERE state = 'queued';
+     CREATE INDEX jobs_running ON {s}.jobs (locked_until) WHERE state = 'running';
+     CREATE INDEX jobs_locked_by ON {s}.jobs (locked_by) WHERE state = 'running';",
+    // 2: live workers, kept by each master.
+    "CREATE TABLE {s}.workers (
+        host text NOT NULL,
+        pid int NOT NULL,
+        master_pid int NOT NULL,
+        queue text NOT NULL,
+        since timestamptz NOT NULL,
+        tasks bigint NOT NULL DEFAULT 0,
+        seen_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (host, pid)
+     );",
+    // 3: the hot path as server-side functions, so that a batch costs two
+    // round trips (claim; run and complete) with plans cached per session,
+    // and no named prepared statement (which PgBouncer's transaction
+    // pooling would break).
+    r#"CREATE FUNCTION {s}.claim(p_queue text, p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int)
+     LANGUAGE plpgsql AS $f$
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         RETURN QUERY
+         UPDATE {s}.jobs AS j
+         SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+             locked_until = now() + make_interval(secs => p_lease)
+         FROM (SELECT k.id FROM {s}.jobs AS k
+               WHERE k.queue = p_queue AND k.state = 'queued' AND k.run_at <= now()
+               ORDER BY k.run_at, k.id LIMIT p_limit
+               FOR UPDATE SKIP LOCKED) AS next
+         WHERE j.id = next.id
+         RETURNING j.id, j.payload, j.attempts;
+     END $f$;
+
+     CREATE FUNCTION {s}.complete(p_owner text, p_ids int8[], p_oks bool[], p_texts text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int8;
+     BEGIN
+         UPDATE {s}.jobs AS j SET
+             state = CASE WHEN o.ok THEN 'done'
+                          WHEN j.attempts >= j.max_attempts THEN 'failed'
+                          ELSE 'queued' END,
+             result = CASE WHEN o.ok THEN o.text ELSE j.result END,
+             last_error = CASE WHEN o.ok THEN j.last_error ELSE o.text END,
+             run_at = CASE WHEN o.ok THEN j.run_at
+                           ELSE now() + make_interval(secs => least(3600, 0.2 * 4 ^ (j.attempts - 1)))
+                      END,
+             finished_at = CASE WHEN o.ok OR j.attempts >= j.max_attempts THEN now() END,
+             locked_by = NULL, locked_until = NULL
+         FROM unnest(p_ids, p_oks, p_texts) AS o(id, ok, text)
+         WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = p_owner;
+         GET DIAGNOSTICS n = ROW_COUNT;
+         RETURN n;
+     END $f$;
+
+     CREATE FUNCTION {s}.run_sql(p_sql text, p_owner text, p_ids int8[], p_payloads text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int := coalesce(cardinality(p_ids), 0);
+         oks bool[] := array_fill(true, ARRAY[n]);
+         texts text[] := array_fill(NULL::text, ARRAY[n]);
+         affected int8;
+         failed bool := false;
+         message text;
+         code text;
+     BEGIN
+         -- The whole batch in one subtransaction ...
+         BEGIN
+             FOR i IN 1..n LOOP
+                 EXECUTE p_sql USING p_payloads[i];
+                 GET DIAGNOSTICS affected = ROW_COUNT;
+                 texts[i] := affected || ' row(s)';
+             END LOOP;
+         EXCEPTION WHEN OTHERS THEN
+             failed := true;
+         END;
+         -- ... and if a job failed (which rolled the batch back), one
+         -- subtransaction per job, so that only the failing jobs fail.
+         IF failed THEN
+             FOR i IN 1..n LOOP
+                 BEGIN
+                     EXECUTE p_sql USING p_payloads[i];
+                     GET DIAGNOSTICS affected = ROW_COUNT;
+                     oks[i] := true;
+                     texts[i] := affected || ' row(s)';
+                 EXCEPTION WHEN OTHERS THEN
+                     GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+                     oks[i] := false;
+                     texts[i] := 'ERROR: ' || message || ' (SQLSTATE ' || code || ')';
+                 END;
+             END LOOP;
+         END IF;
+         RETURN {s}.complete(p_owner, p_ids, oks, texts);
+     END $f$;"#,
+    // 4: finished jobs move to their own table. The live table then holds
+    // only queued and running jobs, so its size, its vacuums and the claim's
+    // index walk follow the backlog, not the queue's history. (With every
+    // job ever run in one table, a vacuum that finds few dead rows in a big
+    // table skips its indexes, and the claim index's dead entries stay.)
+    // `jobs` becomes a view over both, for reading.
+    r#"ALTER TABLE {s}.jobs RENAME TO jobs_live;
+     CREATE TABLE {s}.jobs_finished
+         (LIKE {s}.jobs_live INCLUDING DEFAULTS INCLUDING CONSTRAINTS, PRIMARY KEY (id));
+     CREATE INDEX jobs_finished_at ON {s}.jobs_finished (finished_at);
+     INSERT INTO {s}.jobs_finished SELECT * FROM {s}.jobs_live WHERE state IN ('done', 'failed');
+     DELETE FROM {s}.jobs_live WHERE state IN ('done', 'failed');
+     CREATE VIEW {s}.jobs AS
+         SELECT * FROM {s}.jobs_live UNION ALL SELECT * FROM {s}.jobs_finished;
+
+     CREATE OR REPLACE FUNCTION {s}.claim(p_queue text, p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int)
+     LANGUAGE plpgsql AS $f$
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         RETURN QUERY
+         UPDATE {s}.jobs_live AS j
+         SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+             locked_until = now() + make_interval(secs => p_lease)
+         FROM (SELECT k.id FROM {s}.jobs_live AS k
+               WHERE k.queue = p_queue AND k.state = 'queued' AND k.run_at <= now()
+               ORDER BY k.run_at, k.id LIMIT p_limit
+               FOR UPDATE SKIP LOCKED) AS next
+         WHERE j.id = next.id
+         RETURNING j.id, j.payload, j.attempts;
+     END $f$;
+
+     -- Moves the running jobs `p_ids` held by `p_owner` that are finished
+     -- (done, or failed with no attempt left) to jobs_finished. `p_texts`
+     -- are the results of done jobs and the errors of failed ones.
+     CREATE FUNCTION {s}.finish(p_owner text, p_ids int8[], p_oks bool[], p_texts text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int8;
+     BEGIN
+         WITH moved AS (
+             DELETE FROM {s}.jobs_live AS j
+             USING unnest(p_ids, p_oks, p_texts) AS o(id, ok, text)
+             WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = p_owner
+               AND (o.ok OR j.attempts >= j.max_attempts)
+             RETURNING j.*, o.ok, o.text
+         )
+         INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
+                                        run_at, result, last_error, created_at, finished_at)
+         SELECT m.id, m.queue, m.payload, CASE WHEN m.ok THEN 'done' ELSE 'failed' END,
+                m.attempts, m.max_attempts, m.run_at,
+                CASE WHEN m.ok THEN m.text ELSE m.result END,
+                CASE WHEN m.ok THEN m.last_error ELSE m.text END,
+                m.created_at, now()
+         FROM moved AS m;
+         GET DIAGNOSTICS n = ROW_COUNT;
+         RETURN n;
+     END $f$;
+
+     CREATE OR REPLACE FUNCTION {s}.complete(p_owner text, p_ids int8[], p_oks bool[], p_texts text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int8;
+     BEGIN
+         -- Failed attempts with attempts left: queued again after a backoff.
+         UPDATE {s}.jobs_live AS j SET
+             state = 'queued', last_error = o.text,
+             run_at = now() + make_interval(secs => least(3600, 0.2 * 4 ^ (j.attempts - 1))),
+             locked_by = NULL, locked_until = NULL
+         FROM unnest(p_ids, p_oks, p_texts) AS o(id, ok, text)
+         WHERE j.id = o.id AND NOT o.ok AND j.attempts < j.max_attempts
+           AND j.state = 'running' AND j.locked_by = p_owner;
+         GET DIAGNOSTICS n = ROW_COUNT;
+         RETURN n + {s}.finish(p_owner, p_ids, p_oks, p_texts);
+     END $f$;"#,
+];
+
+/// Creates or upgrades the schema; safe to run from many processes at once.
+///
+/// # Errors
+///
+/// The server's error.
+pub fn migrate(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
+    migrate_to(client, schema, MIGRATIONS.len())
+}
+
+/// Migrates up to version `target` (never down).
+pub(super) fn migrate_to(
+    client: &mut Client,
+    schema: &Schema,
+    target: usize,
+) -> Result<(), postgres::Error> {
+    let s = schema.name();
+    let mut tx = client.transaction()?;
+    // Serialises concurrent migrations; a transaction-level lock also works
+    // behind PgBouncer in transaction mode.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("{s}.migrate")],
+    )?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.schema_version (version int NOT NULL);"
+    ))?;
+    let version: i32 = tx
+        .query_opt(&format!("SELECT version FROM {s}.schema_version"), &[])?
+        .map_or(0, |row| row.get(0));
+    let target = target.min(MIGRATIONS.len());
+    for (i, migration) in MIGRATIONS[..target]
+        .iter()
+        .enumerate()
+        .skip(version as usize)
+    {
+        tx.batch_execute(&migration.replace("{s}", s))?;
+        log::info!("queue schema {s}: migrated to version {}", i + 1);
+    }
+    if (version as usize) < target {
+        let latest = target as i32;
+        tx.execute(&format!("DELETE FROM {s}.schema_version"), &[])?;
+        tx.execute(
+            &format!("INSERT INTO {s}.schema_version VALUES ($1)"),
+            &[&latest],
+        )?;
+    }
+    tx.commit()
+}
