@@ -7,7 +7,7 @@
 //!   queue's claim-and-complete SQL at the same concurrency, and a one-row
 //!   UPDATE by primary key at 32 clients (the commit ceiling);
 //! - enqueue rate; idle pickup latency (enqueue of one job until it is
-//!   done, into an idle fleet), median and p99;
+//!   done, into an idle fleet), median and p99; an idle fleet's CPU use;
 //! - decay: the rate of the last 10% of a long run against the first 10%.
 //!
 //! Sizes scale with `FORK_SAFE_BENCH_SCALE` (default 1.0: 100,000 jobs per
@@ -134,6 +134,26 @@ fn pgbench(cluster: &TempCluster, script: &str, clients: u32, secs: u32) -> Opti
     tps
 }
 
+/// CPU time (user + system, in clock ticks) of process `pid` and its
+/// children, threads included.
+fn fleet_cpu_ticks(pid: u32) -> u64 {
+    let ticks = |pid: &str| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(close) = stat.rfind(')') else {
+            return 0;
+        };
+        // utime and stime are fields 14 and 15; the text after ") " starts
+        // at field 3.
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        field(14).unwrap_or(0) + field(15).unwrap_or(0)
+    };
+    let me = pid.to_string();
+    let children =
+        std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
+    ticks(&me) + children.split_whitespace().map(ticks).sum::<u64>()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -248,6 +268,34 @@ fn main() {
         "idle pickup (enqueue until done, 2 x 4 fleet, 100 jobs): median {:.2} ms, p99 {:.2} ms",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99)
+    );
+
+    // What an idle fleet costs: CPU of the master and its children while
+    // nothing is queued, and the backends it holds.
+    reset(&url);
+    let mut idle = fleet(&url, 4, 8, false);
+    std::thread::sleep(Duration::from_secs(2));
+    let master = idle.id();
+    let (ticks_before, secs) = (fleet_cpu_ticks(master), 10);
+    std::thread::sleep(Duration::from_secs(secs));
+    let ticks = fleet_cpu_ticks(master) - ticks_before;
+    let backends: i64 = client(&url)
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = idle.wait();
+    println!(
+        "idle fleet (4 x 8, {secs} s): {:.2}% of one CPU, {backends} backends",
+        ticks as f64 / hz / secs as f64 * 100.0
     );
 
     // Decay over a long run.
