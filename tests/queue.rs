@@ -44,6 +44,7 @@ fn main() {
                 lost_claim,
             ),
             ("keep_finished_deletes_old_finished_jobs", keep_finished),
+            ("sql_enqueue_in_the_application_transaction", sql_enqueue),
         ],
         &[],
     )
@@ -589,6 +590,58 @@ fn keep_finished(ctx: &mut Ctx) {
         ),
         1
     );
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    drained(&mut master, Duration::from_secs(30));
+}
+
+/// `prefork.enqueue()` from the application's own transaction: a rolled
+/// back job never exists, a committed one is picked up through its
+/// notification (the fallback poll is a minute away).
+fn sql_enqueue(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--poll",
+            "60s",
+            "--sql",
+            EFFECT,
+        ],
+    );
+    // The fleet has migrated the schema once its leader listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(
+        &mut obs,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:worker:%'",
+    ) < 1
+    {
+        assert!(Instant::now() < deadline, "the fleet did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut tx = obs.client().transaction().unwrap();
+    tx.execute("SELECT prefork.enqueue('default', '41')", &[])
+        .unwrap();
+    tx.rollback().unwrap();
+    let mut tx = obs.client().transaction().unwrap();
+    tx.execute("INSERT INTO effects VALUES (0)", &[]).unwrap();
+    tx.execute("SELECT prefork.enqueue('default', '42')", &[])
+        .unwrap();
+    tx.commit().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&mut obs, "SELECT count(*) FROM effects WHERE v = 42") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the committed job was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM prefork.jobs"), 1);
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM effects"), 2);
     kill(master.pid(), Signal::SIGTERM).unwrap();
     drained(&mut master, Duration::from_secs(30));
 }

@@ -258,6 +258,23 @@ const MIGRATIONS: &[&str] = &[
          GET DIAGNOSTICS n = ROW_COUNT;
          RETURN n + {s}.finish(p_owner, p_ids, p_oks, p_texts);
      END $f$;"#,
+    // 5: enqueue from SQL, inside the application's own transaction: the
+    // job exists, and the fleet hears of it, only if that transaction
+    // commits.
+    r#"CREATE FUNCTION {s}.enqueue(p_queue text, p_payload text,
+                                  p_max_attempts int DEFAULT 3,
+                                  p_run_at timestamptz DEFAULT now())
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         new_id int8;
+     BEGIN
+         INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at)
+         VALUES (p_queue, p_payload, p_max_attempts, p_run_at)
+         RETURNING id INTO new_id;
+         -- The channel of Schema::channel.
+         PERFORM pg_notify('{s}_jobs', p_queue);
+         RETURN new_id;
+     END $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.
