@@ -153,7 +153,8 @@ struct ChildState {
     /// A leader took work and handed the lead on: the follower it woke
     /// takes the lead unless the old leader is back first.
     handoff: AtomicBool,
-    /// When the child's periodic duties (vacuum, expired leases) are due.
+    /// When the child's periodic duties (vacuum, pruning, expired leases)
+    /// are due.
     housekeeping: Mutex<Housekeeping>,
     /// Set once this child asked the master to stop (`drain`).
     drained: AtomicBool,
@@ -411,9 +412,10 @@ impl QueueApp {
     }
 
     /// The child's periodic duties, done by whichever worker finds them due
-    /// (the leader when idle, any worker when busy): vacuum the jobs table
-    /// if dead rows piled up, release expired leases. Returns what it saw
-    /// of the queue, or `None` if nothing was due.
+    /// (the leader when idle, any worker when busy): vacuum the live table
+    /// if dead rows piled up, delete finished jobs past `keep_finished`,
+    /// release expired leases. Returns what it saw of the queue, or `None`
+    /// if nothing was due.
     fn housekeeping(&self, client: &mut Client) -> Result<Option<store::Probe>, postgres::Error> {
         let c = &self.config;
         let sweep = {
