@@ -604,17 +604,16 @@ fn check_statement(sql: &str) -> Result<(), Fail> {
         Ok(prepared)
     });
     fork_safe::close_all();
-    match checked.map_err(runtime)? {
-        Ok(()) => Ok(()),
-        Err(e) if e.as_db_error().is_some() => {
-            let db = e.as_db_error().expect("checked");
-            Err(usage(format!(
-                "invalid --sql: {} (SQLSTATE {})",
-                db.message(),
-                db.code().code()
-            )))
-        }
-        Err(e) => Err(runtime(e)),
+    let Err(e) = checked.map_err(runtime)? else {
+        return Ok(());
+    };
+    match e.as_db_error() {
+        Some(db) => Err(usage(format!(
+            "invalid --sql: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        ))),
+        None => Err(runtime(e)),
     }
 }
 

@@ -288,12 +288,7 @@ impl QueueApp {
     /// Nothing to claim: end a drain if everything is finished, then lead
     /// the child's idle workers if none does, or else sleep without a
     /// connection until woken. Returns jobs claimed as the leader.
-    fn idle(
-        &self,
-        worker: &Worker,
-        owner: &str,
-        listening: &mut bool,
-    ) -> Result<Vec<Job>, crate::Error> {
+    fn idle(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
         let state = self.state();
         if self.config.drain && !state.drained.load(Ordering::Acquire) {
             let c = &self.config;
@@ -312,12 +307,11 @@ impl QueueApp {
             }
         }
         if let Some(leadership) = Leadership::take(&state.leader) {
-            return self.lead_then_hand_on(leadership, worker, owner, listening);
+            return self.lead_then_hand_on(leadership, worker, owner);
         }
         // A follower: no connection, asleep until a leader hands it work or
         // the lead.
         crate::close_all();
-        *listening = false;
         loop {
             match worker.sleep(Duration::from_secs(3600)) {
                 Wake::Stopping => return Ok(Vec::new()),
@@ -333,7 +327,7 @@ impl QueueApp {
             // has; only if it is not does this worker connect to lead.
             std::thread::sleep(HANDOFF_GRACE);
             if let Some(leadership) = Leadership::take(&state.leader) {
-                return self.lead_then_hand_on(leadership, worker, owner, listening);
+                return self.lead_then_hand_on(leadership, worker, owner);
             }
         }
     }
@@ -345,7 +339,6 @@ impl QueueApp {
         leadership: Leadership<'_>,
         worker: &Worker,
         owner: &str,
-        listening: &mut bool,
     ) -> Result<Vec<Job>, crate::Error> {
         let state = self.state();
         if self.config.listen.is_some() {
@@ -358,11 +351,11 @@ impl QueueApp {
             state.handoff.store(true, Ordering::Release);
             state.waker.wake_one();
         }
-        match &self.config.listen {
-            Some(alias) => crate::close(alias),
-            // The connection still LISTENs; the worker UNLISTENs after
-            // running the jobs, off the pickup path (see `run_worker`).
-            None => *listening = led.is_ok(),
+        // A lead on its own alias closes that connection. A lead on the
+        // worker's connection leaves it LISTENing: the worker UNLISTENs
+        // after running the jobs, off the pickup path (see `run_worker`).
+        if let Some(alias) = &self.config.listen {
+            crate::close(alias);
         }
         led
     }
@@ -554,14 +547,14 @@ impl App for QueueApp {
         // Whether a failure may have left jobs stamped with `owner`.
         let mut stranded = false;
         let mut claimed = Vec::new();
-        // This worker's connection still LISTENs from its time as leader.
-        let mut listening = false;
         while !worker.stopping() {
+            // Jobs in hand were claimed as the leader, on the worker's own
+            // connection unless the lead has an alias of its own: that
+            // connection still LISTENs.
+            let listening = !claimed.is_empty() && self.config.listen.is_none();
             let ran = self.round(worker, &owner, &mut stranded, std::mem::take(&mut claimed));
             let outcome = match ran {
-                Ok(0) => self
-                    .idle(worker, &owner, &mut listening)
-                    .map(|jobs| claimed = jobs),
+                Ok(0) => self.idle(worker, &owner).map(|jobs| claimed = jobs),
                 Ok(n) => {
                     if n as i64 >= self.config.batch {
                         // A full batch: there is probably more, so bring in
@@ -569,7 +562,7 @@ impl App for QueueApp {
                         self.state().waker.wake_one();
                     }
                     crate::with_client(|client| {
-                        if std::mem::take(&mut listening) {
+                        if listening {
                             client.batch_execute("UNLISTEN *")?;
                         }
                         self.housekeeping(client).map(drop)
@@ -578,7 +571,6 @@ impl App for QueueApp {
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
-                listening = false;
                 stranded = true;
                 log::warn!("worker {}.{}: {e}", worker.child_index(), worker.index());
                 crate::close_all();
