@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Output;
 
-use cli::{count, enqueue_lines, reset};
+use cli::{assert_all_done_once, count, enqueue_lines, reset};
 use common::{Ctx, Observer};
 
 fn main() {
@@ -128,22 +128,7 @@ fn drain_sql(ctx: &mut Ctx) {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        count(
-            &mut obs,
-            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
-        ),
-        500
-    );
-    assert_eq!(
-        count(&mut obs, "SELECT count(*) FROM effects"),
-        500,
-        "one effect per job"
-    );
-    assert_eq!(
-        count(&mut obs, "SELECT count(DISTINCT v) FROM effects"),
-        500
-    );
+    assert_all_done_once(&mut obs, 500);
     let backends = count(
         &mut obs,
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:%'",

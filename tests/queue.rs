@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use cli::{Master, count, enqueue_lines, first_child, reset};
+use cli::{Master, assert_all_done_once, count, enqueue_lines, first_child, reset};
 use common::{Ctx, Observer};
 use nix::sys::signal::{Signal, kill};
 
@@ -67,27 +67,6 @@ fn fleet_backends(obs: &mut Observer) -> i64 {
         "SELECT count(*) FROM pg_stat_activity
          WHERE application_name LIKE 'prefork:master:%' OR application_name LIKE 'prefork:worker:%'",
     )
-}
-
-/// Every job done, each effect exactly once.
-fn assert_all_done_once(obs: &mut Observer, n: i64) {
-    assert_eq!(
-        count(
-            obs,
-            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
-        ),
-        n
-    );
-    assert_eq!(
-        count(obs, "SELECT count(*) FROM effects"),
-        n,
-        "effects != jobs"
-    );
-    assert_eq!(
-        count(obs, "SELECT count(DISTINCT v) FROM effects"),
-        n,
-        "a job ran twice"
-    );
 }
 
 /// Samples the fleet's backends on a thread until stopped; the peak.

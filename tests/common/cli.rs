@@ -172,3 +172,24 @@ impl Drop for Master {
         }
     }
 }
+
+/// Every job done, each effect exactly once.
+pub fn assert_all_done_once(obs: &mut Observer, n: i64) {
+    assert_eq!(
+        count(
+            obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        n
+    );
+    assert_eq!(
+        count(obs, "SELECT count(*) FROM effects"),
+        n,
+        "effects != jobs"
+    );
+    assert_eq!(
+        count(obs, "SELECT count(DISTINCT v) FROM effects"),
+        n,
+        "a job ran twice"
+    );
+}
