@@ -116,7 +116,8 @@ struct FleetArgs {
           value_parser = clap::value_parser!(i64).range(1..=1000))]
     batch: i64,
     /// How often a child looks for work that came without a notification
-    /// (retries coming due), for dead rows to vacuum and expired leases.
+    /// (retries coming due), for dead rows to vacuum, expired leases and
+    /// finished jobs to delete.
     #[arg(long, env = "PREFORK_POLL", default_value = "1s", value_parser = parse_positive_duration)]
     poll: Duration,
     /// Delete finished jobs this long after they finished: a duration, or
