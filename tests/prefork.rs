@@ -387,7 +387,24 @@ fn kill_child(ctx: &mut Ctx) {
     fleet.wait_log("ready in", 3, Duration::from_secs(10));
     let victim = before[0];
     let name = format!("prefork:worker:{victim}");
-    assert_eq!(obs.wait_for(&name, 1), 1, "the victim's task is running");
+    assert_eq!(obs.wait_for(&name, 1), 1, "the victim connected");
+    // Kill it only once its backend is inside pg_sleep: killed earlier (an
+    // idle backend between statements), the backend sees the socket close
+    // and exits by itself, and the master has nothing to end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while obs
+        .client()
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity
+             WHERE application_name = $1 AND state = 'active' AND query LIKE '%pg_sleep%'",
+            &[&name],
+        )
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the victim's task never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     kill(victim, Signal::SIGKILL).unwrap();
     // The victim can still be listed for a moment after the kill.
     let deadline = Instant::now() + Duration::from_secs(5);
