@@ -45,7 +45,7 @@ impl App for HttpApp {
             let Ok((stream, _)) = self.listener.accept() else {
                 continue;
             };
-            worker.task("http request", || {
+            worker.job("http request", || {
                 if let Err(e) = serve(stream, worker) {
                     log::debug!("request failed: {e}");
                 }

@@ -19,11 +19,12 @@ use std::io;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::ForkResult;
 
-use crate::local::close_all;
-use crate::registry::{self, Stats};
-use crate::socket;
+use crate::Pid;
+use crate::conn::registry;
+use crate::conn::socket;
+use crate::conn::{Stats, close_all};
 
 /// Which side of a successful [`fork`] the caller is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +142,7 @@ pub fn fork() -> Result<Fork, ForkError> {
 pub fn thread_count() -> usize {
     let deadline = Instant::now() + Duration::from_millis(100);
     loop {
-        let count = read_thread_count().unwrap_or(usize::MAX);
+        let count = crate::procfs::thread_count().unwrap_or(usize::MAX);
         if count <= 1 || Instant::now() >= deadline {
             return count;
         }
@@ -149,14 +150,10 @@ pub fn thread_count() -> usize {
     }
 }
 
-fn read_thread_count() -> Option<usize> {
-    // num_threads is field 20.
-    Some(crate::procfs::SelfStat::read()?.field(20)? as usize)
-}
-
 /// Registers the `pthread_atfork` handlers that protect programs forking
 /// without [`fork`] (raw `fork()`, `libc::fork`, a C library). Idempotent;
-/// the first connection opened installs them too.
+/// [`configure`](crate::configure), which every connection needs first,
+/// installs them too.
 ///
 /// In every child they point the sockets of the parent's connections at
 /// `/dev/null` (async-signal-safe, nothing sent to the server). The

@@ -18,15 +18,26 @@
 //! - **A fork guard** ([`fork()`](fork())): forks only a single-threaded
 //!   process with no open connection; the child reconnects lazily.
 //!
-//! Built on these:
+//! # Layers
 //!
-//! - [`prefork`]: a supervising prefork master, N processes x M threads
-//!   (restarts with backoff, harakiri, recycling, graceful and rolling
-//!   reloads), for your own [`prefork::App`];
-//! - [`queue`]: a PostgreSQL job queue that a prefork fleet works (the
-//!   `prefork` command line);
-//! - `cluster` (feature `cluster`, on by default): throwaway PostgreSQL
-//!   clusters for tests, benchmarks and a default database.
+//! Each layer uses only the layers above it in this table (a test,
+//! `tests/layers.rs`, reads the sources and fails on any other import):
+//!
+//! | layer | modules | what it is |
+//! |---|---|---|
+//! | helpers | `procfs`, [`duration`], [`Error`] | every `/proc` read; the one duration grammar; the core's errors |
+//! | connection core | [`conn`] | databases, per-thread connections, the process registry, socket neutralising |
+//! | fork guard | [`fork`](mod@fork) | forks only a single-threaded process with nothing open; the atfork handlers |
+//! | threads | [`pool`] | threads and a pool that close their connections when they end |
+//! | supervision | [`prefork`] | the master: N child processes x M worker threads, supervised |
+//! | job queue | [`queue`] | a PostgreSQL job queue, a [`prefork::App`] |
+//! | launcher | the `prefork` binary (feature `cli`) | the command line over the queue |
+//!
+//! `cluster` (feature `cluster`, on by default) stands aside: throwaway
+//! PostgreSQL clusters for tests, benchmarks and the launcher's default
+//! database. A library user who wants neither the launcher nor clusters
+//! depends on the crate with `default-features = false` and compiles
+//! neither clap nor env_logger.
 //!
 //! Linux only: the guard counts threads in `/proc/self/stat` and finds
 //! sockets in `/proc/self/fd`.
@@ -106,36 +117,39 @@
 //! replaced transparently if the server has dropped it.
 
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
-mod config;
-mod conn;
+pub mod conn;
+pub mod duration;
 mod error;
 pub mod fork;
-mod local;
 mod oneshot;
 pub mod pool;
 pub mod prefork;
 mod procfs;
 pub mod queue;
-mod registry;
-mod socket;
-mod spin;
-pub mod thread;
 
-pub use config::{Database, MaxAge};
+pub use conn::{
+    APPLICATION_NAME_PREFIX, Database, MaxAge, Stats, ThreadStats, application_name, close,
+    close_all, close_old, is_configured, parse_application_name, stats, thread_open_count,
+    with_client, with_client_for,
+};
 pub use error::Error;
 pub use fork::{Fork, ForkError, fork, install_atfork_handlers, ready_to_fork};
-pub use local::{close, close_all, close_old, thread_open_count, with_client, with_client_for};
-pub use pool::ThreadPool;
-pub use registry::{Stats, ThreadStats, stats};
+/// A process id, the one pid type of the public API (nix's, re-exported so
+/// that callers need not depend on nix).
+pub use nix::unistd::Pid;
+pub use pool::{ThreadPool, thread};
 pub use thread::CloseOnExit;
 
 /// Configures the process's databases, replacing any earlier configuration.
 ///
 /// The first database is the one [`with_client`] uses; call it `"default"`.
-/// Forked children keep the configuration.
+/// Forked children keep the configuration. It also installs the fork
+/// guard's `pthread_atfork` handlers ([`install_atfork_handlers`]), so that
+/// every connection opened from now on is let go of in a forked child.
 ///
 /// # Errors
 ///
@@ -147,14 +161,15 @@ pub fn configure<I>(databases: I) -> Result<(), Error>
 where
     I: IntoIterator<Item = Database>,
 {
-    registry::configure(databases.into_iter().collect())
+    install_atfork_handlers();
+    conn::registry::configure(databases.into_iter().collect())
 }
 
 /// Sets the role in the `application_name` of connections opened from now
-/// on: `prefork:<role>:<pid>`. Default: `app`.
+/// on: `prefork:<role>:<pid>` (see [`application_name`]). Default: `app`.
 ///
-/// The prefork launcher uses `master`, `worker` and `cli`, so every backend
+/// The prefork launcher uses `master`, `child` and `cli`, so every backend
 /// in `pg_stat_activity` can be traced to its process.
 pub fn set_role(role: &str) {
-    registry::set_role(role);
+    conn::registry::set_role(role);
 }

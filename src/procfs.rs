@@ -1,13 +1,21 @@
-//! The fields of `/proc/self/stat` the crate reads (proc(5)).
+//! Every read of `/proc` the crate makes (proc(5)), in one place.
+//!
+//! Each reader returns `None` (or nothing) when the file cannot be read or
+//! parsed: a process that is gone, or a kernel without the file, is an
+//! answer the callers handle, never a panic.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 
-/// One read of `/proc/self/stat`.
-pub(crate) struct SelfStat(String);
+use crate::Pid;
 
-impl SelfStat {
-    pub(crate) fn read() -> Option<SelfStat> {
-        fs::read_to_string("/proc/self/stat").ok().map(SelfStat)
+/// One read of a process's `stat` file.
+pub(crate) struct Stat(String);
+
+impl Stat {
+    /// `/proc/self/stat`.
+    pub(crate) fn of_self() -> Option<Stat> {
+        fs::read_to_string("/proc/self/stat").ok().map(Stat)
     }
 
     /// Field `n`, numbered from 1 as in proc(5), for `n >= 3`.
@@ -23,18 +31,68 @@ impl SelfStat {
     }
 }
 
+/// Threads in this process (`num_threads`, field 20 of `stat`): one read,
+/// cheaper than listing `/proc/self/task`.
+pub(crate) fn thread_count() -> Option<usize> {
+    Some(Stat::of_self()?.field(20)? as usize)
+}
+
+/// Where this process's argv strings live (`arg_start` and `arg_end`,
+/// fields 48 and 49 of `stat`).
+pub(crate) fn argv_area() -> Option<(usize, usize)> {
+    let stat = Stat::of_self()?;
+    Some((stat.field(48)? as usize, stat.field(49)? as usize))
+}
+
+/// Resident memory of process `pid` in bytes (`statm`, second field).
+pub(crate) fn resident_bytes(pid: Pid) -> Option<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some(pages * page)
+}
+
+/// The sockets open in this process, as (fd, inode) pairs.
+pub(crate) fn sockets() -> Vec<(i32, u64)> {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let fd: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let link = fs::read_link(entry.path()).ok()?;
+        let inode = link.to_str()?.strip_prefix("socket:[")?;
+        let inode = inode.strip_suffix(']')?.parse().ok()?;
+        Some((fd, inode))
+    })
+    .collect()
+}
+
+/// The inode behind this process's descriptor `fd`.
+pub(crate) fn fd_inode(fd: i32) -> Option<u64> {
+    fs::metadata(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .map(|m| m.ino())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn fields_after_a_command_name_with_spaces_and_parentheses() {
-        let stat = SelfStat("42 (a b) c) S 1 2 3".to_owned());
+        let stat = Stat("42 (a b) c) S 1 2 3".to_owned());
         assert_eq!(stat.field(4), Some(1));
         assert_eq!(stat.field(6), Some(3));
         assert_eq!(stat.field(7), None);
         assert_eq!(stat.field(2), None);
-        let own = SelfStat::read().unwrap();
-        assert!(own.field(20).unwrap() >= 1, "num_threads");
+        assert!(thread_count().unwrap() >= 1);
+        let (start, end) = argv_area().unwrap();
+        assert!(start < end);
+        assert!(resident_bytes(Pid::this()).unwrap() > 0);
+        assert_eq!(resident_bytes(Pid::from_raw(i32::MAX)), None);
     }
 }

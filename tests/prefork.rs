@@ -91,11 +91,11 @@ impl App for TestApp {
         let secs = self.task_ms as f64 / 1000.0;
         while !worker.stopping() {
             if self.stuck {
-                worker.task("stuck task", || {
+                worker.job("stuck job", || {
                     std::thread::sleep(Duration::from_secs(3600))
                 });
             }
-            worker.task("sleepy task", || {
+            worker.job("sleepy job", || {
                 let outcome = fork_safe::with_client(|c| {
                     let id: i32 = c
                         .query_one(
@@ -360,11 +360,7 @@ fn named(ctx: &mut Ctx) {
     titles.sort();
     assert_eq!(
         titles,
-        [
-            "prefork: worker 1",
-            "prefork: worker 2",
-            "prefork: worker 3"
-        ]
+        ["prefork: child 1", "prefork: child 2", "prefork: child 3"]
     );
     let raw = fs::read(format!("/proc/{}/cmdline", fleet.pid())).unwrap();
     assert!(String::from_utf8_lossy(&raw).starts_with("prefork: master"));
@@ -386,7 +382,7 @@ fn kill_child(ctx: &mut Ctx) {
     let before = fleet.wait_children(3, Duration::from_secs(10));
     fleet.wait_log("ready in", 3, Duration::from_secs(10));
     let victim = before[0];
-    let name = format!("prefork:worker:{victim}");
+    let name = format!("prefork:child:{victim}");
     assert_eq!(obs.wait_for(&name, 1), 1, "the victim connected");
     // Kill it only once its backend is inside pg_sleep: killed earlier (an
     // idle backend between statements), the backend sees the socket close
@@ -634,7 +630,7 @@ fn stuck(ctx: &mut Ctx) {
         ],
     );
     let first = fleet.wait_children(1, Duration::from_secs(10));
-    fleet.wait_log("stuck in task \"stuck task\"", 1, Duration::from_secs(10));
+    fleet.wait_log("stuck in \"stuck job\"", 1, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(5);
     while fleet.children().first() == first.first() {
         assert!(Instant::now() < deadline, "stuck child not replaced");
@@ -708,7 +704,7 @@ fn http_example(ctx: &mut Ctx) {
             response.starts_with("HTTP/1.1 200"),
             "request {i}: {response}"
         );
-        assert!(response.contains(&format!("path /r{i}")) && response.contains("prefork:worker:"));
+        assert!(response.contains(&format!("path /r{i}")) && response.contains("prefork:child:"));
         std::thread::sleep(Duration::from_millis(10));
     }
     kill(pid, Signal::SIGTERM).unwrap();

@@ -65,7 +65,7 @@ fn fleet_backends(obs: &mut Observer) -> i64 {
     count(
         obs,
         "SELECT count(*) FROM pg_stat_activity
-         WHERE application_name LIKE 'prefork:master:%' OR application_name LIKE 'prefork:worker:%'",
+         WHERE application_name LIKE 'prefork:master:%' OR application_name LIKE 'prefork:child:%'",
     )
 }
 
@@ -234,7 +234,7 @@ fn idle_fleet(ctx: &mut Ctx) {
     assert!(master.running());
     assert!(peak <= 3 + 1, "an idle fleet of 3 held {peak} connections");
     assert!(peak >= 3, "each child has a leader: {peak}");
-    // status lists the three live workers, recorded by their master.
+    // status lists the three live children, recorded by their master.
     let out = cli::prefork(&ctx.url, &["status", "--json"])
         .output()
         .unwrap();
@@ -245,7 +245,11 @@ fn idle_fleet(ctx: &mut Ctx) {
         String::from_utf8_lossy(&out.stderr)
     );
     let master_pid = format!("\"master_pid\":{}", master.pid());
-    assert_eq!(json.matches(&master_pid).count(), 3, "live workers: {json}");
+    assert_eq!(
+        json.matches(&master_pid).count(),
+        3,
+        "live children: {json}"
+    );
     // Jobs enqueued into the idle fleet are picked up by a leader, on the
     // connection it already had: no connect on the way. (The lead may move
     // to another worker while a job runs, so the leaders are read again,
@@ -258,7 +262,7 @@ fn idle_fleet(ctx: &mut Ctx) {
                 .client()
                 .query_one(
                     "SELECT coalesce(array_agg(pid ORDER BY pid), '{}') FROM pg_stat_activity
-                     WHERE application_name LIKE 'prefork:worker:%'",
+                     WHERE application_name LIKE 'prefork:child:%'",
                     &[],
                 )
                 .unwrap()
@@ -473,7 +477,7 @@ fn lost_claim(ctx: &mut Ctx) {
             .client()
             .query_opt(
                 "SELECT pid, application_name FROM pg_stat_activity
-                 WHERE application_name LIKE 'prefork:worker:%'",
+                 WHERE application_name LIKE 'prefork:child:%'",
                 &[],
             )
             .unwrap();
@@ -595,7 +599,7 @@ fn sql_enqueue(ctx: &mut Ctx) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while count(
         &mut obs,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:worker:%'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:child:%'",
     ) < 1
     {
         assert!(Instant::now() < deadline, "the fleet did not start");

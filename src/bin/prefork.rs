@@ -11,6 +11,7 @@ use fork_safe::cluster::TempCluster;
 use fork_safe::prefork::Prefork;
 use fork_safe::queue::{self, Handler, QueueApp, QueueConfig, Schema};
 use fork_safe::{Database, MaxAge};
+use postgres::types::Type;
 
 /// Exit status for bad usage (clap's convention).
 const USAGE: u8 = 2;
@@ -66,18 +67,20 @@ struct FleetArgs {
     /// Run each job's payload as $1 of this SQL statement (a text parameter).
     #[arg(long, env = "PREFORK_SQL")]
     sql: Option<String>,
-    /// Connection max age: seconds, 0 (close after every job) or "forever".
-    #[arg(long, env = "PREFORK_MAX_AGE", default_value = "1800", value_parser = parse_max_age)]
+    /// Connection max age: a duration, 0 (close after every job) or "forever".
+    #[arg(long, env = "PREFORK_MAX_AGE", default_value = "30m", value_parser = parse_max_age)]
     max_age: MaxAge,
-    /// Close connections idle this long.
-    #[arg(long, env = "PREFORK_MAX_IDLE", default_value = "600s", value_parser = parse_duration)]
-    max_idle: Duration,
+    /// Close connections idle this long: a duration, or 0/"forever" to keep them.
+    #[arg(long, env = "PREFORK_MAX_IDLE", default_value = "10m", value_parser = parse_limit)]
+    max_idle: Limit,
     /// Check a reused connection before its first use in each job.
     #[arg(long, env = "PREFORK_HEALTH_CHECKS")]
     health_checks: bool,
-    /// Kill a child stuck in one job this long (and an --exec program).
-    #[arg(long, env = "PREFORK_TIMEOUT", value_parser = parse_duration)]
-    timeout: Option<Duration>,
+    /// How long one job may take [default: no limit]: an --exec program past
+    /// it is killed and its job fails; a child still in one job at twice
+    /// this is killed and replaced.
+    #[arg(long, env = "PREFORK_TIMEOUT", value_parser = parse_limit)]
+    timeout: Option<Limit>,
     /// Kill a child not ready this long after it started.
     #[arg(long, env = "PREFORK_BOOT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     boot_timeout: Duration,
@@ -90,9 +93,9 @@ struct FleetArgs {
     /// Add up to this many jobs at random to --max-requests, per child.
     #[arg(long, env = "PREFORK_MAX_REQUESTS_JITTER", default_value_t = 0)]
     max_requests_jitter: u64,
-    /// Recycle a child after it lived this long.
-    #[arg(long, env = "PREFORK_MAX_LIFETIME", value_parser = parse_duration)]
-    max_lifetime: Option<Duration>,
+    /// Recycle a child after it lived this long [default: never].
+    #[arg(long, env = "PREFORK_MAX_LIFETIME", value_parser = parse_limit)]
+    max_lifetime: Option<Limit>,
     /// Add up to this much at random to --max-lifetime, per child.
     #[arg(long, env = "PREFORK_MAX_LIFETIME_JITTER", default_value = "0s", value_parser = parse_duration)]
     max_lifetime_jitter: Duration,
@@ -122,8 +125,8 @@ struct FleetArgs {
     poll: Duration,
     /// Delete finished jobs this long after they finished: a duration, or
     /// "forever" to keep them.
-    #[arg(long, env = "PREFORK_KEEP_FINISHED", default_value = "forever", value_parser = parse_keep)]
-    keep_finished: Keep,
+    #[arg(long, env = "PREFORK_KEEP_FINISHED", default_value = "forever", value_parser = parse_limit)]
+    keep_finished: Limit,
     /// Where each child's idle leader LISTENs for new jobs: a direct or
     /// session-pooled URL, for jobs that go through PgBouncer in transaction
     /// mode [default: the database URL].
@@ -207,38 +210,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every duration option takes the crate's one grammar
+/// ([`fork_safe::duration`]).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: use e.g. 30, 30s, 500ms, 5m, 1h"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration {text:?}: use e.g. 30, 30s, 500ms, 5m, 1h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {text:?}"))
+    fork_safe::duration::parse(text).map_err(|e| e.to_string())
 }
 
-/// How long finished jobs are kept (`None`: forever).
+/// A limit: a duration, or `forever`/`0` for none.
 #[derive(Debug, Clone, Copy)]
-struct Keep(Option<Duration>);
+struct Limit(Option<Duration>);
 
-fn parse_keep(text: &str) -> Result<Keep, String> {
-    if text.trim() == "forever" {
-        return Ok(Keep(None));
-    }
-    parse_duration(text).map(|d| Keep(Some(d)))
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    fork_safe::duration::parse_limit(text)
+        .map(Limit)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -250,6 +235,7 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 
 fn parse_max_age(text: &str) -> Result<MaxAge, String> {
     text.parse()
+        .map_err(|e: fork_safe::duration::ParseDurationError| e.to_string())
 }
 
 /// The connection string: the flag/DATABASE_URL, else libpq's environment
@@ -358,46 +344,57 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
     let counts =
         fork_safe::with_client(|c| queue::counts(c, &schema, &db.queue)).map_err(runtime)?;
     let backends: Vec<(String, i64)> = fork_safe::with_client(|c| {
+        // This database's backends of the fleets (master, children), not
+        // of status or enqueue commands.
         let rows = c.query_typed(
             "SELECT application_name, count(*) FROM pg_stat_activity
-             WHERE application_name LIKE 'prefork:%' AND application_name NOT LIKE 'prefork:cli:%'
+             WHERE datname = current_database() AND application_name LIKE $1
+               AND application_name NOT LIKE $2
              GROUP BY 1 ORDER BY 1",
-            &[],
+            &[
+                (
+                    &format!("{}%", fork_safe::APPLICATION_NAME_PREFIX),
+                    Type::TEXT,
+                ),
+                (
+                    &format!("{}cli:%", fork_safe::APPLICATION_NAME_PREFIX),
+                    Type::TEXT,
+                ),
+            ],
         )?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     })
     .map_err(runtime)?;
-    let workers =
-        fork_safe::with_client(|c| queue::live_workers(c, &schema, &db.queue)).map_err(runtime)?;
+    let children =
+        fork_safe::with_client(|c| queue::live_children(c, &schema, &db.queue)).map_err(runtime)?;
     fork_safe::close_all();
     if args.json {
-        let workers: Vec<String> = workers
+        let children: Vec<serde_json::Value> = children
             .iter()
-            .map(|w| {
-                format!(
-                    "{{\"host\":{},\"pid\":{},\"master_pid\":{},\"since\":{:.3},\"tasks\":{}}}",
-                    json_string(&w.host),
-                    w.pid,
-                    w.master_pid,
-                    w.since,
-                    w.tasks
-                )
+            .map(|c| {
+                serde_json::json!({
+                    "host": c.host,
+                    "pid": c.pid.as_raw(),
+                    "master_pid": c.master_pid.as_raw(),
+                    "since": c.since,
+                    "jobs": c.jobs,
+                })
             })
             .collect();
-        let backends: Vec<String> = backends
-            .iter()
-            .map(|(name, n)| format!("{}:{n}", json_string(name)))
+        let backends: serde_json::Map<String, serde_json::Value> = backends
+            .into_iter()
+            .map(|(name, n)| (name, n.into()))
             .collect();
-        println!(
-            "{{\"queue\":{},\"queued\":{},\"running\":{},\"done\":{},\"failed\":{},\"workers\":[{}],\"backends\":{{{}}}}}",
-            json_string(&db.queue),
-            counts.queued,
-            counts.running,
-            counts.done,
-            counts.failed,
-            workers.join(","),
-            backends.join(",")
-        );
+        let status = serde_json::json!({
+            "queue": db.queue,
+            "queued": counts.queued,
+            "running": counts.running,
+            "done": counts.done,
+            "failed": counts.failed,
+            "children": children,
+            "backends": backends,
+        });
+        println!("{status}");
     } else {
         println!(
             "queue {:?}: {} queued, {} running, {} done, {} failed",
@@ -406,14 +403,14 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        for w in &workers {
+        for c in &children {
             println!(
-                "  worker {}:{} (master {}) up {:.0}s, {} task(s) done",
-                w.host,
-                w.pid,
-                w.master_pid,
-                (now - w.since).max(0.0),
-                w.tasks
+                "  child {}:{} (master {}) up {:.0}s, {} job(s) done",
+                c.host,
+                c.pid,
+                c.master_pid,
+                (now - c.since).max(0.0),
+                c.jobs
             );
         }
         for (name, n) in backends {
@@ -421,20 +418,6 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
         }
     }
     Ok(())
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Whether `program` can be run: a path to an executable file, or a name
@@ -450,6 +433,11 @@ fn find_program(program: &str) -> bool {
     }
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
+/// The job timeout, if any.
+fn timeout(args: &FleetArgs) -> Option<Duration> {
+    args.timeout.and_then(|l| l.0)
 }
 
 fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
@@ -473,7 +461,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
             }
             Handler::Exec {
                 argv,
-                timeout: args.timeout,
+                timeout: timeout(&args),
             }
         }
         (Some(sql), None) => Handler::Sql(sql.clone()),
@@ -511,7 +499,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
     fork_safe::set_role("master");
     let database = database(&url)?
         .max_age(args.max_age)
-        .max_idle(Some(args.max_idle).filter(|d| !d.is_zero()))
+        .max_idle(args.max_idle.0)
         .health_checks(args.health_checks);
     let listen_alias = listen.as_ref().map(|db| db.alias().to_owned());
     connect([database].into_iter().chain(listen), &schema)?;
@@ -532,7 +520,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
     }
     let before = counts(&schema, &args.db.queue)?;
     let mut lease = args.lease;
-    if let Some(timeout) = args.timeout {
+    if let Some(timeout) = timeout(&args) {
         lease = lease.max(timeout + Duration::from_secs(60));
     }
     let config = QueueConfig {
@@ -552,11 +540,14 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
     let fleet = Prefork::new()
         .procs(procs)
         .threads(args.threads as usize)
-        .timeout(args.timeout)
+        .timeout(timeout(&args))
         .boot_timeout(args.boot_timeout)
         .graceful_timeout(args.graceful_timeout)
         .max_requests(args.max_requests, args.max_requests_jitter)
-        .max_lifetime(args.max_lifetime, args.max_lifetime_jitter)
+        .max_lifetime(
+            args.max_lifetime.and_then(|l| l.0),
+            args.max_lifetime_jitter,
+        )
         .reload_on_rss(args.reload_on_rss)
         .crash_limit(args.crash_limit)
         .strict(args.strict)

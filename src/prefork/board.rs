@@ -7,8 +7,12 @@
 //! cannot stop the master from seeing that it is stuck.
 
 use std::io;
+use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
 /// Most threads a child may run (`--threads`).
 pub const MAX_THREADS: usize = 1024;
@@ -16,8 +20,8 @@ const LABEL: usize = 64;
 
 #[repr(C)]
 pub(crate) struct Board {
-    /// Tasks finished by all workers of the child.
-    pub(crate) tasks: AtomicU64,
+    /// Jobs finished by all workers of the child.
+    pub(crate) jobs: AtomicU64,
     /// Connections open in the child, refreshed by its main thread.
     pub(crate) open_connections: AtomicU32,
     workers: [Slot; MAX_THREADS],
@@ -25,32 +29,55 @@ pub(crate) struct Board {
 
 #[repr(C)]
 struct Slot {
-    /// CLOCK_MONOTONIC nanoseconds when the current task began; 0 when idle.
+    /// CLOCK_MONOTONIC nanoseconds when the current unit of work began; 0
+    /// when idle.
     started: AtomicU64,
+    /// How many `--timeout`s the current unit may take: one per job it
+    /// covers, at least one.
+    budget: AtomicU32,
     /// Odd while the label is being written (a sequence lock).
     seq: AtomicU32,
     label: [AtomicU8; LABEL],
 }
 
-/// A worker that has been inside one task for a while.
+/// A worker that has been inside one unit of work for a while.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Busy {
     pub(crate) worker: usize,
+    /// How long it has been busy.
     pub(crate) nanos: u64,
+    /// How many timeouts the unit may take.
+    pub(crate) budget: u32,
     pub(crate) label: String,
+}
+
+impl Busy {
+    /// How long it has been busy.
+    pub(crate) fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.nanos)
+    }
 }
 
 /// Nanoseconds on CLOCK_MONOTONIC, which is the same clock in every process.
 pub(crate) fn monotonic_nanos() -> u64 {
-    // SAFETY: all-zero bytes are a valid timespec, which clock_gettime fills.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: `ts` is writable; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    use nix::time::{ClockId, clock_gettime};
+    // CLOCK_MONOTONIC always exists on Linux; zero only if it somehow did
+    // not, which makes every worker look idle rather than stuck.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    })
 }
 
 impl Board {
-    pub(crate) fn begin(&self, worker: usize, label: &str) {
+    /// Worker `worker` starts a unit of work that may take `budget`
+    /// timeouts (at least one).
+    pub(crate) fn begin(&self, worker: usize, label: &str, budget: u32) {
+        self.begin_at(worker, label, budget, monotonic_nanos());
+    }
+
+    /// [`Board::begin`] at a given time, for tests of the master's
+    /// decisions with a clock of their own.
+    pub(crate) fn begin_at(&self, worker: usize, label: &str, budget: u32, nanos: u64) {
         let Some(slot) = self.workers.get(worker) else {
             return;
         };
@@ -60,20 +87,27 @@ impl Board {
             cell.store(bytes.get(i).copied().unwrap_or(0), Ordering::Relaxed);
         }
         slot.seq.fetch_add(1, Ordering::Release);
-        slot.started
-            .store(monotonic_nanos().max(1), Ordering::Release);
+        slot.budget.store(budget.max(1), Ordering::Relaxed);
+        slot.started.store(nanos.max(1), Ordering::Release);
     }
 
-    pub(crate) fn end(&self, worker: usize) {
+    /// Worker `worker` finished its unit of work, which completed `jobs`
+    /// jobs.
+    pub(crate) fn end(&self, worker: usize, jobs: u64) {
         if let Some(slot) = self.workers.get(worker) {
             slot.started.store(0, Ordering::Release);
         }
-        self.tasks.fetch_add(1, Ordering::Relaxed);
+        self.jobs.fetch_add(jobs, Ordering::Relaxed);
     }
 
-    /// The worker that has been in its current task longest, if any.
-    pub(crate) fn longest_busy(&self, threads: usize) -> Option<Busy> {
-        let now = monotonic_nanos();
+    /// Jobs finished so far.
+    pub(crate) fn jobs(&self) -> u64 {
+        self.jobs.load(Ordering::Relaxed)
+    }
+
+    /// The worker that has been in its current unit of work longest, as of
+    /// `now` (CLOCK_MONOTONIC nanoseconds), if any.
+    pub(crate) fn longest_busy(&self, threads: usize, now: u64) -> Option<Busy> {
         let (worker, started) = self.workers[..threads.min(MAX_THREADS)]
             .iter()
             .map(|s| s.started.load(Ordering::Acquire))
@@ -83,6 +117,7 @@ impl Board {
         Some(Busy {
             worker,
             nanos: now.saturating_sub(started),
+            budget: self.workers[worker].budget.load(Ordering::Relaxed).max(1),
             label: self.label(worker),
         })
     }
@@ -117,24 +152,18 @@ unsafe impl Sync for SharedBoard {}
 
 impl SharedBoard {
     pub(crate) fn new() -> io::Result<SharedBoard> {
-        let len = std::mem::size_of::<Board>();
-        // SAFETY: an anonymous shared mapping with no address hint has no
-        // preconditions; the result is checked below.
+        let len = NonZeroUsize::new(std::mem::size_of::<Board>()).expect("a board has a size");
+        // SAFETY: a new anonymous shared mapping with no address hint
+        // aliases no existing memory.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
+            mmap_anonymous(
+                None,
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<Board>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(SharedBoard { ptr })
+        }?;
+        Ok(SharedBoard { ptr: ptr.cast() })
     }
 }
 
@@ -153,7 +182,7 @@ impl Drop for SharedBoard {
     fn drop(&mut self) {
         // SAFETY: `ptr` and the size are exactly what mmap returned and was
         // given; nothing borrows the board past `self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), std::mem::size_of::<Board>()) };
+        let _ = unsafe { munmap(self.ptr.cast(), std::mem::size_of::<Board>()) };
     }
 }
 
@@ -162,36 +191,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_the_longest_task_and_counts_finished_ones() {
+    fn records_the_longest_unit_and_counts_finished_jobs() {
         let board = SharedBoard::new().unwrap();
-        assert_eq!(board.longest_busy(4), None);
-        board.begin(2, "job 17");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        board.begin(1, "job 18");
-        let busy = board.longest_busy(4).unwrap();
+        assert_eq!(board.longest_busy(4, monotonic_nanos()), None);
+        board.begin_at(2, "job 17", 1, 1_000);
+        board.begin_at(1, "jobs 18..25", 8, 2_000);
+        let busy = board.longest_busy(4, 6_000).unwrap();
         assert_eq!((busy.worker, busy.label.as_str()), (2, "job 17"));
-        assert!(busy.nanos >= 5_000_000);
-        board.end(2);
-        board.end(1);
-        assert_eq!(board.longest_busy(4), None);
-        assert_eq!(board.tasks.load(Ordering::Relaxed), 2);
+        assert_eq!((busy.nanos, busy.budget), (5_000, 1));
+        board.end(2, 1);
+        let busy = board.longest_busy(4, 6_000).unwrap();
+        assert_eq!((busy.worker, busy.budget), (1, 8));
+        board.end(1, 8);
+        assert_eq!(board.longest_busy(4, 6_000), None);
+        assert_eq!(board.jobs(), 9);
     }
 
     #[test]
     fn is_shared_with_a_forked_child() {
         let board = SharedBoard::new().unwrap();
-        // SAFETY: the child only touches atomics and calls _exit.
-        match unsafe { libc::fork() } {
-            0 => {
-                board.end(0);
-                // SAFETY: ends the child at once.
+        // SAFETY: the test binary's other threads may hold locks, but the
+        // child only touches atomics and calls _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                board.end(0, 1);
+                // SAFETY: ends the child at once, running nothing inherited.
                 unsafe { libc::_exit(0) }
             }
-            pid => {
-                let mut status = 0;
-                // SAFETY: `pid` is our child; `status` is writable.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
-                assert_eq!(board.tasks.load(Ordering::Relaxed), 1);
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(board.jobs(), 1);
             }
         }
     }

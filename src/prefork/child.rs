@@ -5,45 +5,67 @@
 //! ready, and then waits on its main thread for the master's word:
 //! TERM (or the master's death) stops it gracefully, QUIT at once.
 
-use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::unistd::Pid;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use super::app::{App, ChildInfo};
 use super::board::SharedBoard;
-use super::{App, ChildInfo, ChildShared, Settings, Waker, Worker, title};
+use super::builder::Settings;
+use super::title;
+use super::worker::{ChildShared, Waker, Worker};
+use crate::Pid;
 
 /// Exit status of a child whose `init_child` failed.
 pub(crate) const EXIT_INIT_FAILED: i32 = 3;
 /// Exit status of a child one of whose worker threads ended on its own.
 pub(crate) const EXIT_WORKER_DIED: i32 = 4;
 
-pub(crate) fn run<A: App>(
-    app: Arc<A>,
-    settings: &Settings,
-    index: usize,
-    board: SharedBoard,
-    ready: OwnedFd,
-    master: Pid,
-) -> ! {
+/// What the master hands a new child.
+pub(super) struct Start {
+    /// The child's slot, from 1.
+    pub(super) index: usize,
+    pub(super) board: SharedBoard,
+    /// The write end of the ready pipe.
+    pub(super) ready: OwnedFd,
+    /// The master's pid.
+    pub(super) master: Pid,
+}
+
+pub(super) fn run<A: App>(app: Arc<A>, settings: &Settings, start: Start) -> ! {
+    let Start {
+        index,
+        board,
+        ready,
+        master,
+    } = start;
     // Die with the master. The master may have died between fork and
     // prctl, in which case no signal will come: check by hand.
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number only.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
     if nix::unistd::getppid() != master {
         std::process::exit(0);
     }
-    title::set(&format!("{}: worker {index}", settings.name));
-    crate::set_role("worker");
+    title::set(&format!("{}: child {index}", settings.name));
+    crate::set_role("child");
 
     // TERM and QUIT stay blocked in every thread (the workers inherit the
-    // mask that `SignalPipe::reset_in_child` set) and are taken by
-    // sigtimedwait below; the master's other signals are ignored.
-    let wait_set = super::signals::child_mask();
+    // mask that `Signals::reset_in_child` set) and are read here.
+    let signals = match SignalFd::with_flags(
+        &super::signals::child_mask(),
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::error!("child {index}: cannot read its signals: {e}");
+            std::process::exit(EXIT_INIT_FAILED);
+        }
+    };
 
     let shared = Arc::new(ChildShared::new(board, settings.threads));
     let info = ChildInfo {
@@ -52,7 +74,7 @@ pub(crate) fn run<A: App>(
         waker: Waker(shared.clone()),
     };
     if let Err(e) = app.init_child(&info) {
-        log::error!("worker {index}: init failed: {e}");
+        log::error!("child {index}: init failed: {e}");
         std::process::exit(EXIT_INIT_FAILED);
     }
 
@@ -76,16 +98,15 @@ pub(crate) fn run<A: App>(
         match spawned {
             Ok(handle) => threads.push(handle),
             Err(e) => {
-                log::error!("worker {index}: cannot start thread {w}: {e}");
+                log::error!("child {index}: cannot start worker {w}: {e}");
                 std::process::exit(EXIT_INIT_FAILED);
             }
         }
     }
 
-    let mut ready = std::fs::File::from(ready);
-    if ready.write_all(b"R").is_err() {
+    if nix::unistd::write(&ready, b"R").is_err() {
         // The master is gone; PDEATHSIG is on its way. Stop gracefully.
-        log::debug!("worker {index}: master did not take the ready signal");
+        log::debug!("child {index}: the master did not take the ready byte");
     }
     drop(ready);
 
@@ -95,22 +116,23 @@ pub(crate) fn run<A: App>(
             .board
             .open_connections
             .store(crate::stats().open as u32, Ordering::Relaxed);
-        match wait_signal(&wait_set, Duration::from_millis(100)) {
+        match wait_signal(&signals, Duration::from_millis(100)) {
             Some(Signal::SIGQUIT) => {
                 // Fast stop: the kernel closes every socket; the master
                 // ends any backend still busy.
-                // SAFETY: ends the process at once, as QUIT asks.
+                // SAFETY: ends the process at once, as QUIT asks; no
+                // destructor of this process needs to run.
                 unsafe { libc::_exit(0) }
             }
             Some(_) => break,
             None => {}
         }
         if nix::unistd::getppid() != master {
-            log::warn!("worker {index}: master died; stopping");
+            log::warn!("child {index}: the master died; stopping");
             break;
         }
         if let Ok(w) = done_rx.try_recv() {
-            log::error!("worker {index}: thread {w} ended on its own; restarting the child");
+            log::error!("child {index}: worker {w} ended on its own; restarting the child");
             code = EXIT_WORKER_DIED;
             break;
         }
@@ -133,18 +155,20 @@ impl Drop for Done {
     }
 }
 
-/// Waits up to `timeout` for a signal in `set`, which must be blocked.
-fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `set` is a valid sigset_t, `ts` a valid timespec; a null
-    // siginfo pointer is allowed.
-    let n = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
-    if n > 0 {
-        Signal::try_from(n).ok()
-    } else {
-        None
+/// Waits up to `timeout` for TERM or QUIT.
+fn wait_signal(signals: &SignalFd, timeout: Duration) -> Option<Signal> {
+    let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, timeout) {
+        Ok(n) if n > 0 => {}
+        Ok(_) | Err(Errno::EINTR) => return None,
+        Err(e) => {
+            log::error!("waiting for signals: {e}");
+            return None;
+        }
+    }
+    match signals.read_signal() {
+        Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
+        _ => None,
     }
 }

@@ -1,16 +1,24 @@
-//! The master's signals, turned into bytes on a pipe (the self-pipe trick).
+//! The master's signals, read from a `signalfd`.
 //!
-//! The handler only `write`s the signal number (async-signal-safe); the
-//! master's loop `poll`s the pipe with everything else and acts on the
-//! signals in ordinary code. No thread is needed, which matters: the master
-//! must stay single-threaded to fork.
+//! The master blocks the signals it handles for its whole run and reads
+//! them from a signalfd that its loop `poll`s with everything else, so they
+//! are handled in ordinary code and no thread is needed (the master must
+//! stay single-threaded to fork). Unlike a self-pipe written by a handler,
+//! nothing can fill up and drop a signal: each is pending in the kernel
+//! until read. (The kernel still merges two deliveries of one standard
+//! signal that arrive before the first is read; that is how standard
+//! signals work, whoever reads them.)
+//!
+//! A forked child starts with the same signals blocked, so one sent to it
+//! before it set itself up stays pending instead of reaching the master's
+//! code in the child.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsFd, BorrowedFd};
 
-use nix::fcntl::OFlag;
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::errno::Errno;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// The signals the master handles.
 pub(crate) const HANDLED: [Signal; 8] = [
@@ -24,85 +32,67 @@ pub(crate) const HANDLED: [Signal; 8] = [
     Signal::SIGCHLD,
 ];
 
-static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    let fd = WRITE_FD.load(Ordering::Relaxed);
-    if fd < 0 {
-        return;
+fn set_of(signals: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in signals {
+        set.add(*signal);
     }
-    // SAFETY: errno is thread-local; saving and restoring it keeps the
-    // interrupted code's errno intact. write() is async-signal-safe; a full
-    // pipe (EAGAIN) just drops a duplicate wake-up.
-    unsafe {
-        let errno = *libc::__errno_location();
-        let byte = signal as u8;
-        libc::write(fd, (&raw const byte).cast(), 1);
-        *libc::__errno_location() = errno;
-    }
+    set
 }
 
-pub(crate) struct SignalPipe {
-    read: OwnedFd,
-    write: OwnedFd,
+/// The master's signals: blocked, and read from a signalfd.
+pub(crate) struct Signals {
+    fd: SignalFd,
+    /// The mask to restore when the master returns.
+    previous: SigSet,
 }
 
-impl SignalPipe {
-    /// Installs handlers for [`HANDLED`] that write to a new pipe.
-    pub(crate) fn install() -> io::Result<SignalPipe> {
-        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        WRITE_FD.store(write.as_raw_fd(), Ordering::Relaxed);
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
-            SigSet::empty(),
-        );
-        for signal in HANDLED {
-            // SAFETY: `on_signal` is async-signal-safe (see above).
-            unsafe { sigaction(signal, &action) }?;
+impl Signals {
+    /// Blocks [`HANDLED`] in the calling thread and opens a signalfd for
+    /// them (non-blocking, close-on-exec).
+    pub(crate) fn install() -> io::Result<Signals> {
+        let set = set_of(&HANDLED);
+        let previous = set.thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC);
+        match fd {
+            Ok(fd) => Ok(Signals { fd, previous }),
+            Err(e) => {
+                let _ = previous.thread_set_mask();
+                Err(e.into())
+            }
         }
-        // Unblock them, in case the master itself inherited a mask.
-        let mut set = SigSet::empty();
-        for signal in HANDLED {
-            set.add(signal);
-        }
-        set.thread_unblock()?;
-        Ok(SignalPipe { read, write })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.read.as_fd()
+        self.fd.as_fd()
     }
 
-    /// The signals received since the last call, in order.
-    pub(crate) fn drain(&self) -> Vec<Signal> {
+    /// The signals received since the last call, in the order read.
+    pub(crate) fn drain(&mut self) -> Vec<Signal> {
         let mut signals = Vec::new();
-        let mut buf = [0u8; 64];
         loop {
-            match nix::unistd::read(self.read.as_raw_fd(), &mut buf) {
-                Ok(0) | Err(nix::errno::Errno::EAGAIN) => break,
-                Ok(n) => signals.extend(
-                    buf[..n]
-                        .iter()
-                        .filter_map(|b| Signal::try_from(i32::from(*b)).ok()),
-                ),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
+            match self.fd.read_signal() {
+                Ok(Some(info)) => {
+                    if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                        signals.push(signal);
+                    }
+                }
+                Ok(None) => return signals,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("reading the master's signals: {e}");
+                    return signals;
+                }
             }
         }
-        signals
     }
 
-    /// In a forked child, which starts with [`Blocked`] signals: TERM and
-    /// QUIT get their default action but stay blocked (the child takes them
-    /// with `sigtimedwait`), the master's other signals are ignored (a
-    /// terminal's Ctrl-C reaches the whole group; the master stops the fleet
-    /// once), and the master's pipe is closed. A signal sent to the child
-    /// before this point stays pending rather than running the master's
-    /// handler in the child.
+    /// In a forked child: TERM and QUIT get their default action but stay
+    /// blocked (the child takes them from a signalfd of its own), the
+    /// master's other signals are ignored (a terminal's Ctrl-C reaches the
+    /// whole process group; the master stops the fleet once) and unblocked,
+    /// and the master's signalfd is closed.
     pub(crate) fn reset_in_child(self) {
-        WRITE_FD.store(-1, Ordering::Relaxed);
         let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
         let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
         for signal in HANDLED {
@@ -114,51 +104,23 @@ impl SignalPipe {
             let _ = unsafe { sigaction(signal, action) };
         }
         let _ = child_mask().thread_set_mask();
-        drop(self);
+        drop(self.fd);
     }
 
-    /// Restores the default dispositions in the master, when `run` returns.
-    pub(crate) fn uninstall(self) {
-        WRITE_FD.store(-1, Ordering::Relaxed);
-        reset_dispositions();
-        drop((self.read, self.write));
-    }
-}
-
-/// The signals a child keeps blocked for `sigtimedwait`.
-pub(crate) fn child_mask() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGQUIT);
-    set
-}
-
-/// The master's signals blocked until dropped; held across `fork()` so that
-/// a signal meant for the new child cannot run the master's handler in it.
-pub(crate) struct Blocked(SigSet);
-
-impl Blocked {
-    pub(crate) fn new() -> std::io::Result<Blocked> {
-        let mut set = SigSet::empty();
-        for signal in HANDLED {
-            set.add(signal);
+    /// Restores the mask the master had, once its loop is over. Signals
+    /// still pending are read and dropped first: restoring the mask would
+    /// otherwise deliver a late TERM with its default action and kill the
+    /// returning master.
+    pub(crate) fn uninstall(mut self) {
+        let late = self.drain();
+        if !late.is_empty() {
+            log::debug!("signals after the fleet stopped, ignored: {late:?}");
         }
-        let old = set.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
-        Ok(Blocked(old))
+        let _ = self.previous.thread_set_mask();
     }
 }
 
-impl Drop for Blocked {
-    fn drop(&mut self) {
-        let _ = self.0.thread_set_mask();
-    }
-}
-
-fn reset_dispositions() {
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in HANDLED {
-        // SAFETY: restoring the default disposition installs no handler.
-        let _ = unsafe { sigaction(signal, &default) };
-    }
-    let _ = SigSet::empty().thread_set_mask();
+/// The signals a child keeps blocked and reads from its own signalfd.
+pub(crate) fn child_mask() -> SigSet {
+    set_of(&[Signal::SIGTERM, Signal::SIGQUIT])
 }

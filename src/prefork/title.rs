@@ -1,4 +1,4 @@
-//! Process titles, so `ps` shows `prefork: worker 3`.
+//! Process titles, so `ps` shows `prefork: child 3`.
 //!
 //! `ps` shows a process's command line, which lives in its original argv
 //! memory (`/proc/self/stat` fields `arg_start`..`arg_end`). Overwriting that
@@ -12,16 +12,15 @@ pub(crate) fn set(title: &str) {
 }
 
 fn set_comm(title: &str) {
-    let mut name = [0u8; 16];
-    for (dst, src) in name.iter_mut().zip(title.bytes().take(15)) {
-        *dst = src;
+    // The kernel keeps 15 bytes; a NUL inside the title would end it early.
+    let bytes: Vec<u8> = title.bytes().take_while(|b| *b != 0).take(15).collect();
+    if let Ok(name) = std::ffi::CString::new(bytes) {
+        let _ = nix::sys::prctl::set_name(&name);
     }
-    // SAFETY: `name` is NUL-terminated and outlives the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 fn set_cmdline(title: &str) {
-    let Some((start, end)) = argv_area() else {
+    let Some((start, end)) = crate::procfs::argv_area() else {
         return;
     };
     let len = end.saturating_sub(start);
@@ -39,10 +38,4 @@ fn set_cmdline(title: &str) {
         area[..n].copy_from_slice(&bytes[..n]);
         area[n..].fill(0);
     }
-}
-
-/// `arg_start` and `arg_end` from `/proc/self/stat` (fields 48 and 49).
-fn argv_area() -> Option<(usize, usize)> {
-    let stat = crate::procfs::SelfStat::read()?;
-    Some((stat.field(48)? as usize, stat.field(49)? as usize))
 }

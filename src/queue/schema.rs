@@ -88,7 +88,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX jobs_queued ON {s}.jobs (queue, run_at, id) WHERE state = 'queued';
      CREATE INDEX jobs_running ON {s}.jobs (locked_until) WHERE state = 'running';
      CREATE INDEX jobs_locked_by ON {s}.jobs (locked_by) WHERE state = 'running';",
-    // 2: live workers, kept by each master.
+    // 2: live children (called workers until migration 6), kept by each
+    // master.
     "CREATE TABLE {s}.workers (
         host text NOT NULL,
         pid int NOT NULL,
@@ -275,6 +276,10 @@ const MIGRATIONS: &[&str] = &[
          PERFORM pg_notify('{s}_jobs', p_queue);
          RETURN new_id;
      END $f$;"#,
+    // 6: the launcher's words: the processes a master forks are children,
+    // and what they count is jobs.
+    r#"ALTER TABLE {s}.workers RENAME TO children;
+     ALTER TABLE {s}.children RENAME COLUMN tasks TO jobs;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.

@@ -18,6 +18,8 @@ use std::time::Duration;
 use postgres::Client;
 use postgres::types::Type;
 
+use crate::Pid;
+
 pub use super::schema::{Schema, check_queue_name, migrate};
 
 /// Most jobs one enqueue statement inserts.
@@ -412,24 +414,25 @@ pub(crate) fn pending(
     Ok(row.get(0))
 }
 
-/// A live worker process, as its master last recorded it.
+/// A live child process, as its master last recorded it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkerRow {
+pub struct ChildRow {
     /// Its host.
     pub host: String,
     /// Its pid.
-    pub pid: i32,
+    pub pid: Pid,
     /// Its master's pid.
-    pub master_pid: i32,
+    pub master_pid: Pid,
     /// When it started (seconds since the Unix epoch).
     pub since: f64,
-    /// Tasks it finished.
-    pub tasks: i64,
+    /// Jobs it finished.
+    pub jobs: i64,
 }
 
 /// Records the children of the master `master_pid` on `host`, and forgets
-/// its children that are gone.
-pub(crate) fn record_workers(
+/// its children that are gone. `rows` are (pid, start time in seconds since
+/// the epoch, jobs done).
+pub(crate) fn record_children(
     client: &mut Client,
     schema: &Schema,
     host: &str,
@@ -440,10 +443,10 @@ pub(crate) fn record_workers(
     let s = schema.name();
     let pids: Vec<i32> = rows.iter().map(|r| r.0).collect();
     let since: Vec<f64> = rows.iter().map(|r| r.1).collect();
-    let tasks: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let jobs: Vec<i64> = rows.iter().map(|r| r.2).collect();
     let mut tx = client.transaction()?;
     tx.execute_typed(
-        &format!("DELETE FROM {s}.workers WHERE host = $1 AND master_pid = $2 AND pid <> ALL($3)"),
+        &format!("DELETE FROM {s}.children WHERE host = $1 AND master_pid = $2 AND pid <> ALL($3)"),
         &[
             (&host, Type::TEXT),
             (&master_pid, Type::INT4),
@@ -453,11 +456,11 @@ pub(crate) fn record_workers(
     if !rows.is_empty() {
         tx.execute_typed(
             &format!(
-                "INSERT INTO {s}.workers (host, pid, master_pid, queue, since, tasks)
-                 SELECT $1, p, $2, $3, to_timestamp(t), n FROM unnest($4::int4[], $5::float8[], $6::int8[]) AS w(p, t, n)
+                "INSERT INTO {s}.children (host, pid, master_pid, queue, since, jobs)
+                 SELECT $1, p, $2, $3, to_timestamp(t), n FROM unnest($4::int4[], $5::float8[], $6::int8[]) AS c(p, t, n)
                  ON CONFLICT (host, pid) DO UPDATE
                  SET master_pid = EXCLUDED.master_pid, queue = EXCLUDED.queue, since = EXCLUDED.since,
-                     tasks = EXCLUDED.tasks, seen_at = now()"
+                     jobs = EXCLUDED.jobs, seen_at = now()"
             ),
             &[
                 (&host, Type::TEXT),
@@ -465,39 +468,39 @@ pub(crate) fn record_workers(
                 (&queue, Type::TEXT),
                 (&pids, Type::INT4_ARRAY),
                 (&since, Type::FLOAT8_ARRAY),
-                (&tasks, Type::INT8_ARRAY),
+                (&jobs, Type::INT8_ARRAY),
             ],
         )?;
     }
     tx.commit()
 }
 
-/// Workers whose master recorded them in the last 10 seconds.
+/// Children whose master recorded them in the last 10 seconds.
 ///
 /// # Errors
 ///
 /// The server's error.
-pub fn live_workers(
+pub fn live_children(
     client: &mut Client,
     schema: &Schema,
     queue: &str,
-) -> Result<Vec<WorkerRow>, postgres::Error> {
+) -> Result<Vec<ChildRow>, postgres::Error> {
     let s = schema.name();
     let rows = client.query_typed(
         &format!(
-            "SELECT host, pid, master_pid, extract(epoch FROM since)::float8, tasks FROM {s}.workers
+            "SELECT host, pid, master_pid, extract(epoch FROM since)::float8, jobs FROM {s}.children
              WHERE queue = $1 AND seen_at > now() - interval '10 seconds' ORDER BY host, pid"
         ),
         &[(&queue, Type::TEXT)],
     )?;
     Ok(rows
         .iter()
-        .map(|r| WorkerRow {
+        .map(|r| ChildRow {
             host: r.get(0),
-            pid: r.get(1),
-            master_pid: r.get(2),
+            pid: Pid::from_raw(r.get(1)),
+            master_pid: Pid::from_raw(r.get(2)),
             since: r.get(3),
-            tasks: r.get(4),
+            jobs: r.get(4),
         })
         .collect())
 }

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-use crate::config::Database;
-use crate::registry;
-use crate::socket;
+use super::config::Database;
+use super::registry;
+use super::socket;
 
 /// A `postgres::Client` plus what the registry needs to decide its fate.
 ///
@@ -37,7 +37,6 @@ pub(crate) struct Conn {
 impl Conn {
     /// Opens a connection to `db` for the calling thread.
     pub(crate) fn open(db: Arc<Database>, role: &str) -> Result<Conn, postgres::Error> {
-        crate::fork::install_atfork_handlers();
         let before = socket::snapshot();
         let client = db.connect(role)?;
         let socket_slot = socket::appeared_since(&before).and_then(socket::register);

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use postgres::config::Host;
 
+use super::app_name::application_name;
+use crate::Pid;
+use crate::duration::ParseDurationError;
 use crate::error::Error;
 
 /// How long a connection may be reused, Django's `CONN_MAX_AGE`.
@@ -40,21 +43,19 @@ impl MaxAge {
 }
 
 impl FromStr for MaxAge {
-    type Err = String;
+    type Err = ParseDurationError;
 
-    /// Parses `forever`, or a number of seconds (`0` meaning
-    /// [`MaxAge::EndOfTask`]).
-    fn from_str(s: &str) -> Result<MaxAge, String> {
-        match s.trim() {
-            "forever" | "none" => Ok(MaxAge::Forever),
-            other => match other.parse::<u64>() {
-                Ok(0) => Ok(MaxAge::EndOfTask),
-                Ok(secs) => Ok(MaxAge::After(Duration::from_secs(secs))),
-                Err(_) => Err(format!(
-                    "invalid max age {s:?}: expected a number of seconds or \"forever\""
-                )),
-            },
+    /// Parses `forever`, or a duration in the crate's one grammar
+    /// ([`crate::duration`]: `30m`, `600`), `0` meaning
+    /// [`MaxAge::EndOfTask`].
+    fn from_str(s: &str) -> Result<MaxAge, ParseDurationError> {
+        if s.trim() == "forever" {
+            return Ok(MaxAge::Forever);
         }
+        Ok(match crate::duration::parse(s)? {
+            Duration::ZERO => MaxAge::EndOfTask,
+            age => MaxAge::After(age),
+        })
     }
 }
 
@@ -194,7 +195,7 @@ impl Database {
         let mut pg = self.pg.clone();
         match &self.application_name {
             Some(name) => pg.application_name(name),
-            None => pg.application_name(&format!("prefork:{role}:{}", std::process::id())),
+            None => pg.application_name(&application_name(role, Pid::this())),
         };
         resolve_hosts(&mut pg);
         pg.notice_callback(|notice| {
@@ -250,6 +251,7 @@ mod tests {
         assert_eq!("forever".parse(), Ok(MaxAge::Forever));
         assert_eq!("0".parse(), Ok(MaxAge::EndOfTask));
         assert_eq!("60".parse(), Ok(MaxAge::After(Duration::from_secs(60))));
+        assert_eq!("30m".parse(), Ok(MaxAge::After(Duration::from_secs(1800))));
         assert!("soon".parse::<MaxAge>().is_err());
     }
 

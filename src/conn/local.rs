@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use postgres::Client;
 
-use crate::config::Database;
-use crate::conn::Conn;
+use super::config::Database;
+use super::record::Conn;
+use super::registry::{self, Databases};
 use crate::error::Error;
-use crate::registry::{self, Databases};
 
 struct Local {
     /// The thread's idle connections, at most one per alias.
@@ -38,8 +38,18 @@ impl Drop for Local {
                 conns.len()
             );
         }
-        registry::adopt_orphans(conns);
+        adopt(conns);
     }
+}
+
+/// Hands connections to the registry, which closes them at the next
+/// `close_all`/`close_old` on any thread.
+fn adopt(conns: impl IntoIterator<Item = Conn>) {
+    let orphans = conns
+        .into_iter()
+        .map(|conn| (conn.id(), Box::new(conn) as registry::Orphan))
+        .collect();
+    registry::adopt_orphans(orphans);
 }
 
 thread_local! {
@@ -177,7 +187,7 @@ impl Drop for Lease {
         });
         if returned.is_err() {
             // The thread's slot is being destroyed; never drop a client here.
-            registry::adopt_orphans(conn.into_iter().collect());
+            adopt(conn);
         }
         // A broken connection is closed here, outside the slot's borrow.
     }

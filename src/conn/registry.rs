@@ -11,13 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::ThreadId;
 
-use crate::config::Database;
-use crate::conn::Conn;
+use super::config::Database;
+use super::spin::{SpinGuard, SpinLock};
+use crate::Pid;
 use crate::error::Error;
-use crate::spin::{SpinGuard, SpinLock};
 
 /// The configured databases, "default" (or the first one) first.
 pub(crate) type Databases = Arc<[Arc<Database>]>;
+
+/// A connection whose thread ended without closing it, held without naming
+/// its type: dropping it closes it (or, in a forked child, forgets it).
+pub(crate) type Orphan = Box<dyn Send>;
 
 struct State {
     /// The process these records describe.
@@ -28,7 +32,7 @@ struct State {
     /// Connections whose thread ended without closing them; closed by the
     /// next `close_all`/`close_old` on any thread (never by a thread-local
     /// destructor, which would abort the process).
-    orphans: Vec<Conn>,
+    orphans: Vec<Orphan>,
     next_id: u64,
 }
 
@@ -107,6 +111,12 @@ pub(crate) fn databases() -> Option<Databases> {
     state().databases.clone()
 }
 
+/// Whether [`configure`](crate::configure) has given this process its
+/// databases.
+pub fn is_configured() -> bool {
+    state().databases.is_some()
+}
+
 pub(crate) fn set_role(role: &str) {
     state().role = Some(role.to_owned());
 }
@@ -140,20 +150,21 @@ pub(crate) fn closed(id: u64) {
     }
 }
 
-/// Adopts the connections of a thread that is ending without closing them.
-pub(crate) fn adopt_orphans(conns: Vec<Conn>) {
+/// Adopts the connections, given with their ids, of a thread that is
+/// ending without closing them.
+pub(crate) fn adopt_orphans(conns: Vec<(u64, Orphan)>) {
     let mut state = state();
-    for conn in &conns {
-        if let Some(record) = state.records.iter_mut().find(|r| r.id == conn.id()) {
+    for (id, conn) in conns {
+        if let Some(record) = state.records.iter_mut().find(|r| r.id == id) {
             record.orphaned = true;
         }
+        state.orphans.push(conn);
     }
-    state.orphans.extend(conns);
     ORPHANS.store(state.orphans.len(), Ordering::Release);
 }
 
 /// Takes the orphaned connections, for the caller to close outside the lock.
-pub(crate) fn take_orphans() -> Vec<Conn> {
+pub(crate) fn take_orphans() -> Vec<Orphan> {
     // A stale zero (an orphan adopted a moment ago) only delays its closing
     // to the next call.
     if ORPHANS.load(Ordering::Acquire) == 0 {
@@ -187,10 +198,10 @@ pub(crate) unsafe fn unlock_after_fork() {
 }
 
 /// Open connections in this process, as seen by the registry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
     /// The process the figures describe.
-    pub pid: u32,
+    pub pid: Pid,
     /// Every open connection, on any thread.
     pub open: usize,
     /// Open connections per alias, in configuration order; aliases with none
@@ -244,7 +255,7 @@ pub fn stats() -> Stats {
         }
     }
     Stats {
-        pid: state.pid,
+        pid: Pid::from_raw(state.pid as i32),
         open: state.records.len(),
         by_alias,
         by_thread,

@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::local::close_old;
+use crate::conn::close_old;
 use crate::oneshot;
-use crate::thread::CloseOnExit;
+use thread::CloseOnExit;
+
+pub mod thread;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 

@@ -16,9 +16,9 @@
 //! reference to the parent's sessions: a write goes nowhere, and when the
 //! parent dies the server sees the socket close even while the child lives.
 
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::procfs;
 
 /// More connections than this in one process still work; their sockets are
 /// just not pointed at /dev/null in a child.
@@ -35,18 +35,7 @@ static FORKING_PID: AtomicU32 = AtomicU32::new(0);
 
 /// The sockets open in this process, as (fd, inode) pairs.
 pub(crate) fn snapshot() -> Vec<(i32, u64)> {
-    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| {
-        let entry = entry.ok()?;
-        let fd: i32 = entry.file_name().to_str()?.parse().ok()?;
-        let link = fs::read_link(entry.path()).ok()?;
-        let inode = link.to_str()?.strip_prefix("socket:[")?;
-        let inode = inode.strip_suffix(']')?.parse().ok()?;
-        Some((fd, inode))
-    })
-    .collect()
+    procfs::sockets()
 }
 
 /// The single new server connection since `before`, if there is exactly one.
@@ -64,16 +53,18 @@ pub(crate) fn appeared_since(before: &[(i32, u64)]) -> Option<i32> {
 /// Whether `fd` is connected to an address (TCP, or a Unix socket path or
 /// abstract name), as a server connection is; a socketpair's peer has none.
 fn has_named_peer(fd: i32) -> bool {
-    // SAFETY: all-zero bytes are a valid sockaddr_storage.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `addr` and `len` describe a writable buffer of `len` bytes.
-    let rc = unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &mut len) };
-    rc == 0 && len as usize > std::mem::size_of::<libc::sa_family_t>()
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage, getpeername};
+    match getpeername::<SockaddrStorage>(fd) {
+        Ok(peer) => match peer.as_unix_addr() {
+            Some(unix) => !unix.is_unnamed(),
+            None => peer.family().is_some(),
+        },
+        Err(_) => false,
+    }
 }
 
 fn still_same(fd: i32, inode: u64) -> bool {
-    fs::metadata(format!("/proc/self/fd/{fd}")).is_ok_and(|m| m.ino() == inode)
+    procfs::fd_inode(fd) == Some(inode)
 }
 
 fn pack(pid: u32, fd: i32) -> u64 {

@@ -11,7 +11,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::thread::JoinHandle;
 
-use crate::local::close_all;
+use crate::conn::close_all;
 
 /// Closes the calling thread's connections when dropped, on return and on
 /// panic alike.

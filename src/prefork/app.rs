@@ -1,0 +1,108 @@
+//! What a fleet runs: the [`App`] trait and what the master tells it.
+
+use std::time::SystemTime;
+
+use super::worker::{Waker, Worker};
+use crate::Pid;
+
+/// An error an app reports from [`App::init_child`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the children of a [`Prefork`](super::Prefork) fleet do.
+///
+/// The master holds one instance and each child gets a copy of it through
+/// `fork()`, so anything the app set up before
+/// [`Prefork::run`](super::Prefork::run) (a bound listener, a parsed
+/// configuration) is shared by all children. Do not open database
+/// connections or start threads before `run`: the fork guard refuses to
+/// fork a process with either.
+pub trait App: Send + Sync + 'static {
+    /// Runs once in each child, after the fork and before its workers start.
+    ///
+    /// # Errors
+    ///
+    /// An error is logged and the child exits; the master counts it as a
+    /// child that died young and restarts it with backoff.
+    fn init_child(&self, child: &ChildInfo) -> Result<(), BoxError> {
+        let _ = child;
+        Ok(())
+    }
+
+    /// Runs in the master after children died abruptly (killed, crashed, or
+    /// stopped fast), with their pids, once their leftover backends have
+    /// been ended. A job queue requeues their claimed jobs here.
+    ///
+    /// It may use the database: the master's connections are closed again
+    /// before its next fork.
+    fn children_lost(&self, pids: &[Pid]) {
+        let _ = pids;
+    }
+
+    /// Runs in the master on every turn of its loop (at least every 100 ms)
+    /// with the children's status, for accounting: a job queue records its
+    /// live children and samples its backends here. Keep it quick; any
+    /// database use is closed again before the master's next fork.
+    fn master_tick(&self, children: &[ChildStatus]) {
+        let _ = children;
+    }
+
+    /// The body of each worker thread: take work until
+    /// [`Worker::stopping`], running each job in [`Worker::job`] (or a
+    /// batch of jobs in [`Worker::jobs`]).
+    ///
+    /// Returning (or panicking) before the child is told to stop is treated
+    /// as a fault: the child stops and the master replaces it.
+    fn run_worker(&self, worker: &Worker);
+}
+
+/// A child as the master sees it, for [`App::master_tick`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildStatus {
+    /// The slot number, from 1.
+    pub index: usize,
+    /// The child's pid.
+    pub pid: Pid,
+    /// When it was forked.
+    pub started: SystemTime,
+    /// Whether it reported ready.
+    pub ready: bool,
+    /// Jobs it finished.
+    pub jobs: u64,
+}
+
+/// What a fleet did, returned by [`Prefork::run`](super::Prefork::run) once
+/// it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Children forked, replacements included.
+    pub started: u64,
+    /// Children that died without being asked to stop (killed, crashed,
+    /// stuck or hung at boot) and were replaced.
+    pub restarts: u64,
+}
+
+/// About the child an [`App::init_child`] runs in.
+#[derive(Debug, Clone)]
+pub struct ChildInfo {
+    pub(super) index: usize,
+    pub(super) threads: usize,
+    pub(super) waker: Waker,
+}
+
+impl ChildInfo {
+    /// The child's slot number, 1-based (`prefork: child 3`).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// How many worker threads the child runs.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Wakes the child's workers out of [`Worker::wait`]; for a thread the
+    /// app starts itself (a LISTEN connection, an acceptor).
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+}

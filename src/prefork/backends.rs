@@ -1,0 +1,53 @@
+//! The master's database duties: checking, before it starts, that the fleet
+//! fits in the server's free connection slots, and ending the backends that
+//! children which died abruptly left behind.
+//!
+//! Both use the master's own connection and close it again at once: the
+//! master forks next, and the fork guard refuses with a connection open.
+
+use postgres::types::Type;
+
+use super::builder::Settings;
+use super::error::PreforkError;
+use crate::{Pid, application_name};
+
+/// Warns (or with `strict`, refuses) when the fleet's connections cannot
+/// fit in the server's free slots.
+pub(super) fn check_slots(settings: &Settings) -> Result<(), PreforkError> {
+    let free = crate::with_client(|c| {
+        let row = c.query_typed_one(
+            "SELECT current_setting('max_connections')::int8 \
+                  - current_setting('superuser_reserved_connections')::int8 \
+                  - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
+                  + 1",
+            &[],
+        )?;
+        Ok(row.get::<_, i64>(0))
+    });
+    crate::close_all();
+    let free = free.map_err(PreforkError::Database)?;
+    let needed = (settings.procs * settings.threads + 1) as i64;
+    if needed > free {
+        if settings.strict {
+            return Err(PreforkError::NotEnoughSlots { needed, free });
+        }
+        log::warn!("{}", PreforkError::NotEnoughSlots { needed, free });
+    }
+    Ok(())
+}
+
+/// Ends the backends of the children `pids`, so that no lock holder of a
+/// dead child lingers "idle in transaction"; returns how many it ended.
+pub(super) fn end_leftovers(pids: &[Pid]) -> Result<usize, crate::Error> {
+    let names: Vec<String> = pids.iter().map(|p| application_name("child", *p)).collect();
+    let ended = crate::with_client(|c| {
+        let rows = c.query_typed(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = ANY($1) AND pid <> pg_backend_pid()",
+            &[(&names, Type::TEXT_ARRAY)],
+        )?;
+        Ok(rows.len())
+    });
+    crate::close_all();
+    ended
+}

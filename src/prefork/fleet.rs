@@ -1,0 +1,959 @@
+//! The master's decisions: which child to start, stop, kill or replace, and
+//! when. No system call is made here: forking, signalling and reading
+//! memory go through [`Effects`], and the time comes in as [`Now`], so the
+//! rules are tested without forking, on a clock of the tests' own.
+//!
+//! Children live in numbered slots (`prefork: child 3`). A slot whose child
+//! dies is refilled at once the first time and with growing delays while
+//! its children keep dying young (see `backoff`). Recycling (HUP, max
+//! requests, max lifetime, memory) marks a child as retiring; one retiring
+//! child at a time gets a replacement in the same slot, and only once the
+//! replacement is ready is the old child told to stop, so capacity never
+//! drops.
+
+use std::io;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+
+use super::app::{ChildStatus, Report};
+use super::backoff::{Backoff, YOUNG};
+use super::board::SharedBoard;
+use super::builder::{Settings, stuck_after};
+use super::error::PreforkError;
+use crate::Pid;
+
+/// The master's turn of its loop never sleeps longer than this, so
+/// deadlines are checked even when nothing happens.
+pub(super) const TICK: Duration = Duration::from_millis(100);
+
+/// The time, on both clocks the master reads: `at` for its own deadlines,
+/// `mono` (CLOCK_MONOTONIC nanoseconds) for the scoreboards the children
+/// write.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Now {
+    pub(super) at: Instant,
+    pub(super) mono: u64,
+}
+
+impl Now {
+    pub(super) fn read() -> Now {
+        Now {
+            at: Instant::now(),
+            mono: super::board::monotonic_nanos(),
+        }
+    }
+}
+
+/// What the fleet asks of the system.
+pub(super) trait Effects {
+    /// Forks a child for slot `index`.
+    fn spawn(&mut self, index: usize) -> Result<SharedBoardPid, SpawnError>;
+    /// Sends `signal` to the child `pid`.
+    fn signal(&mut self, pid: Pid, signal: Signal);
+    /// The child's resident memory in bytes.
+    fn resident_bytes(&mut self, pid: Pid) -> Option<u64>;
+}
+
+/// A new child: its pid and its scoreboard.
+pub(super) type SharedBoardPid = (Pid, SharedBoard);
+
+/// Why a child could not be started.
+pub(super) enum SpawnError {
+    /// The system is out of processes or memory: try the slot again later.
+    Retry(io::Error),
+    /// The fork guard refused (threads or connections in the master).
+    Fatal(PreforkError),
+}
+
+struct Child {
+    index: usize,
+    pid: Pid,
+    board: SharedBoard,
+    born: Instant,
+    born_at: SystemTime,
+    ready_at: Option<Instant>,
+    /// Set once the master told it to stop (TERM) or killed it.
+    stop: Option<Stop>,
+    /// Why it should be replaced, if it should.
+    retire: Option<&'static str>,
+    /// The retiring child this one replaces, until it is ready.
+    replaces: Option<Pid>,
+    /// Killed for a fault (boot timeout, stuck job): its death counts.
+    faulted: bool,
+    max_requests: Option<u64>,
+    max_lifetime: Option<Duration>,
+}
+
+#[derive(Clone, Copy)]
+struct Stop {
+    since: Instant,
+    /// Told to stop at once (QUIT) or killed: it did not close its own
+    /// connections.
+    abrupt: bool,
+    killed: bool,
+}
+
+impl Child {
+    /// Serving or booting as a regular member of its slot.
+    fn active(&self) -> bool {
+        self.stop.is_none() && self.replaces.is_none()
+    }
+
+    fn state(&self) -> &'static str {
+        match (self.stop, self.ready_at, self.retire) {
+            (Some(_), _, _) => "stopping",
+            (None, None, _) => "booting",
+            (None, Some(_), Some(_)) => "retiring",
+            (None, Some(_), None) => "ready",
+        }
+    }
+
+    /// Signals the child and records that it was told to stop. A child that
+    /// has already exited but is not yet reaped is still a zombie with this
+    /// pid, so the pid cannot have been reused: the signal cannot hit a
+    /// stranger.
+    fn tell(&mut self, fx: &mut impl Effects, signal: Signal, now: Instant) {
+        fx.signal(self.pid, signal);
+        let killed = signal == Signal::SIGKILL;
+        let abrupt = signal != Signal::SIGTERM;
+        match &mut self.stop {
+            Some(stop) => {
+                stop.killed |= killed;
+                stop.abrupt |= abrupt;
+            }
+            None => {
+                self.stop = Some(Stop {
+                    since: now,
+                    abrupt,
+                    killed,
+                })
+            }
+        }
+    }
+}
+
+struct Slot {
+    backoff: Backoff,
+    next_start: Instant,
+}
+
+enum Phase {
+    Running,
+    Stopping { fast: bool },
+}
+
+/// The fleet as the master sees it, and every rule it follows.
+pub(super) struct Fleet {
+    settings: Settings,
+    children: Vec<Child>,
+    slots: Vec<Slot>,
+    target: usize,
+    phase: Phase,
+    /// Children that died abruptly, whose backends must be ended, and since
+    /// when.
+    leftovers: Vec<(Pid, Instant)>,
+    outcome: Result<(), PreforkError>,
+    pub(super) report: Report,
+}
+
+impl Fleet {
+    pub(super) fn new(settings: Settings) -> Fleet {
+        Fleet {
+            target: settings.procs,
+            settings,
+            children: Vec::new(),
+            slots: Vec::new(),
+            phase: Phase::Running,
+            leftovers: Vec::new(),
+            outcome: Ok(()),
+            report: Report::default(),
+        }
+    }
+
+    /// Whether the fleet was told to stop and every child is gone.
+    pub(super) fn finished(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { .. }) && self.children.is_empty()
+    }
+
+    /// How the run ended: `Ok`, or the error that stopped it.
+    pub(super) fn take_outcome(&mut self) -> Result<(), PreforkError> {
+        std::mem::replace(&mut self.outcome, Ok(()))
+    }
+
+    /// One turn of the rules: deadlines, then (while running) recycling
+    /// and the fleet's shape.
+    pub(super) fn turn(&mut self, now: Now, fx: &mut impl Effects) {
+        self.check_deadlines(now, fx);
+        if let Phase::Running = self.phase {
+            self.check_recycling(now, fx);
+            if let Err(e) = self.shape(now.at, fx) {
+                // The fork guard refused (the app started a thread in the
+                // master). Returning now would leave the children to
+                // PDEATHSIG, unreaped and with their backends unchecked:
+                // stop them like a TERM would, and report the error once
+                // they are gone.
+                log::error!("{e}; stopping the fleet");
+                if self.outcome.is_ok() {
+                    self.outcome = Err(e);
+                }
+                self.stop(false, now.at, fx);
+            }
+        }
+    }
+
+    /// A child was reaped. Returns `false` for a pid that is not one of
+    /// the fleet's children (a stranger the master reaped).
+    pub(super) fn on_exit(
+        &mut self,
+        status: WaitStatus,
+        now: Instant,
+        fx: &mut impl Effects,
+    ) -> bool {
+        let (pid, clean) = match status {
+            WaitStatus::Exited(pid, code) => (pid, code == 0),
+            WaitStatus::Signaled(pid, _, _) => (pid, false),
+            _ => return true, // stopped or continued: not an exit
+        };
+        let Some(i) = self.children.iter().position(|c| c.pid == pid) else {
+            return false;
+        };
+        let child = self.children.swap_remove(i);
+        let how = describe(&status);
+        let lifetime = now.saturating_duration_since(child.born);
+        let requested = child.stop.is_some() && !child.faulted;
+        // Only a clean exit after a graceful stop means the child closed its
+        // connections; after anything else a backend may still be busy (a
+        // killed child's socket closes, but the server notices only when
+        // the running statement ends).
+        if !(clean && child.stop.is_some_and(|s| !s.abrupt)) {
+            self.leftovers.push((child.pid, now));
+        }
+        if requested {
+            log::info!(
+                "child {} (pid {}) stopped: {how} after {lifetime:.1?}",
+                child.index,
+                child.pid
+            );
+            return true;
+        }
+        log::warn!(
+            "child {} (pid {}) died: {how} after {lifetime:.1?}",
+            child.index,
+            child.pid
+        );
+        self.report.restarts += 1;
+        let Some(slot) = self.slots.get_mut(child.index - 1) else {
+            return true;
+        };
+        let did_work = child.board.jobs() > 0;
+        let delay = slot.backoff.on_death(
+            lifetime,
+            child.ready_at.is_some() && !child.faulted,
+            did_work,
+        );
+        slot.next_start = now + delay;
+        let deaths = slot.backoff.young_deaths;
+        if !delay.is_zero() {
+            log::warn!(
+                "child {} respawning too fast: {deaths} young deaths in a row; next start in {delay:.1?}",
+                child.index
+            );
+        }
+        if let Some(limit) = self.settings.crash_limit {
+            if deaths >= limit && self.outcome.is_ok() {
+                log::error!(
+                    "child {} reached the crash limit ({limit}); stopping",
+                    child.index
+                );
+                self.outcome = Err(PreforkError::CrashLimit {
+                    index: child.index,
+                    deaths,
+                });
+                self.stop(true, now, fx);
+            }
+        }
+        true
+    }
+
+    /// The child `pid` reported ready. If it replaces a retiring child,
+    /// that one is told to stop now.
+    pub(super) fn on_ready(&mut self, pid: Pid, now: Instant, fx: &mut impl Effects) {
+        let Some(child) = self.children.iter_mut().find(|c| c.pid == pid) else {
+            return;
+        };
+        child.ready_at = Some(now);
+        log::info!(
+            "child {} (pid {}) ready in {:.1?}",
+            child.index,
+            child.pid,
+            now.saturating_duration_since(child.born)
+        );
+        let Some(old) = child.replaces.take() else {
+            return;
+        };
+        if let Some(old) = self.children.iter_mut().find(|c| c.pid == old) {
+            if old.stop.is_none() {
+                log::info!(
+                    "child {} (pid {}) replaced ({}); stopping",
+                    old.index,
+                    old.pid,
+                    old.retire.unwrap_or("reload")
+                );
+                old.tell(fx, Signal::SIGTERM, now);
+            }
+        }
+    }
+
+    /// What a signal to the master means for the fleet.
+    pub(super) fn on_signal(&mut self, signal: Signal, now: Instant, fx: &mut impl Effects) {
+        match signal {
+            Signal::SIGCHLD => {} // the loop reaps on every wake-up
+            Signal::SIGTERM | Signal::SIGINT => match self.phase {
+                Phase::Running => {
+                    log::info!("{signal}: graceful stop");
+                    self.stop(false, now, fx);
+                }
+                Phase::Stopping { .. } => log::info!("{signal}: already stopping"),
+            },
+            Signal::SIGQUIT => match self.phase {
+                Phase::Stopping { fast: true } => {}
+                _ => {
+                    log::info!("SIGQUIT: fast stop");
+                    self.stop(true, now, fx);
+                }
+            },
+            Signal::SIGHUP if matches!(self.phase, Phase::Running) => {
+                log::info!("SIGHUP: rolling reload of {} children", self.children.len());
+                for child in self.children.iter_mut().filter(|c| c.active()) {
+                    child.retire.get_or_insert("reload");
+                }
+            }
+            Signal::SIGTTIN if matches!(self.phase, Phase::Running) => {
+                self.target += 1;
+                log::info!("SIGTTIN: {} children", self.target);
+            }
+            Signal::SIGTTOU if matches!(self.phase, Phase::Running) => {
+                if self.target > 1 {
+                    self.target -= 1;
+                }
+                log::info!("SIGTTOU: {} children", self.target);
+            }
+            Signal::SIGUSR1 => self.log_status(now),
+            _ => {}
+        }
+    }
+
+    /// Tells every child to stop: TERM (finish the jobs at hand) or, when
+    /// `fast`, QUIT and a SIGKILL at the next turn.
+    pub(super) fn stop(&mut self, fast: bool, now: Instant, fx: &mut impl Effects) {
+        self.phase = Phase::Stopping { fast };
+        let signal = if fast {
+            Signal::SIGQUIT
+        } else {
+            Signal::SIGTERM
+        };
+        for child in &mut self.children {
+            if fast || child.stop.is_none() {
+                child.tell(fx, signal, now);
+            }
+            if fast {
+                // A fast stop waits for nobody: SIGKILL at the next check.
+                if let Some(stop) = child.stop.as_mut() {
+                    stop.since = now
+                        .checked_sub(self.settings.graceful_timeout)
+                        .unwrap_or(stop.since);
+                }
+            }
+        }
+    }
+
+    /// Boot timeouts, stuck jobs, and stopping children that overstay.
+    fn check_deadlines(&mut self, now: Now, fx: &mut impl Effects) {
+        let settings = &self.settings;
+        for child in &mut self.children {
+            match child.stop {
+                Some(stop) if !stop.killed => {
+                    if now.at.saturating_duration_since(stop.since) >= settings.graceful_timeout {
+                        log::warn!(
+                            "child {} (pid {}) still running after the graceful timeout; killing",
+                            child.index,
+                            child.pid
+                        );
+                        child.tell(fx, Signal::SIGKILL, now.at);
+                    }
+                }
+                Some(_) => {}
+                None if child.ready_at.is_none() => {
+                    if now.at.saturating_duration_since(child.born) >= settings.boot_timeout {
+                        log::warn!(
+                            "child {} (pid {}) not ready after {:?} (boot timeout); killing",
+                            child.index,
+                            child.pid,
+                            settings.boot_timeout
+                        );
+                        child.faulted = true;
+                        child.tell(fx, Signal::SIGKILL, now.at);
+                    }
+                }
+                None => {
+                    let Some(timeout) = settings.timeout else {
+                        continue;
+                    };
+                    let Some(busy) = child.board.longest_busy(settings.threads, now.mono) else {
+                        continue;
+                    };
+                    if busy.elapsed() >= stuck_after(timeout, busy.budget) {
+                        log::warn!(
+                            "child {} (pid {}) worker {} stuck in {:?} for {:.1?} (timeout {timeout:?}); killing",
+                            child.index,
+                            child.pid,
+                            busy.worker,
+                            busy.label,
+                            busy.elapsed()
+                        );
+                        child.faulted = true;
+                        child.tell(fx, Signal::SIGKILL, now.at);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks children for replacement by job count, age or memory.
+    fn check_recycling(&mut self, now: Now, fx: &mut impl Effects) {
+        let rss_limit = self.settings.reload_on_rss.map(|mb| mb * 1024 * 1024);
+        for child in &mut self.children {
+            if child.stop.is_some() || child.ready_at.is_none() {
+                continue;
+            }
+            // A child that has lived long enough, or finished a job, clears
+            // its slot's record of young deaths.
+            let jobs = child.board.jobs();
+            let age = now.at.saturating_duration_since(child.born);
+            if age >= YOUNG || jobs > 0 {
+                if let Some(slot) = self.slots.get_mut(child.index - 1) {
+                    slot.backoff.reset();
+                }
+            }
+            if child.replaces.is_some() || child.retire.is_some() {
+                continue;
+            }
+            child.retire = if child.max_requests.is_some_and(|max| jobs >= max) {
+                Some("max requests")
+            } else if child.max_lifetime.is_some_and(|max| age >= max) {
+                Some("max lifetime")
+            } else if rss_limit
+                .is_some_and(|limit| fx.resident_bytes(child.pid).is_some_and(|r| r >= limit))
+            {
+                Some("memory over reload-on-rss")
+            } else {
+                None
+            };
+            if let Some(reason) = child.retire {
+                log::info!(
+                    "child {} (pid {}) will be recycled: {reason} ({jobs} jobs)",
+                    child.index,
+                    child.pid
+                );
+            }
+        }
+    }
+
+    /// Starts and stops children until every slot up to the target has one
+    /// active child and at most one retiring child is being replaced.
+    fn shape(&mut self, now: Instant, fx: &mut impl Effects) -> Result<(), PreforkError> {
+        while self.slots.len() < self.target {
+            self.slots.push(Slot {
+                backoff: Backoff::default(),
+                next_start: now,
+            });
+        }
+        // Slots above the target (after TTOU): stop their children.
+        for child in &mut self.children {
+            if child.index > self.target && child.stop.is_none() {
+                log::info!(
+                    "child {} (pid {}): fleet shrinks; stopping",
+                    child.index,
+                    child.pid
+                );
+                child.tell(fx, Signal::SIGTERM, now);
+            }
+        }
+        // Empty slots: start a child once the slot's backoff allows.
+        for index in 1..=self.target {
+            let filled = self.children.iter().any(|c| c.index == index && c.active());
+            if !filled && self.slots[index - 1].next_start <= now {
+                self.spawn(index, None, now, fx)?;
+            }
+        }
+        // One replacement at a time for retiring children, oldest first.
+        let replacing = self.children.iter().any(|c| c.replaces.is_some());
+        if !replacing {
+            let oldest = self
+                .children
+                .iter()
+                .filter(|c| c.active() && c.retire.is_some() && c.ready_at.is_some())
+                .min_by_key(|c| c.born)
+                .map(|c| (c.index, c.pid));
+            if let Some((index, old)) = oldest {
+                self.spawn(index, Some(old), now, fx)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(
+        &mut self,
+        index: usize,
+        replaces: Option<Pid>,
+        now: Instant,
+        fx: &mut impl Effects,
+    ) -> Result<(), PreforkError> {
+        let (pid, board) = match fx.spawn(index) {
+            Ok(spawned) => spawned,
+            Err(SpawnError::Retry(e)) => {
+                log::error!("fork failed: {e}; retrying child {index} in 1 s");
+                if let Some(slot) = self.slots.get_mut(index - 1) {
+                    slot.next_start = now + Duration::from_secs(1);
+                }
+                return Ok(());
+            }
+            Err(SpawnError::Fatal(e)) => return Err(e),
+        };
+        log::info!(
+            "child {index} started: pid {pid}{}",
+            replaces.map_or(String::new(), |old| format!(" (replacing pid {old})"))
+        );
+        self.report.started += 1;
+        let settings = &self.settings;
+        let max_requests = settings
+            .max_requests
+            .map(|max| max + jitter(settings.max_requests_jitter));
+        let max_lifetime = settings.max_lifetime.map(|max| {
+            let jitter_ms = jitter(settings.max_lifetime_jitter.as_millis() as u64);
+            max + Duration::from_millis(jitter_ms)
+        });
+        self.children.push(Child {
+            index,
+            pid,
+            board,
+            born: now,
+            born_at: SystemTime::now(),
+            ready_at: None,
+            stop: None,
+            retire: None,
+            replaces,
+            faulted: false,
+            max_requests,
+            max_lifetime,
+        });
+        Ok(())
+    }
+
+    /// How long the loop may sleep: until the next tick, or sooner if an
+    /// empty slot's backoff ends first.
+    pub(super) fn sleep_for(&self, now: Instant) -> Duration {
+        let mut timeout = TICK;
+        if let Phase::Running = self.phase {
+            for (i, slot) in self.slots.iter().enumerate().take(self.target) {
+                let empty = !self.children.iter().any(|c| c.index == i + 1 && c.active());
+                if empty {
+                    timeout = timeout.min(slot.next_start.saturating_duration_since(now));
+                }
+            }
+        }
+        timeout
+    }
+
+    /// The children that died abruptly, if their backends are to be ended
+    /// now. Not while a replacement boots (up to 100 ms): the master's
+    /// connect and query would compete with it for the CPU and delay the
+    /// respawn. Everything once the fleet has stopped.
+    pub(super) fn take_leftovers(&mut self, now: Instant) -> Vec<Pid> {
+        let Some(&(_, oldest)) = self.leftovers.first() else {
+            return Vec::new();
+        };
+        let booting = self
+            .children
+            .iter()
+            .any(|c| c.ready_at.is_none() && c.stop.is_none());
+        if booting && !self.finished() && now.saturating_duration_since(oldest) < TICK {
+            return Vec::new();
+        }
+        self.leftovers.drain(..).map(|(pid, _)| pid).collect()
+    }
+
+    /// The children's status, for [`App::master_tick`](super::App::master_tick).
+    pub(super) fn statuses(&self) -> Vec<ChildStatus> {
+        self.children
+            .iter()
+            .map(|c| ChildStatus {
+                index: c.index,
+                pid: c.pid,
+                started: c.born_at,
+                ready: c.ready_at.is_some(),
+                jobs: c.board.jobs(),
+            })
+            .collect()
+    }
+
+    fn log_status(&self, now: Instant) {
+        log::info!(
+            "master {}: {} children (target {})",
+            Pid::this(),
+            self.children.len(),
+            self.target
+        );
+        for c in &self.children {
+            log::info!(
+                "child {} pid {} {} age {:.1?} jobs {} open connections {}",
+                c.index,
+                c.pid,
+                c.state(),
+                now.saturating_duration_since(c.born),
+                c.board.jobs(),
+                c.board
+                    .open_connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+    }
+}
+
+/// A random extra of 0 to `max`, so that children do not all recycle at
+/// once.
+fn jitter(max: u64) -> u64 {
+    if max == 0 { 0 } else { fastrand::u64(0..=max) }
+}
+
+fn describe(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, signal, _) => format!("killed by {signal}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules on a clock of the tests' own: no fork, no sleep. The fake
+    //! system logs what the fleet asked of it.
+
+    use super::*;
+    use crate::prefork::Prefork;
+
+    #[derive(Default)]
+    struct Fake {
+        next_pid: i32,
+        log: Vec<String>,
+        /// Resident bytes reported for every child.
+        rss: Option<u64>,
+        /// Fail the next spawns with a retryable error.
+        refuse: usize,
+    }
+
+    impl Effects for Fake {
+        fn spawn(&mut self, index: usize) -> Result<SharedBoardPid, SpawnError> {
+            if self.refuse > 0 {
+                self.refuse -= 1;
+                self.log.push(format!("refused {index}"));
+                return Err(SpawnError::Retry(io::Error::from_raw_os_error(
+                    libc::EAGAIN,
+                )));
+            }
+            self.next_pid += 1;
+            let pid = Pid::from_raw(100 + self.next_pid);
+            self.log.push(format!("spawn {index} -> {pid}"));
+            Ok((pid, SharedBoard::new().unwrap()))
+        }
+        fn signal(&mut self, pid: Pid, signal: Signal) {
+            self.log.push(format!("{signal} {pid}"));
+        }
+        fn resident_bytes(&mut self, _: Pid) -> Option<u64> {
+            self.rss
+        }
+    }
+
+    impl Fake {
+        fn take(&mut self) -> Vec<String> {
+            std::mem::take(&mut self.log)
+        }
+    }
+
+    /// A clock that only moves when told.
+    struct Clock {
+        base: Instant,
+        offset: Duration,
+    }
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock {
+                base: Instant::now(),
+                offset: Duration::ZERO,
+            }
+        }
+        fn now(&self) -> Now {
+            Now {
+                at: self.base + self.offset,
+                mono: 1_000_000_000 + self.offset.as_nanos() as u64,
+            }
+        }
+        fn advance(&mut self, by: Duration) -> Now {
+            self.offset += by;
+            self.now()
+        }
+    }
+
+    fn fleet(build: impl FnOnce(Prefork) -> Prefork) -> Fleet {
+        Fleet::new(build(Prefork::new().procs(2).threads(2)).settings)
+    }
+
+    fn pid(n: i32) -> Pid {
+        Pid::from_raw(100 + n)
+    }
+
+    /// Starts the fleet and reports every child ready.
+    fn boot(fleet: &mut Fleet, fx: &mut Fake, clock: &Clock) {
+        fleet.turn(clock.now(), fx);
+        let pids: Vec<Pid> = fleet.children.iter().map(|c| c.pid).collect();
+        for p in pids {
+            fleet.on_ready(p, clock.now().at, fx);
+        }
+        fx.take();
+    }
+
+    #[test]
+    fn fills_every_slot_then_refills_a_dead_child_at_once_then_with_backoff() {
+        let (mut fx, clock) = (Fake::default(), Clock::new());
+        let mut fleet = fleet(|p| p);
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fx.take(), ["spawn 1 -> 101", "spawn 2 -> 102"]);
+        // Slot 1's child dies before it is ready: refilled at once ...
+        let dead = WaitStatus::Exited(pid(1), 1);
+        assert!(fleet.on_exit(dead, clock.now().at, &mut fx));
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fx.take(), ["spawn 1 -> 103"]);
+        // ... then, dying young again, after 100 ms, then 200 ms.
+        fleet.on_exit(WaitStatus::Exited(pid(3), 1), clock.now().at, &mut fx);
+        fleet.turn(clock.now(), &mut fx);
+        assert!(fx.take().is_empty());
+        assert_eq!(fleet.sleep_for(clock.now().at), Duration::from_millis(100));
+        let mut clock = clock;
+        fleet.turn(clock.advance(Duration::from_millis(100)), &mut fx);
+        assert_eq!(fx.take(), ["spawn 1 -> 104"]);
+        fleet.on_exit(WaitStatus::Exited(pid(4), 1), clock.now().at, &mut fx);
+        fleet.turn(clock.advance(Duration::from_millis(150)), &mut fx);
+        assert!(fx.take().is_empty());
+        fleet.turn(clock.advance(Duration::from_millis(50)), &mut fx);
+        assert_eq!(fx.take(), ["spawn 1 -> 105"]);
+        assert_eq!(fleet.report.restarts, 3);
+        // A pid that is not a child is a stranger.
+        assert!(!fleet.on_exit(WaitStatus::Exited(pid(99), 0), clock.now().at, &mut fx));
+    }
+
+    #[test]
+    fn a_failed_fork_retries_the_slot_a_second_later() {
+        let (mut fx, mut clock) = (Fake::default(), Clock::new());
+        fx.refuse = 1;
+        let mut fleet = fleet(|p| p.procs(1));
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fx.take(), ["refused 1"]);
+        fleet.turn(clock.advance(Duration::from_millis(999)), &mut fx);
+        assert!(fx.take().is_empty());
+        fleet.turn(clock.advance(Duration::from_millis(1)), &mut fx);
+        assert_eq!(fx.take(), ["spawn 1 -> 101"]);
+    }
+
+    #[test]
+    fn deadlines_boot_stuck_and_graceful() {
+        let (mut fx, mut clock) = (Fake::default(), Clock::new());
+        let mut fleet = fleet(|p| {
+            p.boot_timeout(Duration::from_secs(5))
+                .timeout(Some(Duration::from_secs(1)))
+                .graceful_timeout(Duration::from_secs(3))
+        });
+        fleet.turn(clock.now(), &mut fx);
+        fleet.on_ready(pid(1), clock.now().at, &mut fx);
+        fx.take();
+        // Child 2 never reports ready: killed at the boot timeout.
+        fleet.turn(clock.advance(Duration::from_millis(4999)), &mut fx);
+        assert!(fx.take().is_empty());
+        fleet.turn(clock.advance(Duration::from_millis(1)), &mut fx);
+        // A killed child no longer fills its slot: the replacement starts
+        // at once, while the killed one dies.
+        assert_eq!(fx.take(), ["SIGKILL 102", "spawn 2 -> 103"]);
+        fleet.on_ready(pid(3), clock.now().at, &mut fx);
+        // Child 1's worker 1 starts a batch of 3 jobs: it may take 3
+        // timeouts, and the master kills it at twice that.
+        let start = clock.now().mono;
+        fleet.children[0].board.begin_at(1, "jobs 1..3", 3, start);
+        fleet.turn(clock.advance(Duration::from_millis(5999)), &mut fx);
+        assert!(fx.take().is_empty());
+        fleet.turn(clock.advance(Duration::from_millis(1)), &mut fx);
+        assert_eq!(fx.take(), ["SIGKILL 101", "spawn 1 -> 104"]);
+        // Both deaths were faults: both slots count a young death.
+        let now = clock.now().at;
+        fleet.on_exit(
+            WaitStatus::Signaled(pid(2), Signal::SIGKILL, false),
+            now,
+            &mut fx,
+        );
+        fleet.on_exit(
+            WaitStatus::Signaled(pid(1), Signal::SIGKILL, false),
+            now,
+            &mut fx,
+        );
+        assert_eq!(fleet.report.restarts, 2);
+        // A graceful stop: TERM, then SIGKILL at the graceful timeout.
+        fleet.turn(clock.now(), &mut fx);
+        assert!(fx.take().is_empty(), "both slots are filled already");
+        fleet.on_signal(Signal::SIGTERM, clock.now().at, &mut fx);
+        assert_eq!(fx.take(), ["SIGTERM 103", "SIGTERM 104"]);
+        fleet.turn(clock.advance(Duration::from_millis(2999)), &mut fx);
+        assert!(fx.take().is_empty());
+        fleet.turn(clock.advance(Duration::from_millis(1)), &mut fx);
+        assert_eq!(fx.take(), ["SIGKILL 103", "SIGKILL 104"]);
+        assert!(!fleet.finished());
+        let now = clock.now().at;
+        fleet.on_exit(
+            WaitStatus::Signaled(pid(3), Signal::SIGKILL, false),
+            now,
+            &mut fx,
+        );
+        fleet.on_exit(WaitStatus::Exited(pid(4), 0), now, &mut fx);
+        assert!(fleet.finished());
+        // Requested stops are not restarts. Every one of these children was
+        // killed (an exit status of 0 after SIGKILL was sent proves
+        // nothing), so each one's backends are ended.
+        assert_eq!(fleet.report.restarts, 2);
+        assert_eq!(fleet.take_leftovers(now), [pid(2), pid(1), pid(3), pid(4)]);
+    }
+
+    #[test]
+    fn hup_replaces_one_child_at_a_time_oldest_first_each_new_one_ready_first() {
+        let (mut fx, mut clock) = (Fake::default(), Clock::new());
+        let mut fleet = fleet(|p| p.procs(3));
+        fleet.turn(clock.now(), &mut fx);
+        for n in [2, 1, 3] {
+            // Ready in another order than forked: age decides, not readiness.
+            fleet.on_ready(pid(n), clock.advance(Duration::from_millis(10)).at, &mut fx);
+        }
+        fx.take();
+        fleet.on_signal(Signal::SIGHUP, clock.now().at, &mut fx);
+        let mut order = Vec::new();
+        for round in 0..3 {
+            fleet.turn(clock.now(), &mut fx);
+            let log = fx.take();
+            assert_eq!(log.len(), 1, "one replacement at a time: {log:?}");
+            order.push(log[0].clone());
+            // Nothing else starts or stops until the replacement is ready.
+            fleet.turn(clock.advance(Duration::from_millis(50)), &mut fx);
+            assert!(fx.take().is_empty());
+            let new = pid(4 + round);
+            fleet.on_ready(new, clock.now().at, &mut fx);
+            assert_eq!(fx.take(), [format!("SIGTERM {}", pid(1 + round))]);
+            let old = WaitStatus::Exited(pid(1 + round), 0);
+            fleet.on_exit(old, clock.now().at, &mut fx);
+        }
+        assert_eq!(
+            order,
+            ["spawn 1 -> 104", "spawn 2 -> 105", "spawn 3 -> 106"]
+        );
+        fleet.turn(clock.advance(Duration::from_secs(1)), &mut fx);
+        assert!(fx.take().is_empty());
+        assert_eq!(fleet.report.restarts, 0);
+        assert!(fleet.take_leftovers(clock.now().at).is_empty());
+    }
+
+    #[test]
+    fn recycling_by_jobs_lifetime_and_memory() {
+        let (mut fx, mut clock) = (Fake::default(), Clock::new());
+        let mut fleet = fleet(|p| {
+            p.procs(1)
+                .max_requests(Some(10), 0)
+                .max_lifetime(Some(Duration::from_secs(60)), Duration::ZERO)
+                .reload_on_rss(Some(100))
+        });
+        boot(&mut fleet, &mut fx, &clock);
+        fleet.children[0].board.end(0, 9);
+        fleet.turn(clock.advance(Duration::from_secs(1)), &mut fx);
+        assert!(fx.take().is_empty());
+        fleet.children[0].board.end(0, 1);
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fleet.children[0].retire, Some("max requests"));
+        assert_eq!(fx.take(), ["spawn 1 -> 102"]);
+
+        let mut fleet = fleet_with_one(&mut fx, &clock, |p| {
+            p.max_lifetime(Some(Duration::from_secs(60)), Duration::ZERO)
+        });
+        fleet.turn(clock.advance(Duration::from_secs(59)), &mut fx);
+        assert!(fx.take().is_empty());
+        fleet.turn(clock.advance(Duration::from_secs(1)), &mut fx);
+        assert_eq!(fleet.children[0].retire, Some("max lifetime"));
+
+        let mut fleet = fleet_with_one(&mut fx, &clock, |p| p.reload_on_rss(Some(100)));
+        fx.rss = Some(99 * 1024 * 1024);
+        fleet.turn(clock.now(), &mut fx);
+        assert!(fleet.children[0].retire.is_none());
+        fx.rss = Some(100 * 1024 * 1024);
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fleet.children[0].retire, Some("memory over reload-on-rss"));
+    }
+
+    fn fleet_with_one(
+        fx: &mut Fake,
+        clock: &Clock,
+        build: impl FnOnce(Prefork) -> Prefork,
+    ) -> Fleet {
+        let mut fleet = fleet(|p| build(p.procs(1)));
+        boot(&mut fleet, fx, clock);
+        fleet
+    }
+
+    #[test]
+    fn ttou_stops_the_highest_slot_and_ttin_refills_it() {
+        let (mut fx, clock) = (Fake::default(), Clock::new());
+        let mut fleet = fleet(|p| p.procs(2));
+        boot(&mut fleet, &mut fx, &clock);
+        fleet.on_signal(Signal::SIGTTOU, clock.now().at, &mut fx);
+        fleet.on_signal(Signal::SIGTTOU, clock.now().at, &mut fx);
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fx.take(), ["SIGTERM 102"], "never below one child");
+        fleet.on_exit(WaitStatus::Exited(pid(2), 0), clock.now().at, &mut fx);
+        fleet.on_signal(Signal::SIGTTIN, clock.now().at, &mut fx);
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fx.take(), ["spawn 2 -> 103"]);
+    }
+
+    #[test]
+    fn crash_limit_stops_the_fleet_fast() {
+        let (mut fx, clock) = (Fake::default(), Clock::new());
+        let mut fleet = fleet(|p| p.procs(2).crash_limit(Some(2)));
+        boot(&mut fleet, &mut fx, &clock);
+        let now = clock.now().at;
+        fleet.on_exit(WaitStatus::Exited(pid(1), 3), now, &mut fx);
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fx.take(), ["spawn 1 -> 103"]);
+        fleet.on_exit(WaitStatus::Exited(pid(3), 3), now, &mut fx);
+        assert_eq!(fx.take(), ["SIGQUIT 102"]);
+        // The fast stop kills at the next turn, without waiting.
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fx.take(), ["SIGKILL 102"]);
+        fleet.on_exit(
+            WaitStatus::Signaled(pid(2), Signal::SIGKILL, false),
+            now,
+            &mut fx,
+        );
+        assert!(fleet.finished());
+        assert!(matches!(
+            fleet.take_outcome(),
+            Err(PreforkError::CrashLimit {
+                index: 1,
+                deaths: 2
+            })
+        ));
+    }
+}

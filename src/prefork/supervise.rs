@@ -1,0 +1,285 @@
+//! The master's supervision loop, and the system calls behind the fleet's
+//! decisions (see `fleet`).
+//!
+//! One thread, one loop: reap, let the fleet apply its rules, end dead
+//! children's backends, tell the app, then sleep in `poll` on the signalfd
+//! and the ready pipes of booting children (at most 100 ms, so deadlines are
+//! checked even when nothing happens).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+
+use super::app::{App, Report};
+use super::backends;
+use super::board::SharedBoard;
+use super::builder::Settings;
+use super::child;
+use super::error::{PreforkError, io_error};
+use super::fleet::{Effects, Fleet, Now, SharedBoardPid, SpawnError};
+use super::pidfile::Pidfile;
+use super::signals::Signals;
+use super::title;
+use crate::Pid;
+use crate::fork::{Fork, ForkError};
+
+pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, PreforkError> {
+    let pidfile = settings
+        .pidfile
+        .as_deref()
+        .map(Pidfile::create)
+        .transpose()?;
+    crate::set_role("master");
+    let use_database = crate::is_configured();
+    if use_database {
+        backends::check_slots(&settings)?;
+    }
+    let signals = Signals::install().map_err(io_error("setting up the master's signals"))?;
+    title::set(&format!("{}: master", settings.name));
+    log::info!(
+        "master {} starting {} children x {} threads",
+        Pid::this(),
+        settings.procs,
+        settings.threads
+    );
+    let mut master = Master {
+        os: Os {
+            settings: settings.clone(),
+            app,
+            signals: Some(signals),
+            pidfile,
+            ready: Vec::new(),
+        },
+        fleet: Fleet::new(settings),
+        use_database,
+    };
+    let result = master.supervise();
+    if let Some(signals) = master.os.signals.take() {
+        signals.uninstall();
+    }
+    // A last tick with no children, so the app can clear its accounting.
+    master.os.app.master_tick(&[]);
+    crate::close_all();
+    drop(master.os.pidfile.take());
+    result.map(|()| master.fleet.report)
+}
+
+struct Master<A: App> {
+    fleet: Fleet,
+    os: Os<A>,
+    use_database: bool,
+}
+
+/// What the fleet's decisions are carried out with.
+struct Os<A: App> {
+    app: Arc<A>,
+    settings: Settings,
+    /// `None` only while the master returns.
+    signals: Option<Signals>,
+    pidfile: Option<Pidfile>,
+    /// The read ends of booting children's ready pipes.
+    ready: Vec<(Pid, OwnedFd)>,
+}
+
+impl<A: App> Master<A> {
+    fn supervise(&mut self) -> Result<(), PreforkError> {
+        loop {
+            let now = Now::read();
+            self.reap(now.at);
+            if self.fleet.finished() {
+                self.end_leftovers(now.at);
+                log::info!("master {}: all children gone; exiting", Pid::this());
+                return self.fleet.take_outcome();
+            }
+            self.fleet.turn(now, &mut self.os);
+            self.end_leftovers(now.at);
+            self.os.app.master_tick(&self.fleet.statuses());
+            self.wait(now.at);
+        }
+    }
+
+    /// Reaps every child that has exited. Runs after each wake-up, not only
+    /// on SIGCHLD: signals merge, and a missed one must not leave a zombie.
+    /// It reaps any process that is its child (`waitpid(-1)`): as PID 1 in a
+    /// container, orphans are re-parented to the master, and they must not
+    /// stay zombies either.
+    fn reap(&mut self, now: Instant) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("waitpid: {e}");
+                    return;
+                }
+                Ok(status) => status,
+            };
+            if let Some(pid) = status.pid() {
+                // A child that died booting: its ready pipe goes with it.
+                self.os.ready.retain(|(p, _)| *p != pid);
+            }
+            if !self.fleet.on_exit(status, now, &mut self.os) {
+                log::debug!("reaped a process that is not a child of the fleet: {status:?}");
+            }
+        }
+    }
+
+    /// Ends the backends of children that died abruptly, when the fleet
+    /// says it is time, then lets the app requeue their work.
+    fn end_leftovers(&mut self, now: Instant) {
+        let pids = self.fleet.take_leftovers(now);
+        if pids.is_empty() {
+            return;
+        }
+        if self.use_database {
+            let started = Instant::now();
+            match backends::end_leftovers(&pids) {
+                Ok(0) => {}
+                Ok(n) => log::warn!("ended {n} backend(s) left by dead children {}", list(&pids)),
+                Err(e) => log::warn!(
+                    "could not end the backends of dead children {}: {e}",
+                    list(&pids)
+                ),
+            }
+            log::debug!("leftover backend check took {:?}", started.elapsed());
+        }
+        self.os.app.children_lost(&pids);
+        crate::close_all();
+    }
+
+    /// Sleeps until a signal, a ready child, or the next tick.
+    fn wait(&mut self, now: Instant) {
+        let timeout = self.fleet.sleep_for(now);
+        let Some(signals) = self.os.signals.as_mut() else {
+            return;
+        };
+        let (ready, signalled) = {
+            let mut fds = Vec::with_capacity(1 + self.os.ready.len());
+            fds.push(PollFd::new(signals.fd(), PollFlags::POLLIN));
+            for (_, pipe) in &self.os.ready {
+                fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+            }
+            let millis = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, millis) {
+                // EINTR: a signal not in the signalfd's set; look again.
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let ready: Vec<Pid> = fds[1..]
+                .iter()
+                .zip(&self.os.ready)
+                .filter(|(fd, _)| hit(fd))
+                .map(|(_, (pid, _))| *pid)
+                .collect();
+            (ready, hit(&fds[0]))
+        };
+        for pid in ready {
+            self.on_ready_pipe(pid);
+        }
+        if signalled {
+            let received = self
+                .os
+                .signals
+                .as_mut()
+                .map(Signals::drain)
+                .unwrap_or_default();
+            for signal in received {
+                self.fleet.on_signal(signal, Instant::now(), &mut self.os);
+            }
+        }
+    }
+
+    /// A booting child wrote its ready byte, or closed the pipe by dying.
+    fn on_ready_pipe(&mut self, pid: Pid) {
+        let Some(i) = self.os.ready.iter().position(|(p, _)| *p == pid) else {
+            return;
+        };
+        let (_, pipe) = self.os.ready.swap_remove(i);
+        let mut byte = [0u8; 1];
+        let got = loop {
+            match nix::unistd::read(pipe.as_raw_fd(), &mut byte) {
+                Err(Errno::EINTR) => continue,
+                other => break other.unwrap_or(0),
+            }
+        };
+        if got == 0 {
+            return; // closed without a word: the child died; reap handles it
+        }
+        self.fleet.on_ready(pid, Instant::now(), &mut self.os);
+    }
+}
+
+impl<A: App> Effects for Os<A> {
+    fn spawn(&mut self, index: usize) -> Result<SharedBoardPid, SpawnError> {
+        let retry = |context: &str| {
+            let context = context.to_owned();
+            move |e: Errno| SpawnError::Retry(std::io::Error::other(format!("{context}: {e}")))
+        };
+        let board = SharedBoard::new().map_err(|e| {
+            SpawnError::Retry(std::io::Error::other(format!("mapping a scoreboard: {e}")))
+        })?;
+        let (ready_read, ready_write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(retry("creating a ready pipe"))?;
+        let master = Pid::this();
+        let forking = Instant::now();
+        match crate::fork::fork() {
+            Ok(Fork::Child) => {
+                drop(ready_read);
+                // Let go of what is the master's: the other children's
+                // ready pipes, the signalfd and the pidfile. (The other
+                // children's scoreboards stay mapped, unused, until this
+                // child exits.)
+                self.ready.clear();
+                if let Some(signals) = self.signals.take() {
+                    signals.reset_in_child();
+                }
+                if let Some(pidfile) = self.pidfile.take() {
+                    pidfile.forget_in_child();
+                }
+                let start = child::Start {
+                    index,
+                    board,
+                    ready: ready_write,
+                    master,
+                };
+                child::run(self.app.clone(), &self.settings, start)
+            }
+            Ok(Fork::Parent(pid)) => {
+                log::debug!(
+                    "child {index}: fork took {:?}; pid {pid} exists at {}",
+                    forking.elapsed(),
+                    super::board::monotonic_nanos()
+                );
+                drop(ready_write);
+                self.ready.push((pid, ready_read));
+                Ok((pid, board))
+            }
+            // Out of processes or memory: retry this slot later.
+            Err(ForkError::Os(e)) => Err(SpawnError::Retry(e)),
+            Err(e) => Err(SpawnError::Fatal(PreforkError::Fork(e))),
+        }
+    }
+
+    fn signal(&mut self, pid: Pid, signal: Signal) {
+        let _ = kill(pid, signal);
+    }
+
+    fn resident_bytes(&mut self, pid: Pid) -> Option<u64> {
+        crate::procfs::resident_bytes(pid)
+    }
+}
+
+/// Pids as `4721, 4722`.
+pub(crate) fn list(pids: &[Pid]) -> String {
+    pids.iter()
+        .map(Pid::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

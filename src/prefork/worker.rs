@@ -1,0 +1,238 @@
+//! A worker thread's handle on its child: the stop flag, wake-ups, and the
+//! job accounting the master watches.
+//!
+//! # Wake-ups
+//!
+//! All workers of a child share one condition variable. A wake-all
+//! ([`Waker::wake`]) bumps a generation number; a worker that was busy when
+//! it happened sees a generation it has not seen and returns from its next
+//! [`Worker::sleep`] at once, so none is lost. A wake-one
+//! ([`Waker::wake_one`]) leaves a token that exactly one sleeping (or the
+//! next) worker takes; tokens beyond one per thread are not kept, because
+//! more could never be taken before the workers look for work again.
+//! Stopping is a wake-all with the stop flag set.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::board::SharedBoard;
+
+/// What all worker threads of one child share.
+pub(super) struct ChildShared {
+    pub(super) board: SharedBoard,
+    threads: usize,
+    stopping: AtomicBool,
+    wakes: Mutex<Wakes>,
+    wake: Condvar,
+}
+
+/// Wake-ups not yet taken by a worker.
+#[derive(Default)]
+struct Wakes {
+    /// Bumped by every wake-all, so a worker notices one that came while it
+    /// was busy.
+    generation: u64,
+    /// Wake-ups for one worker each, at most one per thread.
+    tokens: usize,
+}
+
+impl ChildShared {
+    pub(super) fn new(board: SharedBoard, threads: usize) -> ChildShared {
+        ChildShared {
+            board,
+            threads,
+            stopping: AtomicBool::new(false),
+            wakes: Mutex::default(),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Wakes> {
+        // Nothing panics while holding it, so a poisoned lock holds a
+        // consistent value.
+        self.wakes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_all(&self) {
+        self.lock().generation += 1;
+        self.wake.notify_all();
+    }
+
+    fn wake_one(&self) {
+        {
+            let mut wakes = self.lock();
+            wakes.tokens = (wakes.tokens + 1).min(self.threads);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Tells every worker to stop.
+    pub(super) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake_all();
+    }
+}
+
+/// Wakes the workers of one child out of [`Worker::wait`].
+#[derive(Clone)]
+pub struct Waker(pub(super) Arc<ChildShared>);
+
+impl fmt::Debug for Waker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waker").finish_non_exhaustive()
+    }
+}
+
+impl Waker {
+    /// Wakes them all; a worker that is busy returns at once from its next
+    /// `wait`.
+    pub fn wake(&self) {
+        self.0.wake_all();
+    }
+
+    /// Wakes one of them: one waiting worker returns from `wait`, or, if
+    /// none waits, the next worker to call it returns at once. Wake-ups
+    /// beyond one per thread are not kept.
+    pub fn wake_one(&self) {
+        self.0.wake_one();
+    }
+}
+
+/// Why [`Worker::sleep`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A [`Waker`] woke this worker.
+    Woken,
+    /// The timeout passed.
+    TimedOut,
+    /// The child was told to stop.
+    Stopping,
+}
+
+/// A worker thread's handle on its child.
+pub struct Worker {
+    pub(super) index: usize,
+    pub(super) child: usize,
+    pub(super) shared: Arc<ChildShared>,
+    /// The wake-up generation this worker has seen.
+    pub(super) seen: Cell<u64>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.index)
+            .field("child", &self.child)
+            .field("stopping", &self.stopping())
+            .finish()
+    }
+}
+
+impl Worker {
+    /// The thread's number within its child, from 0.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The child's slot number, from 1.
+    pub fn child_index(&self) -> usize {
+        self.child
+    }
+
+    /// Whether the child has been told to stop: finish the job at hand and
+    /// return from [`App::run_worker`](super::App::run_worker).
+    pub fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// A [`Waker`] for this worker's child.
+    pub fn waker(&self) -> Waker {
+        Waker(self.shared.clone())
+    }
+
+    /// Sleeps until `timeout` passes, a [`Waker`] wakes this worker, or the
+    /// child is told to stop; returns [`Worker::stopping`]. A wake-up that
+    /// came since this worker's previous `wait` returned (or a wake-one no
+    /// other worker took) makes it return at once, so none is lost while the
+    /// worker was busy.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.sleep(timeout);
+        self.stopping()
+    }
+
+    /// Like [`Worker::wait`], and says why it returned.
+    pub fn sleep(&self, timeout: Duration) -> Wake {
+        let seen = self.seen.get();
+        let wakes = self.shared.lock();
+        let (mut wakes, _) = self
+            .shared
+            .wake
+            .wait_timeout_while(wakes, timeout, |w| {
+                w.generation == seen && w.tokens == 0 && !self.stopping()
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        let woken = if wakes.generation != seen {
+            true
+        } else if wakes.tokens > 0 {
+            wakes.tokens -= 1;
+            true
+        } else {
+            false
+        };
+        self.seen.set(wakes.generation);
+        drop(wakes);
+        if self.stopping() {
+            Wake::Stopping
+        } else if woken {
+            Wake::Woken
+        } else {
+            Wake::TimedOut
+        }
+    }
+
+    /// Runs one job, the equivalent of a request.
+    ///
+    /// While `f` runs, the master sees the job and its `label` (for status,
+    /// and for `--timeout`: see [`Prefork::timeout`](super::Prefork::timeout)).
+    /// Afterwards the job is counted (for `--max-requests`) and
+    /// [`close_old`](crate::close_old) recycles the thread's connections, as
+    /// at the end of a request; this also happens if `f` panics.
+    pub fn job<T>(&self, label: &str, f: impl FnOnce() -> T) -> T {
+        self.jobs(1, label, f)
+    }
+
+    /// Runs `count` jobs as one unit of work (a batch run in one statement,
+    /// whose jobs cannot be told apart while it runs): like [`Worker::job`],
+    /// but the unit may take `count` timeouts and counts as `count` jobs.
+    pub fn jobs<T>(&self, count: u32, label: &str, f: impl FnOnce() -> T) -> T {
+        struct End<'a>(&'a Worker, u32);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                self.0.shared.board.end(self.0.index, u64::from(self.1));
+                crate::close_old();
+            }
+        }
+        self.shared.board.begin(self.index, label, count);
+        let _end = End(self, count);
+        f()
+    }
+
+    /// Runs work that is not a job but must not hang either (claiming jobs,
+    /// recording their outcomes): the master sees it as one job's worth of
+    /// work, for status and `--timeout`, but it is not counted and the
+    /// thread's connections are left as they are.
+    pub fn watched<T>(&self, label: &str, f: impl FnOnce() -> T) -> T {
+        struct End<'a>(&'a Worker);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                self.0.shared.board.end(self.0.index, 0);
+            }
+        }
+        self.shared.board.begin(self.index, label, 1);
+        let _end = End(self);
+        f()
+    }
+}

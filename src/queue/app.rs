@@ -1,0 +1,474 @@
+//! [`QueueApp`]: what each worker thread of a queue fleet does, and what
+//! the master keeps account of.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use postgres::Client;
+use postgres::fallible_iterator::FallibleIterator;
+
+use super::idle::{Idle, Leadership, Woken};
+use super::{Handler, Job, QueueConfig, exec, store};
+use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Worker};
+use crate::{Pid, application_name};
+
+/// What the master observed of its fleet, for a summary.
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    /// The most backends the fleet (master and children) held at once, as
+    /// sampled in `pg_stat_activity` every 250 ms.
+    pub peak_backends: AtomicU64,
+    last_sample: std::sync::Mutex<Option<Instant>>,
+    last_record: std::sync::Mutex<Option<Instant>>,
+}
+
+/// A prefork app that works a job queue.
+pub struct QueueApp {
+    config: QueueConfig,
+    handler: Handler,
+    stats: Arc<FleetStats>,
+    /// Per-child state, set in `init_child` (each child has its own copy of
+    /// the app, so this is per process).
+    child: OnceLock<ChildState>,
+}
+
+struct ChildState {
+    /// `host:pid`; each worker stamps its claims `host:pid/<thread>`.
+    process: String,
+    /// The child's idle workers: leader and followers.
+    idle: Idle,
+    /// When the child's periodic duties (vacuum, pruning, expired leases)
+    /// are due.
+    housekeeping: Mutex<Housekeeping>,
+    /// Set once this child asked the master to stop (`drain`).
+    drained: AtomicBool,
+}
+
+struct Housekeeping {
+    next: Instant,
+    next_sweep: Instant,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn process_of(pid: Pid) -> String {
+    format!("{}:{pid}", hostname())
+}
+
+impl QueueApp {
+    /// An app working `config.queue` with `handler`.
+    pub fn new(config: QueueConfig, handler: Handler) -> QueueApp {
+        let mut config = config;
+        if matches!(handler, Handler::Exec { .. }) {
+            config.batch = 1;
+        }
+        QueueApp {
+            config,
+            handler,
+            stats: Arc::default(),
+            child: OnceLock::new(),
+        }
+    }
+
+    /// What the master observes while the fleet runs; read it after
+    /// [`Prefork::run`](crate::prefork::Prefork::run) returns.
+    pub fn stats(&self) -> Arc<FleetStats> {
+        self.stats.clone()
+    }
+
+    fn state(&self) -> &ChildState {
+        self.child.get().expect("init_child ran first")
+    }
+
+    /// One claim-run-complete round; returns how many jobs it ran. Runs
+    /// `claimed` instead of claiming if it is not empty (jobs the worker
+    /// claimed as the leader).
+    ///
+    /// After a failure (`stranded`), the round first releases every job
+    /// still stamped with this worker's `owner`: a batch whose outcome could
+    /// not be recorded, or a claim that committed although its answer never
+    /// arrived. Between rounds a worker holds no job (but `claimed`), so
+    /// this cannot take one from under it, and none waits for its lease.
+    fn round(
+        &self,
+        worker: &Worker,
+        owner: &str,
+        stranded: &mut bool,
+        claimed: Vec<Job>,
+    ) -> Result<usize, crate::Error> {
+        let c = &self.config;
+        if *stranded && claimed.is_empty() {
+            let n = crate::with_client(|client| {
+                store::release(client, &c.schema, store::Release::Owner(owner))
+            })?;
+            if n > 0 {
+                log::warn!("released {n} job(s) whose outcome could not be recorded");
+            }
+            *stranded = false;
+        }
+        let jobs = if claimed.is_empty() {
+            worker.watched("claim", || {
+                crate::with_client(|client| {
+                    store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)
+                })
+            })?
+        } else {
+            claimed
+        };
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        self.run_batch(worker, &jobs, owner)?;
+        Ok(jobs.len())
+    }
+
+    /// Runs a batch and records its outcomes. Each job is one unit of work
+    /// for the master (its `--timeout`, its count toward
+    /// `--max-requests`), except a `--sql` batch, which runs in one
+    /// statement and is one unit covering all its jobs.
+    fn run_batch(&self, worker: &Worker, jobs: &[Job], owner: &str) -> Result<(), crate::Error> {
+        let c = &self.config;
+        let outcomes: Vec<(i64, store::Outcome)> = match &self.handler {
+            Handler::Sql(sql) => {
+                let label = match jobs {
+                    [one] => format!("job {}", one.id),
+                    many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
+                };
+                let count = jobs.len() as u32;
+                return worker.jobs(count, &label, || {
+                    crate::with_client(|client| {
+                        store::run_sql(client, &c.schema, sql, owner, jobs).map(drop)
+                    })
+                });
+            }
+            Handler::Exec { argv, timeout } => jobs
+                .iter()
+                .map(|j| {
+                    let outcome =
+                        worker.job(&format!("job {}", j.id), || exec::run(argv, *timeout, j));
+                    (j.id, outcome)
+                })
+                .collect(),
+            Handler::Rust(f) => {
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for j in jobs {
+                    let outcome = worker.job(&format!("job {}", j.id), || {
+                        crate::with_client(|client| Ok(f(j, client)))
+                    })?;
+                    outcomes.push((j.id, outcome));
+                }
+                outcomes
+            }
+        };
+        worker.watched("recording outcomes", || {
+            crate::with_client(|client| {
+                store::complete(client, &c.schema, owner, &outcomes).map(drop)
+            })
+        })
+    }
+
+    /// Nothing to claim: end a drain if everything is finished, then lead
+    /// the child's idle workers if none does, or else sleep without a
+    /// connection until woken. Returns jobs claimed as the leader.
+    fn idle(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
+        let state = self.state();
+        if self.config.drain && !state.drained.load(Ordering::Acquire) {
+            let c = &self.config;
+            match crate::with_client(|client| store::pending(client, &c.schema, &c.queue)) {
+                Ok(false) => {
+                    if !state.drained.swap(true, Ordering::AcqRel) {
+                        log::info!("queue {:?} drained; stopping the fleet", c.queue);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::getppid(),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("checking the queue: {e}"),
+            }
+        }
+        if let Some(leadership) = state.idle.try_lead() {
+            return self.lead_then_hand_off(leadership, worker, owner);
+        }
+        // A follower: no connection, asleep until there is something to do
+        // (see `idle`).
+        crate::close_all();
+        match state.idle.follow(worker) {
+            Woken::Claim | Woken::Stop => Ok(Vec::new()),
+            Woken::Lead(leadership) => self.lead_then_hand_off(leadership, worker, owner),
+        }
+    }
+
+    /// Leads until there is work, then hands the lead off if it took work
+    /// (a follower stands by), or frees it (stop, error).
+    fn lead_then_hand_off(
+        &self,
+        leadership: Leadership<'_>,
+        worker: &Worker,
+        owner: &str,
+    ) -> Result<Vec<Job>, crate::Error> {
+        if self.config.listen.is_some() {
+            // It leads on its own connection: hold only that one.
+            crate::close_all();
+        }
+        let led = self.lead(worker, owner);
+        if led.as_ref().is_ok_and(|jobs| !jobs.is_empty()) {
+            leadership.hand_off();
+        } else {
+            drop(leadership);
+        }
+        // A lead on its own alias closes that connection. A lead on the
+        // worker's connection leaves it LISTENing: the worker UNLISTENs
+        // after running the jobs, off the pickup path (see `run_worker`).
+        if let Some(alias) = &self.config.listen {
+            crate::close(alias);
+        }
+        led
+    }
+
+    /// The leader of a child's idle workers: the only one that keeps its
+    /// connection while idle, LISTENing for new jobs.
+    ///
+    /// It claims as soon as a notification comes, on the connection it
+    /// already has, so an idle fleet picks a job up within a round trip or
+    /// two instead of a connect. It also looks for work every `poll` without
+    /// one (retries coming due, a missed notification) and does the child's
+    /// housekeeping. Returns the jobs it claimed, or none if the child is
+    /// stopping. Followers hold no connection, so an idle child holds one.
+    fn lead(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
+        /// How long the leader waits for a notification before it looks at
+        /// the stop flag again.
+        const SLICE: Duration = Duration::from_millis(100);
+        let c = &self.config;
+        let lead = |client: &mut Client| {
+            client.batch_execute(&format!("LISTEN {}", c.schema.channel()))?;
+            // Work queued before we listened.
+            let mut look = true;
+            while !worker.stopping() {
+                if look {
+                    let jobs = worker.watched("claim", || {
+                        store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)
+                    })?;
+                    if !jobs.is_empty() {
+                        return Ok(jobs);
+                    }
+                }
+                look = {
+                    let mut notifications = client.notifications();
+                    let notified = notifications.timeout_iter(SLICE).next()?.is_some();
+                    // One claim answers any number of notifications.
+                    while notifications.iter().next()?.is_some() {}
+                    notified
+                };
+                if let Some(probe) = self.housekeeping(client)? {
+                    look |= probe.runnable;
+                }
+            }
+            Ok(Vec::new())
+        };
+        match &c.listen {
+            Some(alias) => crate::with_client_for(alias, lead),
+            None => crate::with_client(lead),
+        }
+    }
+
+    /// The child's periodic duties, done by whichever worker finds them due
+    /// (the leader when idle, any worker when busy): vacuum the live table
+    /// if dead rows piled up, delete finished jobs past `keep_finished`,
+    /// release expired leases. Returns what it saw of the queue, or `None`
+    /// if nothing was due.
+    fn housekeeping(&self, client: &mut Client) -> Result<Option<store::Probe>, postgres::Error> {
+        let c = &self.config;
+        let sweep = {
+            let mut due = match self.state().housekeeping.try_lock() {
+                Ok(due) => due,
+                Err(_) => return Ok(None),
+            };
+            let now = Instant::now();
+            if now < due.next {
+                return Ok(None);
+            }
+            due.next = now + c.poll;
+            let sweep = now >= due.next_sweep;
+            if sweep {
+                due.next_sweep = now + sweep_every(c.lease);
+            }
+            sweep
+        };
+        let probe = store::probe(client, &c.schema, &c.queue)?;
+        if probe.dead_rows >= VACUUM_AFTER_DEAD_ROWS && probe.may_vacuum {
+            let started = Instant::now();
+            store::vacuum(client, &c.schema)?;
+            log::debug!(
+                "vacuumed the jobs table ({} dead rows) in {:.1?}",
+                probe.dead_rows,
+                started.elapsed()
+            );
+        }
+        if let Some(keep) = c.keep_finished {
+            let n = store::prune(client, &c.schema, &c.queue, keep, PRUNE_BATCH)?;
+            if n > 0 {
+                log::debug!("deleted {n} finished job(s) older than {keep:?}");
+            }
+        }
+        if sweep {
+            let n = store::release(client, &c.schema, store::Release::Expired)?;
+            if n > 0 {
+                log::warn!("released {n} job(s) whose lease expired");
+            }
+        }
+        Ok(Some(probe))
+    }
+}
+
+/// How often a child looks for expired leases.
+fn sweep_every(lease: Duration) -> Duration {
+    (lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+impl App for QueueApp {
+    fn init_child(&self, child: &ChildInfo) -> Result<(), BoxError> {
+        let now = Instant::now();
+        let state = ChildState {
+            process: process_of(Pid::this()),
+            idle: Idle::new(child.waker()),
+            housekeeping: Mutex::new(Housekeeping {
+                next: now,
+                next_sweep: now,
+            }),
+            drained: AtomicBool::new(false),
+        };
+        if self.child.set(state).is_err() {
+            return Err("init_child ran twice".into());
+        }
+        Ok(())
+    }
+
+    fn children_lost(&self, pids: &[Pid]) {
+        let processes: Vec<String> = pids.iter().map(|pid| process_of(*pid)).collect();
+        let which = store::Release::Processes(&processes);
+        let list = crate::prefork::list(pids);
+        match crate::with_client(|c| store::release(c, &self.config.schema, which)) {
+            Ok(0) => {}
+            Ok(n) => log::warn!("released {n} job(s) of dead children {list}"),
+            Err(e) => log::warn!("releasing the jobs of dead children {list}: {e}"),
+        }
+    }
+
+    fn master_tick(&self, children: &[ChildStatus]) {
+        let due = |last: &std::sync::Mutex<Option<Instant>>, every: Duration| {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= every) || children.is_empty();
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        let master = Pid::this();
+        if !children.is_empty() && due(&self.stats.last_sample, Duration::from_millis(250)) {
+            let mut names: Vec<String> = children
+                .iter()
+                .map(|c| application_name("child", c.pid))
+                .collect();
+            names.push(application_name("master", master));
+            let sampled = crate::with_client(|c| {
+                let row = c.query_typed_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY($1)",
+                    &[(&names, postgres::types::Type::TEXT_ARRAY)],
+                )?;
+                Ok(row.get::<_, i64>(0) as u64)
+            });
+            if let Ok(n) = sampled {
+                self.stats.peak_backends.fetch_max(n, Ordering::Relaxed);
+            }
+        }
+        if due(&self.stats.last_record, Duration::from_secs(1)) {
+            let rows: Vec<(i32, f64, i64)> = children
+                .iter()
+                .map(|c| {
+                    let since = c
+                        .started
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    (c.pid.as_raw(), since, c.jobs as i64)
+                })
+                .collect();
+            let c = &self.config;
+            if let Err(e) = crate::with_client(|client| {
+                store::record_children(
+                    client,
+                    &c.schema,
+                    &hostname(),
+                    master.as_raw(),
+                    &c.queue,
+                    &rows,
+                )
+            }) {
+                log::debug!("recording the children: {e}");
+            }
+        }
+    }
+
+    fn run_worker(&self, worker: &Worker) {
+        let owner = format!("{}/{}", self.state().process, worker.index());
+        // Whether a failure may have left jobs stamped with `owner`.
+        let mut stranded = false;
+        let mut claimed = Vec::new();
+        while !worker.stopping() {
+            // Jobs in hand were claimed as the leader, on the worker's own
+            // connection unless the lead has an alias of its own: that
+            // connection still LISTENs.
+            let listening = !claimed.is_empty() && self.config.listen.is_none();
+            let ran = self.round(worker, &owner, &mut stranded, std::mem::take(&mut claimed));
+            let outcome = match ran {
+                Ok(0) => self.idle(worker, &owner).map(|jobs| claimed = jobs),
+                Ok(n) => {
+                    if n as i64 >= self.config.batch {
+                        // A full batch: there is probably more, so bring in
+                        // another worker (which brings in the next).
+                        self.state().idle.wake_one_more();
+                    }
+                    crate::with_client(|client| {
+                        if listening {
+                            client.batch_execute("UNLISTEN *")?;
+                        }
+                        self.housekeeping(client).map(drop)
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                stranded = true;
+                log::warn!(
+                    "child {} worker {}: {e}",
+                    worker.child_index(),
+                    worker.index()
+                );
+                crate::close_all();
+                worker.wait(Duration::from_secs(1));
+            }
+        }
+        if stranded || !claimed.is_empty() {
+            // Stopping after a failure, or with jobs claimed as the leader
+            // just as the child was told to stop: one last try, or the jobs
+            // wait for their lease.
+            let which = store::Release::Owner(&owner);
+            let _ = crate::with_client(|c| store::release(c, &self.config.schema, which));
+        }
+    }
+}
+
+/// Most finished jobs a child deletes per `poll` (see
+/// [`QueueConfig::keep_finished`]): more than a busy fleet finishes.
+const PRUNE_BATCH: i64 = 20_000;
+
+/// Dead rows in the jobs table at which a child vacuums it (see
+/// [`store::vacuum`]): about a second of a busy fleet's work.
+const VACUUM_AFTER_DEAD_ROWS: i64 = 20_000;

@@ -1,0 +1,146 @@
+//! The crate's layers, as the crate docs list them, checked in the sources:
+//! a module uses only modules of lower layers, so there is no import cycle
+//! between them. Reads `src/` as text; a `crate::x` path in code (not in a
+//! comment) is a use of `x`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Top-level modules by layer, lowest first.
+const LAYERS: &[&[&str]] = &[
+    &["procfs", "duration", "error", "oneshot", "cluster"],
+    &["conn"],
+    &["fork"],
+    &["pool"],
+    &["prefork"],
+    &["queue"],
+];
+
+/// Where the items re-exported at the crate root live.
+const ROOT_ITEMS: &[(&str, &str)] = &[
+    ("Pid", "procfs"),
+    ("Error", "error"),
+    ("APPLICATION_NAME_PREFIX", "conn"),
+    ("Database", "conn"),
+    ("MaxAge", "conn"),
+    ("Stats", "conn"),
+    ("ThreadStats", "conn"),
+    ("application_name", "conn"),
+    ("close", "conn"),
+    ("close_all", "conn"),
+    ("close_old", "conn"),
+    ("is_configured", "conn"),
+    ("parse_application_name", "conn"),
+    ("stats", "conn"),
+    ("thread_open_count", "conn"),
+    ("with_client", "conn"),
+    ("with_client_for", "conn"),
+    ("set_role", "conn"),
+    ("configure", "fork"),
+    ("Fork", "fork"),
+    ("ForkError", "fork"),
+    ("install_atfork_handlers", "fork"),
+    ("ready_to_fork", "fork"),
+    ("ThreadPool", "pool"),
+    ("thread", "pool"),
+    ("CloseOnExit", "pool"),
+];
+
+fn layer(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&module))
+}
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`None`: the crate root or the
+/// binary, which may use everything).
+fn home(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (name != "lib" && name != "bin").then(|| name.to_owned())
+}
+
+/// The `crate::x` names used in code lines of `text`.
+fn uses(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        let code = code.split(" //").next().unwrap_or(code);
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                found.insert(name);
+            }
+        }
+        // `use crate::{a, b}` lists
+        if let Some(i) = code.find("crate::{") {
+            let list = &code[i + "crate::{".len()..];
+            for name in list.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !name.is_empty() {
+                    found.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn each_module_uses_only_lower_layers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for file in &all {
+        let Some(module) = home(&src, file) else {
+            continue;
+        };
+        let own = layer(&module).unwrap_or_else(|| {
+            panic!("{module} is in no layer: add it to LAYERS and to the crate docs")
+        });
+        let text = fs::read_to_string(file).unwrap();
+        for used in uses(&text) {
+            let target = match ROOT_ITEMS.iter().find(|(item, _)| *item == used) {
+                Some((_, home)) => (*home).to_owned(),
+                None => used.clone(),
+            };
+            checked += 1;
+            if target == module {
+                continue;
+            }
+            match layer(&target) {
+                Some(l) if l < own => {}
+                Some(_) => wrong.push(format!(
+                    "{} ({module}) uses crate::{used} ({target}), not a lower layer",
+                    file.display()
+                )),
+                None => wrong.push(format!(
+                    "{} uses crate::{used}, which is in no layer",
+                    file.display()
+                )),
+            }
+        }
+    }
+    assert!(checked > 50, "the scan found only {checked} uses");
+    assert!(wrong.is_empty(), "layering broken:\n{}", wrong.join("\n"));
+}
