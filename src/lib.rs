@@ -125,7 +125,6 @@ pub mod conn;
 pub mod duration;
 mod error;
 pub mod fork;
-mod oneshot;
 pub mod pool;
 pub mod prefork;
 mod procfs;

@@ -22,6 +22,7 @@ fn main() {
                 bad_payload,
             ),
             ("exec_handler_gets_payload_and_environment", exec_handler),
+            ("exec_programs_start_clean_and_time_out_alone", exec_clean),
             ("status_json_counts_states", status_json),
             ("strict_refuses_a_fleet_too_big_for_the_server", strict),
             ("quick_start_runs_on_an_embedded_database", quick_start),
@@ -211,6 +212,74 @@ fn exec_handler(ctx: &mut Ctx) {
     );
     assert_eq!(rows[1].get::<_, &str>(1), "failed");
     assert!(rows[1].get::<_, &str>(3).contains("no world"));
+}
+
+/// A program starts in its own process group with default signals, an
+/// empty mask and only descriptors 0-2 (not fd 10, which the launcher's
+/// caller left open); past --timeout its group is stopped and its job fails
+/// alone, without the master killing the child.
+fn exec_clean(ctx: &mut Ctx) {
+    use std::os::unix::process::CommandExt;
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "look\nhang\n", &["--max-attempts", "1"]);
+    let script = "read x; if [ \"$x\" = hang ]; then sleep 30; fi; \
+                  grep -E '^Sig(Blk|Ign)' /proc/self/status; ls /proc/$$/fd | tr '\\n' ' '; \
+                  echo; echo pid $$ pgid $(cut -d' ' -f5 /proc/$$/stat)";
+    let mut cmd = cli::prefork(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--drain",
+            "--timeout",
+            "1s",
+            "--exec",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    );
+    // SAFETY: dup2 is async-signal-safe and touches only descriptors.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::dup2(2, 10) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let out = cmd.output().expect("running prefork");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = obs
+        .client()
+        .query(
+            "SELECT state, coalesce(result, ''), coalesce(last_error, '') FROM prefork.jobs ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    let (state, result): (&str, &str) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(state, "done", "{result}");
+    assert!(result.contains("SigBlk:\t0000000000000000"), "{result}");
+    assert!(result.contains("SigIgn:\t0000000000000000"), "{result}");
+    let fds = result.lines().nth(2).unwrap_or_default();
+    assert_eq!(fds.trim(), "0 1 2", "{result}");
+    let ids: Vec<&str> = result
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split(' ')
+        .collect();
+    assert_eq!(ids[1], ids[3], "own process group: {result}");
+    let (state, error): (&str, &str) = (rows[1].get(0), rows[1].get(2));
+    assert_eq!(state, "failed");
+    assert!(error.contains("timed out after 1s"), "{error}");
+    assert!(
+        !stderr(&out).contains("killing"),
+        "the master killed the child:\n{}",
+        stderr(&out)
+    );
 }
 
 fn status_json(ctx: &mut Ctx) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first.
 const LAYERS: &[&[&str]] = &[
-    &["procfs", "duration", "error", "oneshot", "cluster"],
+    &["procfs", "duration", "error", "cluster"],
     &["conn"],
     &["fork"],
     &["pool"],

@@ -189,7 +189,7 @@ fn server_restart(ctx: &mut Ctx) {
     );
     assert!(done_before < 10_000, "drained before the restart");
     drop(obs);
-    ctx.cluster.restart().unwrap();
+    ctx.restart_server();
     drained(&mut master, Duration::from_secs(300));
     let mut obs = Observer::new(&ctx.url);
     assert_all_done_once(&mut obs, 10_000);
@@ -380,7 +380,7 @@ impl PgBouncer {
                  ignore_startup_parameters = extra_float_digits,options\n\
                  logfile = {d}/pgbouncer.log\n\
                  pidfile = {d}/pgbouncer.pid\n",
-                ctx.cluster.socket_dir().display(),
+                ctx.socket_dir.display(),
                 Self::POOL_SIZE,
             ),
         )

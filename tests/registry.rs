@@ -332,7 +332,7 @@ fn restart(ctx: &mut Ctx) {
     let checked = backend_pid("checked");
     let plain = backend_pid("default");
     fork_safe::close_old();
-    ctx.cluster.restart().unwrap();
+    ctx.restart_server();
     check_recovery(checked, plain);
     let mut obs = Observer::new(&ctx.url);
     assert_eq!(obs.wait_own(0), 0);

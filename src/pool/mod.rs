@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::conn::close_old;
-use crate::oneshot;
 use thread::CloseOnExit;
 
 pub mod thread;
@@ -214,7 +213,7 @@ impl ThreadPool {
         self.send(Box::new(move || {
             let outcome = panic::catch_unwind(AssertUnwindSafe(f)).map_err(panic_message);
             // The submitter may have dropped its handle; that is fine.
-            tx.send(outcome);
+            let _ = tx.send(outcome);
         }));
         TaskHandle { rx }
     }
@@ -326,8 +325,8 @@ impl<T> TaskHandle<T> {
     pub fn try_join(self) -> Result<T, Result<TaskHandle<T>, TaskError>> {
         match self.rx.try_recv() {
             Ok(outcome) => outcome.map_err(|m| Err(TaskError::Panicked(m))),
-            Err(oneshot::RecvError::Empty) => Err(Ok(self)),
-            Err(oneshot::RecvError::Dropped) => Err(Err(TaskError::Lost)),
+            Err(oneshot::TryRecvError::Empty) => Err(Ok(self)),
+            Err(oneshot::TryRecvError::Disconnected) => Err(Err(TaskError::Lost)),
         }
     }
 }

@@ -1,32 +1,76 @@
 //! A small runner for `harness = false` tests, plus PostgreSQL helpers.
 //!
 //! libtest runs tests on threads, which the fork guard (rightly) refuses to
-//! fork from, so these binaries run their tests one after another on the
-//! main thread. Each binary starts its own throwaway cluster. Tests that
-//! must crash or fork re-run the binary as a child with
+//! fork from. Here each binary starts its own throwaway cluster, then runs
+//! each test in a process of its own: the binary re-run with
+//! `FORK_SAFE_TEST_RUN=<name>`. That gives every test a time limit that
+//! can be enforced ([`LIMIT`], or `FORK_SAFE_TEST_LIMIT` seconds): past it
+//! the runner kills the test process and everything it started, and the
+//! test fails. The runner is a child subreaper, so whatever a test started
+//! and left behind (a fleet whose test panicked) comes back to it and is
+//! killed when the test ends, passed or failed. A test that must restart
+//! the server asks the runner ([`Ctx::restart_server`]), which owns it.
+//! Tests that must crash or fork re-run the binary as a child with
 //! `FORK_SAFE_TEST_CHILD=<name>`.
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use fork_safe::cluster::TempCluster;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
 
+/// What a test gets: the server's URL and socket directory, and a line to
+/// the runner that owns the server.
 pub struct Ctx {
-    pub cluster: TempCluster,
     pub url: String,
+    pub socket_dir: PathBuf,
+    control: Option<(std::fs::File, BufReader<std::fs::File>)>,
+}
+
+impl Ctx {
+    /// Restarts the server (fast shutdown, then start) and waits until it
+    /// accepts connections again.
+    pub fn restart_server(&mut self) {
+        let (to_runner, from_runner) = self.control.as_mut().expect("run by the runner");
+        to_runner
+            .write_all(b"restart\n")
+            .expect("asking the runner");
+        let mut answer = String::new();
+        from_runner
+            .read_line(&mut answer)
+            .expect("the runner's answer");
+        assert_eq!(answer.trim(), "ok", "restart failed: {answer}");
+    }
 }
 
 pub type Test = (&'static str, fn(&mut Ctx));
 pub type Child = (&'static str, fn(&str) -> i32);
 
 const CHILD_ENV: &str = "FORK_SAFE_TEST_CHILD";
+const RUN_ENV: &str = "FORK_SAFE_TEST_RUN";
 const URL_ENV: &str = "FORK_SAFE_TEST_URL";
+const SOCKET_ENV: &str = "FORK_SAFE_TEST_SOCKET_DIR";
+const LIMIT_ENV: &str = "FORK_SAFE_TEST_LIMIT";
+/// The test process's ends of its line to the runner.
+const TO_RUNNER_FD: i32 = 100;
+const FROM_RUNNER_FD: i32 = 101;
 
-/// Runs the child named in the environment, if any, otherwise every test
-/// whose name contains the first command-line argument. Exits the process.
+/// How long one test may take.
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs the child or the test named in the environment, if any; otherwise
+/// every test whose name contains the first command-line argument, each in
+/// its own process. Exits the process.
 pub fn main(
     builder: fork_safe::cluster::Builder,
     configure: fn(&str),
@@ -40,38 +84,200 @@ pub fn main(
         let code = child.map_or(101, |(_, f)| f(&url));
         std::process::exit(code);
     }
+    if let Ok(name) = std::env::var(RUN_ENV) {
+        run_one(&name, configure, tests);
+    }
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let cluster = builder.start().unwrap_or_else(|e| {
+    let limit = std::env::var(LIMIT_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(LIMIT, Duration::from_secs);
+    // Orphans of a test come back to the runner, to be killed.
+    nix::sys::prctl::set_child_subreaper(true).expect("becoming a subreaper");
+    let mut cluster = builder.start().unwrap_or_else(|e| {
         eprintln!("cannot start a PostgreSQL cluster: {e}");
         std::process::exit(1);
     });
-    let url = cluster.connection_string();
-    configure(&url);
-    let mut ctx = Ctx { cluster, url };
     let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
+    for (name, _) in tests {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
         eprintln!("running {name}");
         let started = Instant::now();
-        match panic::catch_unwind(AssertUnwindSafe(|| test(&mut ctx))) {
+        match supervise_test(name, &mut cluster, limit) {
             Ok(()) => {
                 passed += 1;
                 println!("test {name} ... ok ({:.2?})", started.elapsed());
             }
-            Err(_) => {
+            Err(why) => {
                 failed += 1;
+                eprintln!("{name}: {why}");
                 println!("test {name} ... FAILED");
             }
         }
-        // Whatever a test did, the next one starts with nothing open here.
-        fork_safe::close_all();
     }
-    drop(ctx);
+    drop(cluster);
     println!();
     println!("test result: {passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 })
+}
+
+/// In the test's own process: runs it, exits 0 if it passed.
+fn run_one(name: &str, configure: fn(&str), tests: &[Test]) -> ! {
+    let url = std::env::var(URL_ENV).expect("test without a URL");
+    configure(&url);
+    // The line to the runner is this process's own: no program it starts
+    // inherits it.
+    for fd in [TO_RUNNER_FD, FROM_RUNNER_FD] {
+        use nix::fcntl::{F_SETFD, FdFlag, fcntl};
+        fcntl(fd, F_SETFD(FdFlag::FD_CLOEXEC)).expect("the runner's descriptors");
+    }
+    // SAFETY: the runner put these descriptors in place for this process,
+    // and nothing else here owns them.
+    let control = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(TO_RUNNER_FD),
+            BufReader::new(std::fs::File::from_raw_fd(FROM_RUNNER_FD)),
+        )
+    };
+    let mut ctx = Ctx {
+        url,
+        socket_dir: std::env::var_os(SOCKET_ENV).expect("a socket dir").into(),
+        control: Some(control),
+    };
+    let Some((_, test)) = tests.iter().find(|(n, _)| *n == name) else {
+        eprintln!("no test named {name:?}");
+        std::process::exit(101);
+    };
+    let passed = panic::catch_unwind(AssertUnwindSafe(|| test(&mut ctx))).is_ok();
+    fork_safe::close_all();
+    std::process::exit(if passed { 0 } else { 1 })
+}
+
+/// Runs one test in its own process, answering its restart requests, and
+/// enforcing the time limit; kills whatever the test left behind.
+fn supervise_test(name: &str, cluster: &mut TempCluster, limit: Duration) -> Result<(), String> {
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string());
+    let (to_runner_r, to_runner_w) = pipe()?;
+    let (from_runner_r, from_runner_w) = pipe()?;
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(RUN_ENV, name)
+        .env(URL_ENV, cluster.connection_string())
+        .env(SOCKET_ENV, cluster.socket_dir());
+    let (w, r) = (to_runner_w.as_raw_fd(), from_runner_r.as_raw_fd());
+    // SAFETY: dup2 is async-signal-safe and touches only descriptors; the
+    // duplicates are not close-on-exec, so the test process gets them.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(w, TO_RUNNER_FD) < 0 || libc::dup2(r, FROM_RUNNER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the test: {e}"))?;
+    drop((to_runner_w, from_runner_r));
+    let mut requests = BufReader::new(std::fs::File::from(to_runner_r));
+    let mut answers = std::fs::File::from(from_runner_w);
+    let pid = Pid::from_raw(child.id() as i32);
+    let pidfd = pidfd(pid);
+    let deadline = Instant::now() + limit;
+    let outcome = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(format!("no result within {limit:?}: killed"));
+        }
+        let (request, exited) = {
+            let mut fds = [
+                PollFd::new(requests.get_ref().as_fd(), PollFlags::POLLIN),
+                PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            ];
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            if poll(&mut fds, timeout).unwrap_or(0) == 0 {
+                continue;
+            }
+            let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            (hit(&fds[0]), hit(&fds[1]))
+        };
+        if request {
+            let mut line = String::new();
+            if requests.read_line(&mut line).unwrap_or(0) > 0 {
+                let answer = match line.trim() {
+                    "restart" => match cluster.restart() {
+                        Ok(()) => "ok".to_owned(),
+                        Err(e) => e.to_string().replace('\n', " "),
+                    },
+                    other => format!("unknown request {other:?}"),
+                };
+                let _ = writeln!(answers, "{answer}");
+                continue;
+            }
+        }
+        if exited {
+            break match child.wait() {
+                Ok(status) if status.success() => Ok(()),
+                Ok(status) => Err(format!("the test process ended with {status}")),
+                Err(e) => Err(format!("waiting for the test: {e}")),
+            };
+        }
+    };
+    // Whatever the test started and left, passed or failed: its process
+    // and every descendant, then every orphan that came back to the
+    // runner (but the server).
+    let server = cluster.server_pid().map(|p| Pid::from_raw(p as i32));
+    kill_tree(pid);
+    let _ = child.wait();
+    for orphan in children_of(Pid::this()) {
+        if Some(orphan) != server {
+            kill_tree(orphan);
+            let _ = waitpid(orphan, None);
+        }
+    }
+    outcome
+}
+
+/// A pidfd for `pid`, readable once it exits.
+fn pidfd(pid: Pid) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// The children of `pid`, from every one of its threads.
+pub fn children_of(pid: Pid) -> Vec<Pid> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let path = task.path().join("children");
+        for p in std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Ok(p) = p.parse() {
+                found.push(Pid::from_raw(p));
+            }
+        }
+    }
+    found
+}
+
+/// SIGKILLs `pid` and all its descendants, the children first stopped so
+/// that none can start more meanwhile.
+fn kill_tree(pid: Pid) {
+    let _ = kill(pid, Signal::SIGSTOP);
+    for child in children_of(pid) {
+        kill_tree(child);
+    }
+    let _ = kill(pid, Signal::SIGKILL);
 }
 
 /// Logs to stderr with the pid, for child processes whose stderr the tests
