@@ -222,8 +222,12 @@ fn idle_workers(ctx: &mut Ctx) {
 
 fn shutdown_timeout(_: &mut Ctx) {
     let pool = ThreadPool::new(2).unwrap();
-    let slow = pool.submit(|| std::thread::sleep(Duration::from_millis(1500)));
-    std::thread::sleep(Duration::from_millis(50));
+    let (started, running) = std::sync::mpsc::channel();
+    let slow = pool.submit(move || {
+        started.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    running.recv().unwrap(); // the task is under way
     let err = pool.shutdown(Duration::from_millis(100)).unwrap_err();
     assert_eq!(err, ShutdownTimeout { running: 1 });
     slow.join().unwrap(); // the detached worker still finishes its task

@@ -223,17 +223,30 @@ impl Fleet {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// No child stays a zombie: one seen as Z must be gone shortly after
-    /// (the master reaps on every wake-up, at least every 100 ms).
+    /// No child stays a zombie: sampled every 5 ms for a second, a child
+    /// seen as Z must be gone within 300 ms (the master reaps on every
+    /// wake-up, at least every 100 ms).
     fn assert_no_zombies(&self) {
-        for (pid, state) in children_of(self.pid()) {
-            if state == 'Z' {
-                std::thread::sleep(Duration::from_millis(300));
-                let still = children_of(self.pid())
-                    .iter()
-                    .any(|(p, s)| *p == pid && *s == 'Z');
-                assert!(!still, "child {pid} left a zombie");
+        let until = Instant::now() + Duration::from_secs(1);
+        let mut seen: Vec<(Pid, Instant)> = Vec::new();
+        while Instant::now() < until {
+            let now = Instant::now();
+            let zombies: Vec<Pid> = children_of(self.pid())
+                .into_iter()
+                .filter(|(_, state)| *state == 'Z')
+                .map(|(pid, _)| pid)
+                .collect();
+            seen.retain(|(pid, _)| zombies.contains(pid));
+            for pid in zombies {
+                match seen.iter().find(|(p, _)| *p == pid) {
+                    Some((_, since)) => assert!(
+                        now.duration_since(*since) < Duration::from_millis(300),
+                        "child {pid} left a zombie"
+                    ),
+                    None => seen.push((pid, now)),
+                }
             }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -528,8 +541,15 @@ fn master_killed(ctx: &mut Ctx) {
     fleet.wait_log("ready in", 3, Duration::from_secs(10));
     fleet.master.kill().unwrap(); // SIGKILL
     fleet.master.wait().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let orphans: Vec<_> = children.iter().filter(|pid| alive(**pid)).collect();
+    // PDEATHSIG stops them gracefully: each finishes its job (300 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let orphans = loop {
+        let orphans: Vec<_> = children.iter().filter(|pid| alive(**pid)).collect();
+        if orphans.is_empty() || Instant::now() > deadline {
+            break orphans;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert!(
         orphans.is_empty(),
         "children outlived the master: {orphans:?}"
@@ -588,7 +608,8 @@ fn scale(ctx: &mut Ctx) {
     fleet.signal(Signal::SIGTTIN);
     fleet.wait_children(3, Duration::from_secs(5));
     fleet.signal(Signal::SIGTTOU);
-    std::thread::sleep(Duration::from_millis(50));
+    // Two deliveries of one signal before the master reads it are one.
+    fleet.wait_log("SIGTTOU: 2 children", 1, Duration::from_secs(5));
     fleet.signal(Signal::SIGTTOU);
     fleet.wait_children(1, Duration::from_secs(10));
     fleet.signal(Signal::SIGUSR1);
@@ -769,7 +790,7 @@ fn ctrl_c(ctx: &mut Ctx) {
     }
     let group = Pid::from_raw(-fleet.pid().as_raw());
     kill(group, Signal::SIGINT).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    fleet.wait_log("SIGINT: graceful stop", 1, Duration::from_secs(5));
     kill(group, Signal::SIGINT).unwrap(); // an impatient second Ctrl-C
     assert_eq!(
         wait_exit(&mut fleet.master, Duration::from_secs(30)),

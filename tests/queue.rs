@@ -222,7 +222,23 @@ fn idle_fleet(ctx: &mut Ctx) {
             "INSERT INTO pickups SELECT $1::int, pg_backend_pid()",
         ],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // Booted and settled: every worker connects once to look for work,
+    // then all but each child's leader let go. Settled means one
+    // connection per child, seen in 20 samples in a row.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        let children = count(
+            &mut obs,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:child:%'",
+        );
+        in_a_row = if children == 3 { in_a_row + 1 } else { 0 };
+        assert!(
+            Instant::now() < deadline,
+            "the fleet did not settle: {children}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Sample across more than one fallback-poll interval (1 s): idle
     // workers must not reconnect to look for work.
     let mut peak = 0;
@@ -445,6 +461,8 @@ fn behind_pgbouncer(ctx: &mut Ctx) {
     }
     assert_all_done_once(&mut obs, 5_000);
     // Idle now: one more job, enqueued through the pooler.
+    // Idle now (the last job's completion has committed; give the
+    // workers a moment to go idle): one more job, through the pooler.
     std::thread::sleep(Duration::from_millis(500));
     enqueue_lines(&bouncer.url, "5001\n", &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
