@@ -23,6 +23,7 @@ fn main() {
             ),
             ("exec_handler_gets_payload_and_environment", exec_handler),
             ("exec_programs_start_clean_and_time_out_alone", exec_clean),
+            ("a_second_master_on_one_pidfile_refuses", pidfile_lock),
             ("status_json_counts_states", status_json),
             ("strict_refuses_a_fleet_too_big_for_the_server", strict),
             ("quick_start_runs_on_an_embedded_database", quick_start),
@@ -280,6 +281,40 @@ fn exec_clean(ctx: &mut Ctx) {
         "the master killed the child:\n{}",
         stderr(&out)
     );
+}
+
+/// The pidfile is held with flock: a second master on it refuses with one
+/// line naming the first, and the first removes it when it stops.
+fn pidfile_lock(ctx: &mut Ctx) {
+    reset(&ctx.url);
+    let dir = std::env::temp_dir().join(format!("prefork-pidfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("master.pid");
+    let path = pidfile.to_str().unwrap();
+    let args = ["--procs", "1", "--pidfile", path, "--sql", "SELECT $1"];
+    let mut first = cli::Master::start(&ctx.url, &args);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let written = format!("{}\n", first.pid());
+    while std::fs::read_to_string(&pidfile).ok().as_deref() != Some(written.as_str()) {
+        assert!(std::time::Instant::now() < deadline, "no pidfile written");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let second = run(ctx, &args);
+    let err = stderr(&second);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "already running: {path} is held by master {}",
+            first.pid()
+        )),
+        "{err}"
+    );
+    nix::sys::signal::kill(first.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, log) = first.wait(std::time::Duration::from_secs(30));
+    assert_eq!(code, 0, "{log}");
+    assert!(!pidfile.exists(), "the pidfile outlived its master");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn status_json(ctx: &mut Ctx) {

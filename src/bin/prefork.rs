@@ -1,5 +1,5 @@
-//! `prefork`: a supervised fleet of processes x threads working a
-//! PostgreSQL job queue, plus `enqueue` and `status`.
+//! `prefork`: a supervised fleet of children x workers (processes x threads)
+//! working a PostgreSQL job queue, plus `enqueue` and `status`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use postgres::types::Type;
 /// Exit status for bad usage (clap's convention).
 const USAGE: u8 = 2;
 
-/// A prefork master: N processes x M threads working a PostgreSQL job queue.
+/// A prefork master: N children (processes) x M workers (threads) working a PostgreSQL job queue.
 ///
 /// Run the fleet with `--sql STATEMENT` or `--exec PROGRAM [ARGS...]`
 /// (`--exec` takes everything after it, so put it last). With no database
@@ -105,7 +105,7 @@ struct FleetArgs {
     /// Exit non-zero after this many consecutive early deaths of a child.
     #[arg(long, env = "PREFORK_CRASH_LIMIT")]
     crash_limit: Option<u32>,
-    /// Refuse to start if procs x threads + 1 exceeds the free connection slots.
+    /// Refuse to start if procs x threads + 1 connections exceed the free slots.
     #[arg(long, env = "PREFORK_STRICT")]
     strict: bool,
     /// Write the master's pid here.

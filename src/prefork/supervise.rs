@@ -43,7 +43,7 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, Pre
     let signals = Signals::install().map_err(io_error("setting up the master's signals"))?;
     title::set(&format!("{}: master", settings.name));
     log::info!(
-        "master {} starting {} children x {} threads",
+        "master {} starting {} children x {} workers",
         Pid::this(),
         settings.procs,
         settings.threads
