@@ -52,18 +52,33 @@ fn thousand_sequential(ctx: &mut Ctx) {
 
 fn thousand_concurrent(ctx: &mut Ctx) {
     let mut obs = Observer::new(&ctx.url);
-    let mut peak = 0;
+    let (mut peak, mut peak_backends, mut samples) = (0, 0, 0);
     for _ in 0..(1000 / 32 + 1) {
         let batch: Vec<_> = (0..32)
             .map(|_| fork_safe::thread::spawn(query_once))
             .collect();
-        peak = peak.max(fork_safe::stats().open);
+        // Sampled until every thread of the batch has finished: the
+        // registry's count and the server's.
+        loop {
+            let done = batch.iter().all(|t| t.is_finished());
+            peak = peak.max(fork_safe::stats().open);
+            peak_backends = peak_backends.max(obs.own());
+            samples += 1;
+            if done {
+                break;
+            }
+        }
         for t in batch {
             t.join().unwrap();
         }
         assert_eq!(fork_safe::stats().open, 0);
     }
     assert!(peak <= 32, "more connections than threads: {peak}");
+    assert!(
+        peak_backends <= 32,
+        "more backends than threads: {peak_backends}"
+    );
+    eprintln!("    peak {peak} connections, {peak_backends} backends over {samples} samples");
     assert_eq!(obs.wait_own(0), 0, "backends left after 32-wide batches");
 }
 
