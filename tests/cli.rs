@@ -21,6 +21,7 @@ fn main() {
                 "bad_payload_fails_alone_with_the_server_message",
                 bad_payload,
             ),
+            ("a_slow_sql_job_times_out_alone", sql_timeout),
             ("exec_handler_gets_payload_and_environment", exec_handler),
             ("exec_programs_start_clean_and_time_out_alone", exec_clean),
             ("a_second_master_on_one_pidfile_refuses", pidfile_lock),
@@ -136,6 +137,62 @@ fn drain_sql(ctx: &mut Ctx) {
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:%'",
     );
     assert_eq!(backends, 0, "backends left after the master exited");
+}
+
+/// One job in 50 sleeps past `--timeout`: those fail with "timed out",
+/// their statements cancelled on the server; their neighbours, in the same
+/// batches, run once and are done.
+fn sql_timeout(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let lines: String = (1..=200).map(|i| format!("{i}\n")).collect();
+    enqueue_lines(&ctx.url, &lines, &["--max-attempts", "1"]);
+    let out = run(
+        ctx,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--timeout",
+            "1s",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int \
+             FROM pg_sleep(CASE WHEN $1::int % 50 = 0 THEN 3 ELSE 0 END)",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let failed: Vec<(String, String)> = obs
+        .client()
+        .query(
+            "SELECT payload, last_error FROM prefork.jobs WHERE state = 'failed' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let payloads: Vec<&str> = failed.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(payloads, ["50", "100", "150", "200"], "{failed:?}");
+    for (_, error) in &failed {
+        assert!(error.starts_with("timed out after 1s"), "{error}");
+    }
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        196
+    );
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM effects"), 196);
+    assert_eq!(
+        count(&mut obs, "SELECT count(DISTINCT v) FROM effects"),
+        196
+    );
+    assert_eq!(
+        count(&mut obs, "SELECT count(*) FROM effects WHERE v % 50 = 0"),
+        0
+    );
 }
 
 fn bad_payload(ctx: &mut Ctx) {

@@ -76,9 +76,10 @@ struct FleetArgs {
     /// Check a reused connection before its first use in each job.
     #[arg(long, env = "PREFORK_HEALTH_CHECKS")]
     health_checks: bool,
-    /// How long one job may take [default: no limit]: an --exec program past
-    /// it is killed and its job fails; a child still in one job at twice
-    /// this is killed and replaced.
+    /// How long one job may take [default: no limit]: past it, a --sql job's
+    /// statement is cancelled or an --exec program's process group stopped,
+    /// and that job alone fails; a child still in one job at twice this is
+    /// killed and replaced.
     #[arg(long, env = "PREFORK_TIMEOUT", value_parser = parse_limit)]
     timeout: Option<Limit>,
     /// Kill a child not ready this long after it started.
@@ -459,10 +460,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
                     argv[0]
                 )));
             }
-            Handler::Exec {
-                argv,
-                timeout: timeout(&args),
-            }
+            Handler::Exec { argv }
         }
         (Some(sql), None) => Handler::Sql(sql.clone()),
     };
@@ -528,6 +526,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         queue: args.db.queue.clone(),
         batch: args.batch,
         lease,
+        timeout: timeout(&args),
         drain: args.drain,
         listen: listen_alias,
         poll: args.poll,

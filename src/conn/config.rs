@@ -205,6 +205,17 @@ impl Database {
     }
 }
 
+/// Asks the server to cancel the statement running on `token`'s connection,
+/// as `pg_cancel_backend` would: the statement fails with SQLSTATE 57014
+/// and the session goes on.
+///
+/// # Errors
+///
+/// The cancel request could not be delivered.
+pub(crate) fn cancel(token: &postgres::CancelToken) -> Result<(), postgres::Error> {
+    token.cancel_query(postgres::NoTls)
+}
+
 /// Resolves TCP host names to addresses on the calling thread.
 ///
 /// tokio-postgres resolves names on its runtime's blocking pool, and that

@@ -29,6 +29,7 @@ pub(crate) mod socket;
 mod spin;
 
 pub use app_name::{APPLICATION_NAME_PREFIX, application_name, parse_application_name};
+pub(crate) use config::cancel;
 pub use config::{Database, MaxAge};
 pub use local::{close, close_all, close_old, thread_open_count, with_client, with_client_for};
 pub use registry::{Stats, ThreadStats, is_configured, stats};

@@ -1,13 +1,16 @@
 //! [`QueueApp`]: what each worker thread of a queue fleet does, and what
 //! the master keeps account of.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use postgres::Client;
+use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 
+use super::deadline::Deadlines;
 use super::idle::{Idle, Leadership, Woken};
 use super::{Handler, Job, QueueConfig, exec, store};
 use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Worker};
@@ -43,6 +46,10 @@ struct ChildState {
     housekeeping: Mutex<Housekeeping>,
     /// Set once this child asked the master to stop (`drain`).
     drained: AtomicBool,
+    /// The job timeout's watchdog, for handlers whose jobs are statements
+    /// (`None` without a timeout, or for `Exec`, whose worker stops its own
+    /// program).
+    deadlines: Option<Deadlines>,
 }
 
 struct Housekeeping {
@@ -135,23 +142,12 @@ impl QueueApp {
     fn run_batch(&self, worker: &Worker, jobs: &[Job], owner: &str) -> Result<(), crate::Error> {
         let c = &self.config;
         let outcomes: Vec<(i64, store::Outcome)> = match &self.handler {
-            Handler::Sql(sql) => {
-                let label = match jobs {
-                    [one] => format!("job {}", one.id),
-                    many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
-                };
-                let count = jobs.len() as u32;
-                return worker.jobs(count, &label, || {
-                    crate::with_client(|client| {
-                        store::run_sql(client, &c.schema, sql, owner, jobs).map(drop)
-                    })
-                });
-            }
-            Handler::Exec { argv, timeout } => jobs
+            Handler::Sql(sql) => return self.run_sql(worker, jobs, owner, sql),
+            Handler::Exec { argv } => jobs
                 .iter()
                 .map(|j| {
                     let outcome =
-                        worker.job(&format!("job {}", j.id), || exec::run(argv, *timeout, j));
+                        worker.job(&format!("job {}", j.id), || exec::run(argv, c.timeout, j));
                     (j.id, outcome)
                 })
                 .collect(),
@@ -159,18 +155,109 @@ impl QueueApp {
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for j in jobs {
                     let outcome = worker.job(&format!("job {}", j.id), || {
-                        crate::with_client(|client| Ok(f(j, client)))
+                        self.on_deadline(worker, |client| Ok(f(j, client)))
                     })?;
-                    outcomes.push((j.id, outcome));
+                    outcomes.push((j.id, outcome.unwrap_or_else(|| Err(self.timed_out()))));
                 }
                 outcomes
             }
         };
+        self.record(worker, owner, &outcomes)
+    }
+
+    /// Runs a `--sql` batch in one statement, its effects and outcomes
+    /// committed together. Past the job timeout the statement is cancelled
+    /// (which rolls the whole batch back) and the jobs run again one by one,
+    /// each with its own timeout: only a job slow by itself fails.
+    fn run_sql(
+        &self,
+        worker: &Worker,
+        jobs: &[Job],
+        owner: &str,
+        sql: &str,
+    ) -> Result<(), crate::Error> {
+        let c = &self.config;
+        let label = match jobs {
+            [one] => format!("job {}", one.id),
+            many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
+        };
+        let ran = worker.jobs(jobs.len() as u32, &label, || {
+            self.on_deadline(worker, |client| {
+                store::run_sql(client, &c.schema, sql, owner, jobs)
+            })
+        })?;
+        match ran {
+            Some(recorded) => {
+                let lost = jobs.len() as i64 - recorded;
+                if lost > 0 {
+                    log::warn!(
+                        "skipped {lost} job(s) of {label}: their lease was taken over by another worker"
+                    );
+                }
+                Ok(())
+            }
+            None if jobs.len() > 1 => {
+                log::info!("{label} ran past the job timeout; running them one by one");
+                jobs.iter()
+                    .try_for_each(|job| self.run_sql(worker, std::slice::from_ref(job), owner, sql))
+            }
+            None => {
+                log::warn!("{label} timed out; its statement was cancelled");
+                let outcomes = [(jobs[0].id, Err(self.timed_out()))];
+                self.record(worker, owner, &outcomes)
+            }
+        }
+    }
+
+    /// Records outcomes of jobs `owner` holds.
+    fn record(
+        &self,
+        worker: &Worker,
+        owner: &str,
+        outcomes: &[(i64, store::Outcome)],
+    ) -> Result<(), crate::Error> {
+        let c = &self.config;
         worker.watched("recording outcomes", || {
             crate::with_client(|client| {
-                store::complete(client, &c.schema, owner, &outcomes).map(drop)
+                store::complete(client, &c.schema, owner, outcomes).map(drop)
             })
         })
+    }
+
+    /// The error of a job whose statement was cancelled at the timeout.
+    fn timed_out(&self) -> String {
+        let timeout = self.config.timeout.unwrap_or_default();
+        format!("timed out after {timeout:?} (its statement was cancelled: SQLSTATE 57014)")
+    }
+
+    /// Runs `f` on the worker's connection with the job timeout as its
+    /// deadline (see `deadline`); `None` if it was cancelled there.
+    fn on_deadline<T>(
+        &self,
+        worker: &Worker,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<Option<T>, crate::Error> {
+        let (Some(deadlines), Some(timeout)) = (&self.state().deadlines, self.config.timeout)
+        else {
+            return crate::with_client(f).map(Some);
+        };
+        let fired = Cell::new(false);
+        let ran = crate::with_client(|client| {
+            let armed = deadlines.arm(worker.index(), timeout, client.cancel_token());
+            let ran = f(client);
+            fired.set(armed.disarm());
+            ran
+        });
+        if !fired.get() {
+            return ran.map(Some);
+        }
+        // A cancel was sent, and may still land on this session's next
+        // statement: retire it (see `deadline`, "the late cancel").
+        crate::close_all();
+        match ran {
+            Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => Ok(None),
+            other => other.map(Some),
+        }
     }
 
     /// Nothing to claim: end a drain if everything is finished, then lead
@@ -344,6 +431,12 @@ impl App for QueueApp {
                 next_sweep: now,
             }),
             drained: AtomicBool::new(false),
+            deadlines: match (&self.handler, self.config.timeout) {
+                (Handler::Sql(_) | Handler::Rust(_), Some(_)) => {
+                    Some(Deadlines::start(child.threads())?)
+                }
+                _ => None,
+            },
         };
         if self.child.set(state).is_err() {
             return Err("init_child ran twice".into());

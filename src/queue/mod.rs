@@ -23,9 +23,11 @@
 //! | `store` | every statement the queue runs |
 //! | `app` | [`QueueApp`]: what each worker thread does, and the master's accounting |
 //! | `idle` | the protocol of a child's idle workers (leader and followers) |
+//! | `deadline` | a job's statement cancelled at its timeout, by a watchdog per child |
 //! | `exec` | the `--exec` handler: one program per job |
 
 mod app;
+mod deadline;
 mod exec;
 mod idle;
 mod schema;
@@ -61,8 +63,6 @@ pub enum Handler {
     Exec {
         /// The program and its arguments.
         argv: Vec<String>,
-        /// Kill it after this long (a failed attempt).
-        timeout: Option<Duration>,
     },
     /// Rust code, given the job and the worker thread's own connection.
     Rust(RustHandler),
@@ -72,11 +72,7 @@ impl std::fmt::Debug for Handler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Handler::Sql(sql) => f.debug_tuple("Sql").field(sql).finish(),
-            Handler::Exec { argv, timeout } => f
-                .debug_struct("Exec")
-                .field("argv", argv)
-                .field("timeout", timeout)
-                .finish(),
+            Handler::Exec { argv } => f.debug_struct("Exec").field("argv", argv).finish(),
             Handler::Rust(_) => f.write_str("Rust(..)"),
         }
     }
@@ -94,6 +90,14 @@ pub struct QueueConfig {
     /// How long a claim lasts before others may take the job over (a dead
     /// host's jobs). Default: 5 minutes; keep it above the longest job.
     pub lease: Duration,
+    /// How long one job may take; `None`: no limit. Past it, a job's
+    /// statement (`Sql`, or the statements of a `Rust` handler) is
+    /// cancelled on the server and an `Exec` program's process group is
+    /// stopped, and that job alone fails with "timed out after ...". A
+    /// `Sql` batch that runs past it is cancelled and its jobs run again
+    /// one by one, so only a job that takes this long by itself fails.
+    /// Default: `None`.
+    pub timeout: Option<Duration>,
     /// Stop the fleet once nothing is queued or running. Default: off.
     pub drain: bool,
     /// How often each child looks for work that came without a
@@ -121,6 +125,7 @@ impl Default for QueueConfig {
             queue: "default".to_owned(),
             batch: 8,
             lease: Duration::from_secs(300),
+            timeout: None,
             drain: false,
             poll: Duration::from_secs(1),
             listen: None,

@@ -280,6 +280,77 @@ const MIGRATIONS: &[&str] = &[
     // and what they count is jobs.
     r#"ALTER TABLE {s}.workers RENAME TO children;
      ALTER TABLE {s}.children RENAME COLUMN tasks TO jobs;"#,
+    // 7: run_sql fences its effects with the claim. It locks the jobs the
+    // worker still holds (its owner stamp and the attempt it claimed)
+    // before running anything, and runs only those: a worker that resumes
+    // after its lease was taken over (a stopped process, a long pause)
+    // runs nothing for the jobs it lost, and the row locks keep any
+    // release from taking a job between its effect and its completion,
+    // which commit together.
+    r#"DROP FUNCTION {s}.run_sql(text, text, int8[], text[]);
+     CREATE FUNCTION {s}.run_sql(p_sql text, p_owner text, p_ids int8[], p_attempts int[],
+                                 p_payloads text[])
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         held int8[];
+         ids int8[];
+         payloads text[];
+         n int;
+         oks bool[];
+         texts text[];
+         affected int8;
+         failed bool := false;
+         message text;
+         code text;
+     BEGIN
+         -- The fence: lock what this owner still holds at this attempt, in
+         -- id order (as release() does, so the two never deadlock).
+         SELECT array_agg(h.id) INTO held FROM (
+             SELECT j.id FROM {s}.jobs_live AS j
+             JOIN unnest(p_ids, p_attempts) AS c(id, attempt)
+               ON j.id = c.id AND j.attempts = c.attempt
+             WHERE j.state = 'running' AND j.locked_by = p_owner
+             ORDER BY j.id FOR UPDATE OF j
+         ) AS h;
+         SELECT coalesce(array_agg(o.id ORDER BY o.i), '{}'),
+                coalesce(array_agg(o.payload ORDER BY o.i), '{}')
+         INTO ids, payloads
+         FROM unnest(p_ids, p_payloads) WITH ORDINALITY AS o(id, payload, i)
+         WHERE o.id = ANY(held);
+         n := cardinality(ids);
+         IF n = 0 THEN
+             RETURN 0;
+         END IF;
+         oks := array_fill(true, ARRAY[n]);
+         texts := array_fill(NULL::text, ARRAY[n]);
+         -- The whole batch in one subtransaction ...
+         BEGIN
+             FOR i IN 1..n LOOP
+                 EXECUTE p_sql USING payloads[i];
+                 GET DIAGNOSTICS affected = ROW_COUNT;
+                 texts[i] := affected || ' row(s)';
+             END LOOP;
+         EXCEPTION WHEN OTHERS THEN
+             failed := true;
+         END;
+         -- ... and if a job failed (which rolled the batch back), one
+         -- subtransaction per job, so that only the failing jobs fail.
+         IF failed THEN
+             FOR i IN 1..n LOOP
+                 BEGIN
+                     EXECUTE p_sql USING payloads[i];
+                     GET DIAGNOSTICS affected = ROW_COUNT;
+                     oks[i] := true;
+                     texts[i] := affected || ' row(s)';
+                 EXCEPTION WHEN OTHERS THEN
+                     GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+                     oks[i] := false;
+                     texts[i] := 'ERROR: ' || message || ' (SQLSTATE ' || code || ')';
+                 END;
+             END LOOP;
+         END IF;
+         RETURN {s}.complete(p_owner, ids, oks, texts);
+     END $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.

@@ -223,7 +223,12 @@ pub(crate) fn complete(
 /// the outcomes as [`complete`] does, all in one transaction and one round
 /// trip: a statement's effect commits exactly when its job is marked done.
 /// A failing statement fails only its own job, with the server's message
-/// and SQLSTATE. Returns how many outcomes it recorded.
+/// and SQLSTATE.
+///
+/// The claim fences the effect: only jobs `owner` still holds at the
+/// attempt it claimed run, and they stay locked until the commit (see
+/// migration 7). A job whose lease was taken over while this worker was
+/// away runs nothing here. Returns how many jobs ran and were recorded.
 pub(crate) fn run_sql(
     client: &mut Client,
     schema: &Schema,
@@ -233,13 +238,15 @@ pub(crate) fn run_sql(
 ) -> Result<i64, postgres::Error> {
     let s = schema.name();
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
     let payloads: Vec<&str> = jobs.iter().map(|j| j.payload.as_str()).collect();
     let row = client.query_typed_one(
-        &format!("SELECT {s}.run_sql($1, $2, $3, $4)"),
+        &format!("SELECT {s}.run_sql($1, $2, $3, $4, $5)"),
         &[
             (&sql, Type::TEXT),
             (&owner, Type::TEXT),
             (&ids, Type::INT8_ARRAY),
+            (&attempts, Type::INT4_ARRAY),
             (&payloads, Type::TEXT_ARRAY),
         ],
     )?;
@@ -273,10 +280,16 @@ pub fn release(
     let s = schema.name();
     // The running jobs that match, locked; those out of attempts move to
     // jobs_finished as failed, the others are queued again at once.
-    let release = |condition: &str| {
+    // Rows are locked in id order, as run_sql's fence locks them, so the
+    // two never deadlock. The expiry sweep skips locked rows: a job locked
+    // now is being completed by the worker that holds it (its lease ran
+    // out, but it is still there), and taking it would only wait.
+    let release = |condition: &str, skip_locked: bool| {
+        let wait = if skip_locked { " SKIP LOCKED" } else { "" };
         format!(
             "WITH target AS (
-                 SELECT id FROM {s}.jobs_live WHERE state = 'running' AND {condition} FOR UPDATE
+                 SELECT id FROM {s}.jobs_live WHERE state = 'running' AND {condition}
+                 ORDER BY id FOR UPDATE{wait}
              ), moved AS (
                  DELETE FROM {s}.jobs_live AS j USING target AS t
                  WHERE j.id = t.id AND j.attempts >= j.max_attempts
@@ -303,14 +316,14 @@ pub fn release(
         Release::Processes(processes) => {
             let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
             client.query_typed_one(
-                &release("locked_by LIKE ANY($1)"),
+                &release("locked_by LIKE ANY($1)", false),
                 &[(&patterns, Type::TEXT_ARRAY)],
             )?
         }
         Release::Owner(owner) => {
-            client.query_typed_one(&release("locked_by = $1"), &[(&owner, Type::TEXT)])?
+            client.query_typed_one(&release("locked_by = $1", false), &[(&owner, Type::TEXT)])?
         }
-        Release::Expired => client.query_typed_one(&release("locked_until < now()"), &[])?,
+        Release::Expired => client.query_typed_one(&release("locked_until < now()", true), &[])?,
     };
     let n = row.get::<_, i64>(0) as u64;
     if n > 0 {
@@ -513,6 +526,72 @@ mod tests {
 
     fn count(client: &mut Client, sql: &str) -> i64 {
         client.query_one(sql, &[]).unwrap().get(0)
+    }
+
+    /// A worker whose lease was taken over (it was stopped, the sweep
+    /// requeued its jobs, another worker claimed them) runs no effect when
+    /// it resumes; the new holder's effects commit once.
+    #[test]
+    fn run_sql_runs_nothing_for_a_lost_lease() {
+        let cluster = TempCluster::start().unwrap();
+        let mut client = Client::connect(&cluster.connection_string(), postgres::NoTls).unwrap();
+        let schema = Schema::new("fence").unwrap();
+        migrate(&mut client, &schema).unwrap();
+        client.batch_execute("CREATE TABLE res (k int)").unwrap();
+        let how = Enqueue {
+            queue: "q",
+            max_attempts: 5,
+            run_at: None,
+        };
+        let payloads: Vec<String> = (1..=3).map(|i| i.to_string()).collect();
+        enqueue(&mut client, &schema, &how, &payloads).unwrap();
+        let lost = claim(
+            &mut client,
+            &schema,
+            "q",
+            8,
+            "a:1/0",
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        assert_eq!(lost.len(), 3);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(release(&mut client, &schema, Release::Expired).unwrap(), 3);
+        let taken = claim(
+            &mut client,
+            &schema,
+            "q",
+            8,
+            "b:2/0",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(taken.len(), 3);
+        let effect = "INSERT INTO res VALUES ($1::int)";
+        assert_eq!(
+            run_sql(&mut client, &schema, effect, "a:1/0", &lost).unwrap(),
+            0
+        );
+        assert_eq!(count(&mut client, "SELECT count(*) FROM res"), 0);
+        // The same owner with a stale attempt runs nothing either.
+        let stale: Vec<Job> = taken
+            .iter()
+            .map(|j| Job {
+                attempt: j.attempt - 1,
+                ..j.clone()
+            })
+            .collect();
+        assert_eq!(
+            run_sql(&mut client, &schema, effect, "b:2/0", &stale).unwrap(),
+            0
+        );
+        assert_eq!(count(&mut client, "SELECT count(*) FROM res"), 0);
+        assert_eq!(
+            run_sql(&mut client, &schema, effect, "b:2/0", &taken).unwrap(),
+            3
+        );
+        assert_eq!(count(&mut client, "SELECT count(DISTINCT k) FROM res"), 3);
+        assert_eq!(count(&mut client, "SELECT count(*) FROM res"), 3);
     }
 
     /// A version-3 queue with history moves its finished jobs out of the
