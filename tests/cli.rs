@@ -59,6 +59,14 @@ fn bad_input(ctx: &mut Ctx) {
         &["--sql", "SELECT 1", "--poll", "0"],
         &["--sql", "SELECT 1", "--keep-finished", "soon"],
         &["--sql", "SELEC $1"],
+        &["--sql", ""],
+        &["--sql", "  -- only a comment"],
+        &["--sql", "SELECT $2::int"],
+        &["--sql", "COMMIT"],
+        &["--sql", "/* maintenance */ VACUUM effects"],
+        &["--schema", "information_schema", "--sql", "SELECT 1"],
+        &["--schema", "pg_catalog", "--sql", "SELECT 1"],
+        &["enqueue"],
         &["--sql", "INSERT INTO no_such_table VALUES ($1)"],
         &[
             "--sql",
@@ -81,7 +89,24 @@ fn bad_input(ctx: &mut Ctx) {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
+        // Every message names what is wrong, not only that something is.
+        assert!(!err.trim_end().ends_with(':'), "{args:?}: cut short: {err}");
     }
+    let named = |args: &[&str], what: &str| {
+        let err = stderr(&run(ctx, args));
+        assert!(err.contains(what), "{args:?}: {err} does not name {what:?}");
+    };
+    named(&["enqueue"], "<PAYLOAD>");
+    named(&["--sql", "SELECT $2::int"], "$2");
+    named(
+        &[
+            "--sql",
+            "SELECT 1",
+            "--database-url",
+            "host=/tmp port=notaport",
+        ],
+        "port",
+    );
     // Nothing was queued by any of them.
     let mut obs = Observer::new(&ctx.url);
     let exists: bool = obs

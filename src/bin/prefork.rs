@@ -189,8 +189,7 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let text = e.to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            eprintln!("{}", one_line(&e.to_string()));
             return ExitCode::from(USAGE);
         }
     };
@@ -208,6 +207,22 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(code)
         }
+    }
+}
+
+/// A clap error on one line: its first paragraph (what is wrong, with the
+/// lines that list the arguments concerned), without the usage and tips.
+fn one_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        "error: bad arguments".to_owned()
+    } else {
+        line
     }
 }
 
@@ -462,7 +477,10 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
             }
             Handler::Exec { argv }
         }
-        (Some(sql), None) => Handler::Sql(sql.clone()),
+        (Some(sql), None) => {
+            check_statement_text(sql)?;
+            Handler::Sql(sql.clone())
+        }
     };
     let given = connection_string(&args.db);
     if let Some(url) = &given {
@@ -581,22 +599,52 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Refuses a `--sql` statement that could not work as a job before anything
+/// starts, rather than failing (or passing) every job: an empty one, or one
+/// that controls the transaction (each job's statement runs inside the
+/// transaction that records its outcome). The server's part comes in
+/// [`check_statement`].
+fn check_statement_text(sql: &str) -> Result<(), Fail> {
+    let words = leading_words(sql, 2);
+    let Some(first) = words.first() else {
+        return Err(usage("invalid --sql: the statement is empty"));
+    };
+    let second = words.get(1).map_or("", String::as_str);
+    let controls = matches!(
+        first.as_str(),
+        "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE"
+    ) || (first == "PREPARE" && second == "TRANSACTION");
+    if controls || first == "VACUUM" {
+        return Err(usage(format!(
+            "invalid --sql: {first} cannot run in a job, whose statement runs inside \
+             the transaction that records the job's outcome"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a `--sql` statement the server cannot prepare (a syntax error,
-/// an unknown table) before anything starts, rather than failing every job.
-/// Prepared inside a transaction, so behind PgBouncer the statement is
-/// created and closed on one server connection.
+/// an unknown table), or one that wants more than `$1`. Prepared inside a
+/// transaction, so behind PgBouncer the statement is created and closed on
+/// one server connection.
 fn check_statement(sql: &str) -> Result<(), Fail> {
     let checked = fork_safe::with_client(|c| {
         let mut tx = c.transaction()?;
         let prepared = tx
             .prepare_typed(sql, &[postgres::types::Type::TEXT])
-            .map(drop);
+            .map(|statement| statement.params().len());
         tx.rollback()?;
         Ok(prepared)
     });
     fork_safe::close_all();
-    let Err(e) = checked.map_err(runtime)? else {
-        return Ok(());
+    let e = match checked.map_err(runtime)? {
+        Ok(params) if params > 1 => {
+            return Err(usage(format!(
+                "invalid --sql: it uses ${params}, but a job gives only $1 (its payload)"
+            )));
+        }
+        Ok(_) => return Ok(()),
+        Err(e) => e,
     };
     match e.as_db_error() {
         Some(db) => Err(usage(format!(
@@ -606,6 +654,35 @@ fn check_statement(sql: &str) -> Result<(), Fail> {
         ))),
         None => Err(runtime(e)),
     }
+}
+
+/// The first `n` words of a statement, upper-cased, past white space,
+/// comments, parentheses and semicolons.
+fn leading_words(sql: &str, n: usize) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = sql;
+    while words.len() < n {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(' || c == ';');
+        if let Some(comment) = rest.strip_prefix("--") {
+            rest = comment.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(comment) = rest.strip_prefix("/*") {
+            rest = comment.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            let end = rest
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .unwrap_or(rest.len());
+            if end == 0 {
+                // Not a word (a `$1`, a quote): nothing more to learn here.
+                if !rest.is_empty() && words.is_empty() {
+                    words.push(String::new());
+                }
+                break;
+            }
+            words.push(rest[..end].to_ascii_uppercase());
+            rest = &rest[end..];
+        }
+    }
+    words
 }
 
 fn counts(schema: &Schema, queue: &str) -> Result<queue::Counts, Fail> {

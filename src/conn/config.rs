@@ -107,8 +107,9 @@ impl Database {
         if alias.is_empty() {
             return Err(config_error("the alias is empty".to_owned()));
         }
-        let pg = postgres::Config::from_str(connection_string)
-            .map_err(|e| config_error(format!("invalid connection string: {e}")))?;
+        let pg = postgres::Config::from_str(connection_string).map_err(|e| {
+            config_error(format!("invalid connection string: {}", parse_detail(&e)))
+        })?;
         let application_name = pg.get_application_name().map(str::to_owned);
         Ok(Database {
             alias: Arc::from(alias),
@@ -202,6 +203,17 @@ impl Database {
             log::debug!("server notice: {}: {}", notice.severity(), notice.message())
         });
         pg.connect(postgres::NoTls)
+    }
+}
+
+/// What is wrong with a connection string: the driver's own error says
+/// only "invalid connection string", and keeps the detail (the option, the
+/// unexpected end) as its source.
+fn parse_detail(e: &postgres::Error) -> String {
+    use std::error::Error as _;
+    match e.source() {
+        Some(detail) => detail.to_string(),
+        None => e.to_string(),
     }
 }
 

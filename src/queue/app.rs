@@ -111,11 +111,11 @@ impl QueueApp {
     ) -> Result<usize, crate::Error> {
         let c = &self.config;
         if *stranded && claimed.is_empty() {
-            let n = crate::with_client(|client| {
+            let released = crate::with_client(|client| {
                 store::release(client, &c.schema, store::Release::Owner(owner))
             })?;
-            if n > 0 {
-                log::warn!("released {n} job(s) whose outcome could not be recorded");
+            if !released.is_empty() {
+                log::warn!("{released} whose outcome could not be recorded");
             }
             *stranded = false;
         }
@@ -406,9 +406,9 @@ impl QueueApp {
             }
         }
         if sweep {
-            let n = store::release(client, &c.schema, store::Release::Expired)?;
-            if n > 0 {
-                log::warn!("released {n} job(s) whose lease expired");
+            let released = store::release(client, &c.schema, store::Release::Expired)?;
+            if !released.is_empty() {
+                log::warn!("{released} whose lease expired");
             }
         }
         Ok(Some(probe))
@@ -449,8 +449,8 @@ impl App for QueueApp {
         let which = store::Release::Processes(&processes);
         let list = crate::prefork::list(pids);
         match crate::with_client(|c| store::release(c, &self.config.schema, which)) {
-            Ok(0) => {}
-            Ok(n) => log::warn!("released {n} job(s) of dead children {list}"),
+            Ok(released) if released.is_empty() => {}
+            Ok(released) => log::warn!("{released} of dead children {list}"),
             Err(e) => log::warn!("releasing the jobs of dead children {list}: {e}"),
         }
     }

@@ -40,7 +40,7 @@ use postgres::Client;
 
 pub use app::{FleetStats, QueueApp};
 pub use store::{
-    ChildRow, Counts, Enqueue, Job, Release, Schema, check_queue_name, counts, enqueue,
+    ChildRow, Counts, Enqueue, Job, Release, Released, Schema, check_queue_name, counts, enqueue,
     live_children, migrate, release,
 };
 

@@ -10,12 +10,19 @@ pub struct Schema(String);
 
 impl Schema {
     /// Checks `name`: lower-case letters, digits and `_`, not starting with
-    /// a digit, at most 63 bytes (so it needs no quoting).
+    /// a digit, at most 63 bytes (so it needs no quoting), and not one of
+    /// PostgreSQL's own (`pg_*`, `information_schema`).
     ///
     /// # Errors
     ///
     /// A one-line description of what is wrong.
     pub fn new(name: &str) -> Result<Schema, String> {
+        if name.starts_with("pg_") || name == "information_schema" {
+            return Err(format!(
+                "invalid schema name {name:?}: that schema belongs to PostgreSQL; \
+                 name one for the queue alone"
+            ));
+        }
         let ok = !name.is_empty()
             && name.len() <= 63
             && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -62,7 +69,7 @@ pub fn check_queue_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid queue name {name:?}: use 1-100 letters, digits, _ - . :"
+            "invalid queue name {name:?}: use 1 to 100 letters, digits, '_', '-', '.' or ':'"
         ))
     }
 }

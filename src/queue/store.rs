@@ -266,8 +266,34 @@ pub enum Release<'a> {
     Expired,
 }
 
-/// Requeues (or fails, after their last attempt) running jobs. Returns how
-/// many it released.
+/// What [`release`] did with the jobs it took back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Queued again at once.
+    pub requeued: u64,
+    /// Failed: that was their last attempt.
+    pub failed: u64,
+}
+
+impl Released {
+    /// Whether it released no job.
+    pub fn is_empty(&self) -> bool {
+        self.requeued == 0 && self.failed == 0
+    }
+}
+
+impl std::fmt::Display for Released {
+    /// `requeued 3 job(s)`, `failed 1 job(s) (out of attempts)`, or both.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.requeued, self.failed) {
+            (r, 0) => write!(f, "requeued {r} job(s)"),
+            (0, x) => write!(f, "failed {x} job(s) (out of attempts)"),
+            (r, x) => write!(f, "requeued {r} job(s) and failed {x} (out of attempts)"),
+        }
+    }
+}
+
+/// Requeues (or fails, after their last attempt) running jobs.
 ///
 /// # Errors
 ///
@@ -276,7 +302,7 @@ pub fn release(
     client: &mut Client,
     schema: &Schema,
     which: Release<'_>,
-) -> Result<u64, postgres::Error> {
+) -> Result<Released, postgres::Error> {
     let s = schema.name();
     // The running jobs that match, locked; those out of attempts move to
     // jobs_finished as failed, the others are queued again at once.
@@ -309,7 +335,7 @@ pub fn release(
                  WHERE j.id = t.id AND j.attempts < j.max_attempts
                  RETURNING 1
              )
-             SELECT (SELECT count(*) FROM failed) + (SELECT count(*) FROM requeued)"
+             SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM failed)"
         )
     };
     let row = match which {
@@ -325,14 +351,17 @@ pub fn release(
         }
         Release::Expired => client.query_typed_one(&release("locked_until < now()", true), &[])?,
     };
-    let n = row.get::<_, i64>(0) as u64;
-    if n > 0 {
+    let released = Released {
+        requeued: row.get::<_, i64>(0) as u64,
+        failed: row.get::<_, i64>(1) as u64,
+    };
+    if released.requeued > 0 {
         client.execute_typed(
             "SELECT pg_notify($1, '')",
             &[(&schema.channel(), Type::TEXT)],
         )?;
     }
-    Ok(n)
+    Ok(released)
 }
 
 /// Deletes up to `limit` jobs of `queue` that finished (done or failed) more
@@ -556,7 +585,8 @@ mod tests {
         .unwrap();
         assert_eq!(lost.len(), 3);
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(release(&mut client, &schema, Release::Expired).unwrap(), 3);
+        let released = release(&mut client, &schema, Release::Expired).unwrap();
+        assert_eq!(released.requeued, 3);
         let taken = claim(
             &mut client,
             &schema,
@@ -664,7 +694,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             release(&mut client, &schema, Release::Processes(&dead)).unwrap(),
-            1
+            Released {
+                requeued: 1,
+                failed: 0
+            }
         );
         assert!(pending(&mut client, &schema, "q").unwrap());
         assert_eq!(
