@@ -31,6 +31,10 @@ fn main() {
             ("jobs_survive_a_server_restart", server_restart),
             ("two_masters_share_one_queue", two_masters),
             (
+                "drain_ends_when_someone_else_finishes_the_last_job",
+                drain_by_others,
+            ),
+            (
                 "idle_fleet_holds_one_connection_per_child_and_picks_up_on_it",
                 idle_fleet,
             ),
@@ -204,6 +208,57 @@ fn two_masters(ctx: &mut Ctx) {
     drained(&mut a, Duration::from_secs(300));
     drained(&mut b, Duration::from_secs(300));
     assert_all_done_once(&mut obs, 10_000);
+}
+
+/// A draining fleet whose last job is held elsewhere (another fleet's
+/// worker) exits once that job is finished there: it looks at the
+/// database, not at its own work.
+fn drain_by_others(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue(ctx, 1);
+    let id: i64 = obs
+        .client()
+        .query_one(
+            "SELECT job_id FROM prefork.claim('default', 1, 'elsewhere:1/0', 600)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let args = [
+        "--procs",
+        "1",
+        "--threads",
+        "2",
+        "--drain",
+        "--poll",
+        "100ms",
+        "--sql",
+        EFFECT,
+    ];
+    let mut master = Master::start(&ctx.url, &args);
+    // Its leader is up and has looked at the queue (and found the job
+    // running).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        &mut obs,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:child:%'",
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "no child connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        master.running(),
+        "the fleet stopped with a job still running"
+    );
+    obs.client()
+        .execute(
+            "SELECT prefork.complete('elsewhere:1/0', ARRAY[$1::int8], ARRAY[true], ARRAY['ran elsewhere'])",
+            &[&id],
+        )
+        .unwrap();
+    drained(&mut master, Duration::from_secs(30));
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM effects"), 0);
 }
 
 fn idle_fleet(ctx: &mut Ctx) {

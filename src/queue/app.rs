@@ -266,19 +266,8 @@ impl QueueApp {
     fn idle(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
         let state = self.state();
         if self.config.drain && !state.drained.load(Ordering::Acquire) {
-            let c = &self.config;
-            match crate::with_client(|client| store::pending(client, &c.schema, &c.queue)) {
-                Ok(false) => {
-                    if !state.drained.swap(true, Ordering::AcqRel) {
-                        log::info!("queue {:?} drained; stopping the fleet", c.queue);
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::getppid(),
-                            nix::sys::signal::Signal::SIGTERM,
-                        );
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("checking the queue: {e}"),
+            if let Err(e) = crate::with_client(|client| self.stop_if_drained(client)) {
+                log::warn!("checking the queue: {e}");
             }
         }
         if let Some(leadership) = state.idle.try_lead() {
@@ -291,6 +280,29 @@ impl QueueApp {
             Woken::Claim | Woken::Stop => Ok(Vec::new()),
             Woken::Lead(leadership) => self.lead_then_hand_off(leadership, worker, owner),
         }
+    }
+
+    /// With `drain`: once nothing of the queue is queued or running in the
+    /// database, whoever ran it (this fleet, another one, a master that
+    /// failed a dead child's last attempt), asks the master to stop the
+    /// fleet. A worker going idle looks, and so does the idle leader at
+    /// every `poll`, so a fleet with nothing left to do notices even when
+    /// the last change was not its own.
+    fn stop_if_drained(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        let c = &self.config;
+        let state = self.state();
+        if !c.drain || state.drained.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if store::pending(client, &c.schema, &c.queue)? {
+            return Ok(());
+        }
+        if !state.drained.swap(true, Ordering::AcqRel) {
+            log::info!("queue {:?} drained; stopping the fleet", c.queue);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getppid(), nix::sys::signal::Signal::SIGTERM);
+        }
+        Ok(())
     }
 
     /// Leads until there is work, then hands the lead off if it took work
@@ -356,6 +368,7 @@ impl QueueApp {
                 };
                 if let Some(probe) = self.housekeeping(client)? {
                     look |= probe.runnable;
+                    self.stop_if_drained(client)?;
                 }
             }
             Ok(Vec::new())
