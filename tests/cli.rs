@@ -26,6 +26,10 @@ fn main() {
             ("exec_programs_start_clean_and_time_out_alone", exec_clean),
             ("a_second_master_on_one_pidfile_refuses", pidfile_lock),
             ("status_json_counts_states", status_json),
+            (
+                "a_role_with_grants_only_enqueues_works_and_reads_status",
+                least_privilege,
+            ),
             ("strict_refuses_a_fleet_too_big_for_the_server", strict),
             ("quick_start_runs_on_an_embedded_database", quick_start),
         ],
@@ -218,6 +222,70 @@ fn sql_timeout(ctx: &mut Ctx) {
         count(&mut obs, "SELECT count(*) FROM effects WHERE v % 50 = 0"),
         0
     );
+}
+
+/// The grants the README lists for a role that runs the queue but may
+/// create nothing, applied after the schema's owner migrated it.
+const GRANTS: &str = "
+    GRANT USAGE ON SCHEMA prefork TO queue_worker;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA prefork TO queue_worker;
+    GRANT USAGE ON ALL SEQUENCES IN SCHEMA prefork TO queue_worker;
+    GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA prefork TO queue_worker;";
+
+/// A role with privileges on the schema's objects only (no CREATE on the
+/// database or the schema) enqueues, works the queue and reads status.
+fn least_privilege(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let out = run(ctx, &["status"]);
+    assert!(out.status.success(), "migrating: {}", stderr(&out));
+    obs.client()
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'queue_worker') THEN
+                     CREATE ROLE queue_worker LOGIN;
+                 END IF;
+             END $$;
+             REVOKE CREATE ON DATABASE postgres FROM PUBLIC;
+             GRANT INSERT ON effects TO queue_worker;
+             {GRANTS}"
+        ))
+        .unwrap();
+    let url = format!("{} user=queue_worker", ctx.url);
+    let may_create: bool = obs
+        .client()
+        .query_one(
+            "SELECT has_database_privilege('queue_worker', current_database(), 'CREATE')
+                 OR has_schema_privilege('queue_worker', 'prefork', 'CREATE')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!may_create, "the role must not be able to create anything");
+    enqueue_lines(
+        &url,
+        &(1..=100).map(|i| format!("{i}\n")).collect::<String>(),
+        &[],
+    );
+    let out = cli::prefork(
+        &url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects VALUES ($1::int)",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "the fleet: {}", stderr(&out));
+    let out = cli::prefork(&url, &["status", "--json"]).output().unwrap();
+    assert!(out.status.success(), "status: {}", stderr(&out));
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains(r#""done":100"#), "{status}");
+    assert_all_done_once(&mut obs, 100);
 }
 
 fn bad_payload(ctx: &mut Ctx) {
