@@ -27,6 +27,10 @@ fn main() {
             ("a_second_master_on_one_pidfile_refuses", pidfile_lock),
             ("status_json_counts_states", status_json),
             (
+                "enqueue_is_all_or_nothing_and_names_the_bad_line",
+                enqueue_atomic,
+            ),
+            (
                 "a_role_with_grants_only_enqueues_works_and_reads_status",
                 least_privilege,
             ),
@@ -221,6 +225,60 @@ fn sql_timeout(ctx: &mut Ctx) {
     assert_eq!(
         count(&mut obs, "SELECT count(*) FROM effects WHERE v % 50 = 0"),
         0
+    );
+}
+
+/// `prefork enqueue -` fed `input`: its exit code and standard error.
+fn enqueue_bytes(ctx: &Ctx, input: &[u8]) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = cli::prefork(&ctx.url, &["enqueue", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The command may stop reading at the bad line: a broken pipe is fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), stderr(&out))
+}
+
+/// A bad line queues nothing, and the message names it; a good stream is
+/// queued whole.
+fn enqueue_atomic(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let jobs = |obs: &mut Observer| count(obs, "SELECT count(*) FROM prefork.jobs");
+    let mut lines: Vec<Vec<u8>> = (1..=25_000).map(|i| format!("{i}").into_bytes()).collect();
+    lines[14_999] = b"15\x0000".to_vec();
+    let (code, err) = enqueue_bytes(ctx, &lines.join(&b'\n'));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("line 15000") && err.contains("NUL"), "{err}");
+    assert!(err.contains("nothing was queued"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(jobs(&mut obs), 0, "a failed enqueue left jobs queued");
+    lines[14_999] = b"15\xff00".to_vec();
+    let (code, err) = enqueue_bytes(ctx, &lines.join(&b'\n'));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("line 15000") && err.contains("UTF-8"), "{err}");
+    assert_eq!(jobs(&mut obs), 0);
+    lines[14_999] = b"15000".to_vec();
+    let (code, err) = enqueue_bytes(ctx, &lines.join(&b'\n'));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(jobs(&mut obs), 25_000);
+    assert_eq!(
+        count(&mut obs, "SELECT count(DISTINCT payload) FROM prefork.jobs"),
+        25_000
+    );
+    let out = run(ctx, &["enqueue", "copy", "--count", "30000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE payload = 'copy'"
+        ),
+        30_000
     );
 }
 

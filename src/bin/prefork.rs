@@ -313,22 +313,16 @@ fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
     let schema = schema(db)?;
     let url = needs_database(db, "enqueue")?;
     let database = database(&url)?;
+    let stdin = args.payload == "-";
+    if stdin && args.count != 1 {
+        return Err(usage(
+            "--count applies to one PAYLOAD, not to standard input",
+        ));
+    }
+    if !stdin {
+        check_payload(args.payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
+    }
     fork_safe::set_role("cli");
-    let payloads: Vec<String> = if args.payload == "-" {
-        if args.count != 1 {
-            return Err(usage(
-                "--count applies to one PAYLOAD, not to standard input",
-            ));
-        }
-        let stdin = std::io::stdin();
-        let mut lines = Vec::new();
-        for line in stdin.lock().lines() {
-            lines.push(line.map_err(|e| runtime(format!("reading standard input: {e}")))?);
-        }
-        lines
-    } else {
-        vec![args.payload.clone(); args.count as usize]
-    };
     connect([database], &schema)?;
     if let Some(at) = &args.run_at {
         fork_safe::with_client(|c| {
@@ -344,11 +338,89 @@ fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
         max_attempts: args.max_attempts,
         run_at: args.run_at.as_deref(),
     };
-    let queued =
-        fork_safe::with_client(|c| queue::enqueue(c, &schema, &how, &payloads)).map_err(runtime)?;
+    let queued = if stdin {
+        enqueue_lines(&schema, &how, std::io::stdin().lock())?
+    } else {
+        fork_safe::with_client(|c| {
+            queue::enqueue_copies(c, &schema, &how, &args.payload, args.count)
+        })
+        .map_err(|e| runtime(format!("{e}; nothing was queued")))?
+    };
     fork_safe::close_all();
     println!("queued {queued} job(s) on {:?}", db.queue);
     Ok(())
+}
+
+/// Lines of standard input sent to the server at once: memory stays
+/// bounded by this many payloads, whatever the input's length.
+const LINES_PER_INSERT: usize = 10_000;
+
+/// Queues one job per line of `input`, all in one transaction: a bad line
+/// (not UTF-8, a NUL byte), a read error or a server error queues nothing,
+/// and says which line.
+fn enqueue_lines(
+    schema: &Schema,
+    how: &queue::Enqueue<'_>,
+    mut input: impl BufRead,
+) -> Result<u64, Fail> {
+    let streamed = fork_safe::with_client(|c| {
+        let mut tx = c.transaction()?;
+        let mut line = 0u64;
+        let mut queued = 0;
+        let mut chunk = Vec::with_capacity(LINES_PER_INSERT);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let read = match input.read_until(b'\n', &mut buf) {
+                Ok(read) => read,
+                Err(e) => {
+                    let why = format!("reading standard input after line {line}: {e}");
+                    return Ok(Err(why));
+                }
+            };
+            if read > 0 {
+                line += 1;
+                // As `BufRead::lines`: the line ends at "\n" or "\r\n".
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                match check_payload(&buf) {
+                    Ok(payload) => chunk.push(payload.to_owned()),
+                    Err(why) => return Ok(Err(format!("line {line}: {why}"))),
+                }
+            }
+            if chunk.len() == LINES_PER_INSERT || (read == 0 && !chunk.is_empty()) {
+                queued += queue::enqueue_in(&mut tx, schema, how, &chunk)?;
+                chunk.clear();
+            }
+            if read == 0 {
+                break;
+            }
+        }
+        tx.commit()?;
+        Ok(Ok(queued))
+    });
+    match streamed {
+        Ok(Ok(queued)) => Ok(queued),
+        Ok(Err(why)) => Err(runtime(format!("{why}; nothing was queued"))),
+        Err(e) => Err(runtime(format!("{e}; nothing was queued"))),
+    }
+}
+
+/// A payload as PostgreSQL can store it in `text`: UTF-8 without NUL.
+fn check_payload(bytes: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 (byte {})", e.valid_up_to() + 1))?;
+    match text.find('\0') {
+        Some(at) => Err(format!(
+            "a NUL byte (byte {}), which text cannot hold",
+            at + 1
+        )),
+        None => Ok(text),
+    }
 }
 
 fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {

@@ -41,7 +41,7 @@ use postgres::Client;
 pub use app::{FleetStats, QueueApp};
 pub use store::{
     ChildRow, Counts, Enqueue, Job, Release, Released, Schema, check_queue_name, counts, enqueue,
-    live_children, migrate, release,
+    enqueue_copies, enqueue_in, live_children, migrate, release,
 };
 
 /// A job handler in Rust: the job and the worker thread's own connection

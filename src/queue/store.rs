@@ -36,14 +36,35 @@ pub struct Enqueue<'a> {
     pub run_at: Option<&'a str>,
 }
 
-/// Inserts `payloads` in batches, each batch in its own transaction that
-/// also notifies listening workers. Returns how many were queued.
+/// Queues `payloads`, all or none: one transaction, committed once every
+/// payload is in (listening workers hear of them at that commit). Returns
+/// how many were queued.
 ///
 /// # Errors
 ///
-/// The server's error; batches committed before it stay queued.
+/// The server's error; nothing was queued.
 pub fn enqueue(
     client: &mut Client,
+    schema: &Schema,
+    how: &Enqueue<'_>,
+    payloads: &[String],
+) -> Result<u64, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let queued = enqueue_in(&mut tx, schema, how, payloads)?;
+    tx.commit()?;
+    Ok(queued)
+}
+
+/// Queues `payloads` inside the caller's transaction, so that jobs fed in
+/// pieces (a stream too big to hold, say) are queued together, or not at
+/// all when the transaction rolls back. Listening workers hear of them at
+/// its commit. Returns how many it inserted.
+///
+/// # Errors
+///
+/// The server's error; the transaction is then aborted.
+pub fn enqueue_in(
+    tx: &mut postgres::Transaction<'_>,
     schema: &Schema,
     how: &Enqueue<'_>,
     payloads: &[String],
@@ -55,7 +76,6 @@ pub fn enqueue(
     );
     let mut queued = 0;
     for batch in payloads.chunks(INSERT_BATCH) {
-        let mut tx = client.transaction()?;
         queued += tx.execute_typed(
             &insert,
             &[
@@ -65,13 +85,58 @@ pub fn enqueue(
                 (&batch, Type::TEXT_ARRAY),
             ],
         )?;
-        tx.execute_typed(
-            "SELECT pg_notify($1, $2)",
-            &[(&schema.channel(), Type::TEXT), (&how.queue, Type::TEXT)],
-        )?;
-        tx.commit()?;
     }
+    notify(tx, schema, how.queue)?;
     Ok(queued)
+}
+
+/// Queues `count` copies of `payload` in one statement, the rows made on
+/// the server: nothing the size of `count` is held on this side. All or
+/// none, as [`enqueue`]. Returns how many were queued.
+///
+/// # Errors
+///
+/// The server's error; nothing was queued.
+pub fn enqueue_copies(
+    client: &mut Client,
+    schema: &Schema,
+    how: &Enqueue<'_>,
+    payload: &str,
+    count: u64,
+) -> Result<u64, postgres::Error> {
+    let s = schema.name();
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    let mut tx = client.transaction()?;
+    let queued = tx.execute_typed(
+        &format!(
+            "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at)
+             SELECT $1, $4, $2, coalesce($3::text::timestamptz, now())
+             FROM generate_series(1::int8, $5::int8)"
+        ),
+        &[
+            (&how.queue, Type::TEXT),
+            (&how.max_attempts, Type::INT4),
+            (&how.run_at, Type::TEXT),
+            (&payload, Type::TEXT),
+            (&count, Type::INT8),
+        ],
+    )?;
+    notify(&mut tx, schema, how.queue)?;
+    tx.commit()?;
+    Ok(queued)
+}
+
+/// Tells listening workers that `queue` has new jobs (at commit).
+fn notify(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    queue: &str,
+) -> Result<(), postgres::Error> {
+    tx.execute_typed(
+        "SELECT pg_notify($1, $2)",
+        &[(&schema.channel(), Type::TEXT), (&queue, Type::TEXT)],
+    )
+    .map(drop)
 }
 
 /// A claimed job.
