@@ -75,6 +75,9 @@ fn bad_input(ctx: &mut Ctx) {
         &["--schema", "information_schema", "--sql", "SELECT 1"],
         &["--schema", "pg_catalog", "--sql", "SELECT 1"],
         &["enqueue"],
+        &["--sql", "SELECT 1", "--lease", "10000000000000s"],
+        &["--sql", "SELECT 1", "--timeout", "10000000000000s"],
+        &["--sql", "SELECT 1", "--poll", "10000000000000s"],
         &["--sql", "INSERT INTO no_such_table VALUES ($1)"],
         &[
             "--sql",
@@ -543,7 +546,7 @@ fn status_json(ctx: &mut Ctx) {
 }
 
 fn strict(ctx: &mut Ctx) {
-    // 60 x 2 + 1 connections cannot fit in a 100-connection server.
+    // (60 + 1) x 2 + 1 connections cannot fit in a 100-connection server.
     let out = run(
         ctx,
         &[
@@ -560,7 +563,7 @@ fn strict(ctx: &mut Ctx) {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("121 connections") && err.contains("free slots"),
+        err.contains("123 connections") && err.contains("free slots"),
         "{err}"
     );
 }

@@ -25,6 +25,10 @@ fn main() {
                 twenty_thousand,
             ),
             (
+                "hup_reloads_stay_within_one_child_of_the_bound",
+                reloads_within_bound,
+            ),
+            (
                 "jobs_survive_a_child_killed_every_200ms",
                 killed_every_200ms,
             ),
@@ -131,6 +135,44 @@ fn twenty_thousand(ctx: &mut Ctx) {
         0,
         "backends left after the master exited"
     );
+}
+
+/// Forty HUPs while every job takes a while (so a retired child finishes
+/// its batch long after its replacement is ready): the fleet never holds
+/// more than one child beyond its steady bound, `(procs + 1) x threads + 1`,
+/// and loses or repeats nothing.
+fn reloads_within_bound(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue(ctx, 3_000);
+    let sampler = Sampler::start(&ctx.url);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "4",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.02)",
+        ],
+    );
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        if !master.running() {
+            break;
+        }
+        let _ = kill(master.pid(), Signal::SIGHUP);
+    }
+    drained(&mut master, Duration::from_secs(300));
+    let (peak, samples) = sampler.finish();
+    eprintln!("    peak fleet backends {peak} over {samples} samples (bound (2 + 1) x 4 + 1 = 13)");
+    assert!(samples > 20);
+    assert!(
+        peak <= 13,
+        "the fleet held {peak} connections while reloading"
+    );
+    assert_all_done_once(&mut obs, 3_000);
 }
 
 fn killed_every_200ms(ctx: &mut Ctx) {

@@ -641,6 +641,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         .crash_limit(args.crash_limit)
         .strict(args.strict)
         .pidfile(args.pidfile.clone());
+    let bounds = fleet.connection_bounds();
     let app = QueueApp::new(config, handler);
     let stats = app.stats();
     let started = Instant::now();
@@ -651,7 +652,8 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
     let failed = after.failed - before.failed;
     let summary = format!(
         "prefork: {done} job(s) done, {failed} failed in {elapsed:.1?} ({:.0} jobs/s); \
-         {} queued, {} running left; peak backends {} (bound {}); {} restart(s)",
+         {} queued, {} running left; peak backends {} (bound {}, {} while a child is replaced); \
+         {} restart(s)",
         done as f64 / elapsed.as_secs_f64().max(1e-9),
         after.queued,
         after.running,
@@ -660,7 +662,8 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
             .load(std::sync::atomic::Ordering::Relaxed),
         // One connection per worker thread (a child's idle leader is one of
         // them), plus the master's.
-        procs * args.threads as usize + 1,
+        bounds.steady,
+        bounds.replacing,
         report.restarts
     );
     if std::io::stderr().is_terminal() || args.drain || args.sample.is_some() {

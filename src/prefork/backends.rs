@@ -26,7 +26,7 @@ pub(super) fn check_slots(settings: &Settings) -> Result<(), PreforkError> {
     });
     crate::close_all();
     let free = free.map_err(PreforkError::Database)?;
-    let needed = (settings.procs * settings.threads + 1) as i64;
+    let needed = settings.connection_bounds().replacing as i64;
     if needed > free {
         if settings.strict {
             return Err(PreforkError::NotEnoughSlots { needed, free });

@@ -18,6 +18,19 @@ pub(crate) fn stuck_after(timeout: Duration, budget: u32) -> Duration {
     timeout.saturating_mul(budget.max(1)).saturating_mul(2)
 }
 
+/// The most connections a fleet whose workers hold one connection each
+/// (a job queue's do) holds at once, the master's included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBounds {
+    /// While every slot has its one child: `procs x threads + 1`.
+    pub steady: usize,
+    /// While a retiring child (HUP, `--max-requests`, lifetime, memory) is
+    /// being replaced: one child more, `(procs + 1) x threads + 1`. The
+    /// replacement is ready before the old child is told to stop, and the
+    /// next replacement starts only once the old child has exited.
+    pub replacing: usize,
+}
+
 /// Settings of a fleet; see the [`Prefork`] setters.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -35,6 +48,15 @@ pub(crate) struct Settings {
     pub(crate) crash_limit: Option<u32>,
     pub(crate) strict: bool,
     pub(crate) pidfile: Option<PathBuf>,
+}
+
+impl Settings {
+    pub(crate) fn connection_bounds(&self) -> ConnectionBounds {
+        ConnectionBounds {
+            steady: self.procs * self.threads + 1,
+            replacing: (self.procs + 1) * self.threads + 1,
+        }
+    }
 }
 
 /// Builds and runs a supervised fleet of prefork children.
@@ -163,8 +185,15 @@ impl Prefork {
         self
     }
 
-    /// Refuse to start when procs x threads + 1 connections do not fit in
-    /// the server's free slots, instead of warning. Default: warn.
+    /// The most connections the fleet holds at once, with one connection
+    /// per worker (see [`ConnectionBounds`]).
+    pub fn connection_bounds(&self) -> ConnectionBounds {
+        self.settings.connection_bounds()
+    }
+
+    /// Refuse to start when the fleet's connections
+    /// ([`ConnectionBounds::replacing`]) do not fit in the server's free
+    /// slots, instead of warning. Default: warn.
     pub fn strict(mut self, strict: bool) -> Prefork {
         self.settings.strict = strict;
         self

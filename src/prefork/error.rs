@@ -55,8 +55,9 @@ impl fmt::Display for PreforkError {
             PreforkError::Database(e) => write!(f, "{e}"),
             PreforkError::NotEnoughSlots { needed, free } => write!(
                 f,
-                "the fleet may open {needed} connections but the server has {free} free slots \
-                 (max_connections minus reserved and in use); lower --procs or --threads"
+                "the fleet may open {needed} connections (one per worker, one child more \
+                 while a child is replaced, and the master's) but the server has {free} free \
+                 slots (max_connections minus reserved and in use); lower --procs or --threads"
             ),
             PreforkError::AlreadyRunning { pidfile, pid } => {
                 write!(f, "already running: {} is held", pidfile.display())?;

@@ -9,7 +9,8 @@
 //! requests, max lifetime, memory) marks a child as retiring; one retiring
 //! child at a time gets a replacement in the same slot, and only once the
 //! replacement is ready is the old child told to stop, so capacity never
-//! drops.
+//! drops; the next replacement starts once the old child has exited, so at
+//! most one child beyond the target is alive.
 
 use std::io;
 use std::time::{Duration, Instant, SystemTime};
@@ -488,8 +489,16 @@ impl Fleet {
                 self.spawn(index, None, now, fx)?;
             }
         }
-        // One replacement at a time for retiring children, oldest first.
-        let replacing = self.children.iter().any(|c| c.replaces.is_some());
+        // One replacement at a time for retiring children, oldest first,
+        // and the next only once the child it replaced has exited: a
+        // retired child finishing its jobs still holds its connections, so
+        // starting the next replacement then would put two extra children
+        // on the server. This is what keeps a rolling replacement within one
+        // child's connections of the fleet's bound.
+        let replacing = self
+            .children
+            .iter()
+            .any(|c| c.replaces.is_some() || (c.retire.is_some() && c.stop.is_some()));
         if !replacing {
             let oldest = self
                 .children
@@ -855,6 +864,9 @@ mod tests {
             let new = pid(4 + round);
             fleet.on_ready(new, clock.now().at, &mut fx);
             assert_eq!(fx.take(), [format!("SIGTERM {}", pid(1 + round))]);
+            // The next replacement waits until the stopped one is gone.
+            fleet.turn(clock.advance(Duration::from_millis(50)), &mut fx);
+            assert!(fx.take().is_empty(), "two children beyond the target");
             let old = WaitStatus::Exited(pid(1 + round), 0);
             fleet.on_exit(old, clock.now().at, &mut fx);
         }

@@ -79,7 +79,7 @@ mod worker;
 
 pub use app::{App, BoxError, ChildInfo, ChildStatus, Report};
 pub use board::MAX_THREADS;
-pub use builder::Prefork;
+pub use builder::{ConnectionBounds, Prefork};
 pub use error::PreforkError;
 pub(crate) use supervise::list;
 pub use worker::{Wake, Waker, Worker};
