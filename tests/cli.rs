@@ -24,6 +24,10 @@ fn main() {
             ("a_slow_sql_job_times_out_alone", sql_timeout),
             ("exec_handler_gets_payload_and_environment", exec_handler),
             ("exec_programs_start_clean_and_time_out_alone", exec_clean),
+            (
+                "a_killed_childs_programs_end_before_their_job_runs_again",
+                killed_child_programs,
+            ),
             ("a_second_master_on_one_pidfile_refuses", pidfile_lock),
             ("status_json_counts_states", status_json),
             (
@@ -229,6 +233,77 @@ fn sql_timeout(ctx: &mut Ctx) {
         count(&mut obs, "SELECT count(*) FROM effects WHERE v % 50 = 0"),
         0
     );
+}
+
+/// Processes whose command line is exactly `argv`.
+fn processes(argv: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .collect()
+}
+
+/// A child SIGKILLed while its program runs background processes: the
+/// master ends the program's whole group before the job is handed back,
+/// so the retry never runs beside the previous attempt, and a stop ends
+/// the retry's group too.
+fn killed_child_programs(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "x\n", &["--max-attempts", "5"]);
+    // Each attempt starts two background sleeps named for the attempt.
+    let script = "sleep 41.$PREFORK_ATTEMPT & sleep 41.$PREFORK_ATTEMPT & wait";
+    let mut master = cli::Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "1",
+            "--graceful-timeout",
+            "1s",
+            "--exec",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let within = |what: &str, done: &mut dyn FnMut() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    within("the first attempt's sleeps", &mut || {
+        processes(&["sleep", "41.1"]).len() == 2
+    });
+    let child = cli::first_child(master.pid()).expect("a child");
+    nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The retry starts; by then nothing of the first attempt may be left.
+    within("the second attempt's sleeps", &mut || {
+        let retry = processes(&["sleep", "41.2"]);
+        if !retry.is_empty() {
+            let left = processes(&["sleep", "41.1"]);
+            assert!(
+                left.is_empty(),
+                "the retry runs beside {left:?} of the first attempt"
+            );
+        }
+        retry.len() == 2
+    });
+    nix::sys::signal::kill(master.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, err) = master.wait(std::time::Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    within("the retry's sleeps to end with the fleet", &mut || {
+        processes(&["sleep", "41.2"]).is_empty()
+    });
+    let attempts = count(&mut obs, "SELECT max(attempts)::int8 FROM prefork.jobs");
+    assert_eq!(attempts, 2);
 }
 
 /// `prefork enqueue -` fed `input`: its exit code and standard error.

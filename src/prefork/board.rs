@@ -9,10 +9,12 @@
 use std::io;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+
+use crate::Pid;
 
 /// Most threads a child may run (`--threads`).
 pub const MAX_THREADS: usize = 1024;
@@ -38,6 +40,10 @@ struct Slot {
     /// Odd while the label is being written (a sequence lock).
     seq: AtomicU32,
     label: [AtomicU8; LABEL],
+    /// The process group of the program the worker runs, 0 if none:
+    /// written by the program itself before it execs, cleared by the
+    /// worker before it reaps the program (see `program`).
+    program: AtomicI32,
 }
 
 /// A worker that has been inside one unit of work for a while.
@@ -98,6 +104,23 @@ impl Board {
             slot.started.store(0, Ordering::Release);
         }
         self.jobs.fetch_add(jobs, Ordering::Relaxed);
+    }
+
+    /// Where worker `worker` records the process group of the program it
+    /// runs.
+    pub(crate) fn program_record(&self, worker: usize) -> Option<&AtomicI32> {
+        self.workers.get(worker).map(|slot| &slot.program)
+    }
+
+    /// The process groups of the programs the child's first `threads`
+    /// workers run, as recorded.
+    pub(crate) fn programs(&self, threads: usize) -> Vec<Pid> {
+        self.workers[..threads.min(MAX_THREADS)]
+            .iter()
+            .map(|slot| slot.program.load(Ordering::Acquire))
+            .filter(|group| *group > 0)
+            .map(Pid::from_raw)
+            .collect()
     }
 
     /// Jobs finished so far.

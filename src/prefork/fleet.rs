@@ -55,6 +55,8 @@ pub(super) trait Effects {
     fn signal(&mut self, pid: Pid, signal: Signal);
     /// The child's resident memory in bytes.
     fn resident_bytes(&mut self, pid: Pid) -> Option<u64>;
+    /// Kills a process group a dead child's worker left running.
+    fn kill_group(&mut self, group: Pid);
 }
 
 /// A new child: its pid and its scoreboard.
@@ -221,6 +223,17 @@ impl Fleet {
             return false;
         };
         let child = self.children.swap_remove(i);
+        // Programs its workers ran, which outlive it (PDEATHSIG ended their
+        // leaders, not what those started): ended now, before the child's
+        // jobs are handed back (see `program`).
+        for group in child.board.programs(self.settings.threads) {
+            log::warn!(
+                "child {} (pid {}) left program group {group} running; killing it",
+                child.index,
+                child.pid
+            );
+            fx.kill_group(group);
+        }
         let how = describe(&status);
         let lifetime = now.saturating_duration_since(child.born);
         let requested = child.stop.is_some() && !child.faulted;
@@ -650,6 +663,8 @@ mod tests {
     //! The rules on a clock of the tests' own: no fork, no sleep. The fake
     //! system logs what the fleet asked of it.
 
+    use std::sync::atomic::Ordering;
+
     use super::*;
     use crate::prefork::Prefork;
 
@@ -682,6 +697,9 @@ mod tests {
         }
         fn resident_bytes(&mut self, _: Pid) -> Option<u64> {
             self.rss
+        }
+        fn kill_group(&mut self, group: Pid) {
+            self.log.push(format!("killpg {group}"));
         }
     }
 
@@ -761,6 +779,26 @@ mod tests {
         assert_eq!(fleet.report.restarts, 3);
         // A pid that is not a child is a stranger.
         assert!(!fleet.on_exit(WaitStatus::Exited(pid(99), 0), clock.now().at, &mut fx));
+    }
+
+    #[test]
+    fn a_dead_childs_program_groups_are_killed_when_it_is_reaped() {
+        let (mut fx, clock) = (Fake::default(), Clock::new());
+        let mut fleet = fleet(|p| p.procs(1).threads(4));
+        fleet.turn(clock.now(), &mut fx);
+        fx.take();
+        let board = &fleet.children[0].board;
+        board
+            .program_record(1)
+            .unwrap()
+            .store(4242, Ordering::Release);
+        board
+            .program_record(3)
+            .unwrap()
+            .store(4343, Ordering::Release);
+        let dead = WaitStatus::Signaled(pid(1), Signal::SIGKILL, false);
+        fleet.on_exit(dead, clock.now().at, &mut fx);
+        assert_eq!(fx.take(), ["killpg 4242", "killpg 4343"]);
     }
 
     #[test]

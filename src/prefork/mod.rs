@@ -52,6 +52,7 @@
 //! | `app` | the [`App`] trait: what a fleet runs |
 //! | `builder` | the [`Prefork`] builder and the fleet's settings |
 //! | `worker` | a worker thread's handle: stop flag, wake-ups, job accounting |
+//! | `program` | programs a worker runs, started and ended as whole process groups |
 //! | `supervise` | the master's loop and the system calls behind its decisions |
 //! | `fleet` | the master's decisions (deadlines, backoff, recycling, one-at-a-time replacement), free of system calls |
 //! | `child` | what a child does after the fork |
@@ -72,6 +73,7 @@ mod child;
 mod error;
 mod fleet;
 mod pidfile;
+mod program;
 mod signals;
 mod supervise;
 mod title;
@@ -81,5 +83,6 @@ pub use app::{App, BoxError, ChildInfo, ChildStatus, Report};
 pub use board::MAX_THREADS;
 pub use builder::{ConnectionBounds, Prefork};
 pub use error::PreforkError;
+pub use program::Program;
 pub(crate) use supervise::list;
 pub use worker::{Wake, Waker, Worker};

@@ -274,6 +274,10 @@ impl<A: App> Effects for Os<A> {
     fn resident_bytes(&mut self, pid: Pid) -> Option<u64> {
         crate::procfs::resident_bytes(pid)
     }
+
+    fn kill_group(&mut self, group: Pid) {
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+    }
 }
 
 /// Pids as `4721, 4722`.

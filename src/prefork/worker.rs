@@ -220,6 +220,29 @@ impl Worker {
         f()
     }
 
+    /// Starts `command` as a program for this worker's job: the leader of
+    /// a process group of its own, started clean (default signals, empty
+    /// mask, descriptors 0 to 2 only), dying with this thread, and recorded
+    /// on the scoreboard so that the master ends the whole group if the
+    /// child dies (see [`Program`](super::Program)). One program at a time
+    /// per worker.
+    ///
+    /// # Errors
+    ///
+    /// The program could not be started (or watched), or this worker
+    /// already runs one.
+    pub fn spawn(
+        &self,
+        command: &mut std::process::Command,
+    ) -> std::io::Result<super::Program<'_>> {
+        let record = self
+            .shared
+            .board
+            .program_record(self.index)
+            .ok_or_else(|| std::io::Error::other("no scoreboard slot for this worker"))?;
+        super::program::spawn(command, record)
+    }
+
     /// Runs work that is not a job but must not hang either (claiming jobs,
     /// recording their outcomes): the master sees it as one job's worth of
     /// work, for status and `--timeout`, but it is not counted and the

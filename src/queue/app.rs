@@ -146,8 +146,9 @@ impl QueueApp {
             Handler::Exec { argv } => jobs
                 .iter()
                 .map(|j| {
-                    let outcome =
-                        worker.job(&format!("job {}", j.id), || exec::run(argv, c.timeout, j));
+                    let outcome = worker.job(&format!("job {}", j.id), || {
+                        exec::run(worker, argv, c.timeout, j)
+                    });
                     (j.id, outcome)
                 })
                 .collect(),

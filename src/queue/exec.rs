@@ -1,21 +1,17 @@
 //! The `--exec` handler: one program run per job, no shell.
 //!
-//! # The program's start
-//!
-//! Each program starts as a new process group, with the default signal
-//! dispositions and an empty signal mask (a child blocks TERM and QUIT and
-//! ignores the master's other signals; a program must not inherit that, or
-//! `kill -TERM` would do nothing to it), with standard input, output and
-//! error and no other descriptor (anything else the launcher inherited
-//! from its caller is closed at `exec`), and dies with the worker thread
-//! that started it (`PR_SET_PDEATHSIG`).
+//! The program is started and ended by the worker as a whole process group
+//! ([`Worker::spawn`]; see [`Program`](crate::prefork::Program) for how it
+//! starts clean and why a dead child's programs end too). Its payload goes
+//! to its standard input; what it writes is read as it comes, the head of
+//! its output and the tail of its errors kept in bounded memory.
 //!
 //! # Its end
 //!
-//! The worker waits for the program's exit on a pidfd, with `--timeout` as
-//! the deadline, without polling. Past the deadline the program's group is
-//! sent TERM, then KILL after [`kill_grace`]; the job fails with "timed out
-//! after ...". This is the worker's half of the rule in
+//! The worker waits for the program's exit with `--timeout` as the
+//! deadline. Past it the group is sent TERM, then KILL after
+//! [`kill_grace`]; the job fails with "timed out after ...". This is the
+//! worker's half of the rule in
 //! [`Prefork::timeout`](crate::prefork::Prefork::timeout): the grace is at
 //! most half the timeout, so the program is gone and the outcome recorded
 //! well before the master would kill the whole child. Once the program has
@@ -23,17 +19,11 @@
 //! that kept its standard output open cannot hold the job.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, killpg};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::Job;
-use crate::Pid;
+use crate::prefork::Worker;
 
 /// What of standard output is kept as the job's result.
 const OUTPUT_CAP: usize = 64 * 1024;
@@ -47,7 +37,12 @@ pub(super) fn kill_grace(timeout: Duration) -> Duration {
 }
 
 /// Runs one job through an external program.
-pub(super) fn run(argv: &[String], timeout: Option<Duration>, job: &Job) -> Result<String, String> {
+pub(super) fn run(
+    worker: &Worker,
+    argv: &[String],
+    timeout: Option<Duration>,
+    job: &Job,
+) -> Result<String, String> {
     let (program, args) = argv.split_first().ok_or("no program given")?;
     let mut command = Command::new(program);
     command
@@ -58,49 +53,35 @@ pub(super) fn run(argv: &[String], timeout: Option<Duration>, job: &Job) -> Resu
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let parent = Pid::this();
-    // SAFETY: `prepare` runs in the forked process before exec and makes
-    // only async-signal-safe system calls; it allocates nothing and takes
-    // no lock.
-    unsafe { command.pre_exec(move || prepare(parent)) };
-    let mut child = command
-        .spawn()
+    let mut running = worker
+        .spawn(&mut command)
         .map_err(|e| format!("cannot run {program:?}: {e}"))?;
-    let group = Pid::from_raw(child.id() as i32);
-    let outcome = supervise(&mut child, group, timeout, job, program);
-    // Whatever is left of the group (a background process holding the
-    // pipes) goes with the program.
-    let _ = killpg(group, Signal::SIGKILL);
-    outcome
-}
-
-/// Feeds the payload, collects the output, and waits for the program.
-fn supervise(
-    child: &mut Child,
-    group: Pid,
-    timeout: Option<Duration>,
-    job: &Job,
-    program: &str,
-) -> Result<String, String> {
     // Feed stdin and drain stdout/stderr on their own threads, so a program
     // that writes before it reads cannot deadlock against us.
-    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let mut stdin = running.stdin().ok_or("no stdin")?;
     let payload = job.payload.clone();
     let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(payload.as_bytes());
     });
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let stdout = running.stdout().ok_or("no stdout")?;
     let out = std::thread::spawn(move || head(stdout, OUTPUT_CAP));
-    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let stderr = running.stderr().ok_or("no stderr")?;
     let err = std::thread::spawn(move || tail(stderr, ERROR_TAIL));
 
-    let exited = wait(child, group, timeout, program);
-    // The readers end once the group is gone and the pipes close.
-    let _ = killpg(group, Signal::SIGKILL);
+    let exited = running.wait_exit(timeout);
+    if !exited {
+        running.stop(kill_grace(timeout.unwrap_or_default()));
+    }
+    // The rest of the group goes with the program, and with it the last
+    // writers of the pipes: the readers end.
+    let status = running.finish();
     let _ = feeder.join();
     let out = out.join().unwrap_or_default();
     let err = err.join().unwrap_or_default();
-    let status = exited?;
+    if !exited {
+        return Err(format!("timed out after {:?}", timeout.unwrap_or_default()));
+    }
+    let status = status.map_err(|e| format!("waiting for {program:?}: {e}"))?;
     if status.success() {
         Ok(String::from_utf8_lossy(&out).into_owned())
     } else {
@@ -109,70 +90,6 @@ fn supervise(
             String::from_utf8_lossy(&err).trim_end()
         ))
     }
-}
-
-/// Waits for the program to exit, stopping its group past `timeout`.
-fn wait(
-    child: &mut Child,
-    group: Pid,
-    timeout: Option<Duration>,
-    program: &str,
-) -> Result<std::process::ExitStatus, String> {
-    let waited = |child: &mut Child| {
-        child
-            .wait()
-            .map_err(|e| format!("waiting for {program:?}: {e}"))
-    };
-    let Some(timeout) = timeout else {
-        return waited(child);
-    };
-    let pidfd = match pidfd(group) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = killpg(group, Signal::SIGKILL);
-            let _ = child.wait();
-            return Err(format!("cannot watch {program:?}: {e}"));
-        }
-    };
-    if exits_within(&pidfd, timeout) {
-        return waited(child);
-    }
-    let _ = killpg(group, Signal::SIGTERM);
-    if !exits_within(&pidfd, kill_grace(timeout)) {
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-    let _ = child.wait();
-    Err(format!("timed out after {timeout:?}"))
-}
-
-/// Whether the process behind `pidfd` exits within `limit` (a pidfd turns
-/// readable when its process exits).
-fn exits_within(pidfd: &OwnedFd, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        let millis = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, millis) {
-            Ok(0) if left.is_zero() => return false,
-            Ok(0) | Err(Errno::EINTR) => continue,
-            Ok(_) => return true,
-            // Cannot watch it: treat it as exited, and let wait() block.
-            Err(_) => return true,
-        }
-    }
-}
-
-/// A pidfd for `pid` (Linux 5.3 and later).
-fn pidfd(pid: Pid) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1; it touches no memory of ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The first `cap` bytes of `r`; the rest is read and dropped, so the
@@ -208,61 +125,6 @@ fn tail(mut r: impl Read, cap: usize) -> Vec<u8> {
     }
     let start = kept.len().saturating_sub(cap);
     kept.split_off(start)
-}
-
-/// Runs in the forked process before `exec`: async-signal-safe calls only.
-fn prepare(parent: Pid) -> std::io::Result<()> {
-    // Its own process group, so a timeout or a stop ends the whole group.
-    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-    // Die with the worker thread that started it, and not run on if that
-    // thread is already gone.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-    if nix::unistd::getppid() != parent {
-        // No allocation here (another thread may have held the allocator's
-        // lock at the fork): an errno, not a message.
-        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    // Default dispositions and an empty mask: what the child blocks or
-    // ignores is the child's business, not the program's.
-    // Every signal, the real-time ones included (libc refuses to touch
-    // the two it reserves, so this is the raw system call): the kernel's
-    // sigaction is handler, flags, restorer and mask, and all zeros is
-    // SIG_DFL with nothing else.
-    let default = [0u64; 4];
-    for signal in 1..=64 {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: `default` is a valid kernel sigaction (SIG_DFL) that
-        // outlives the call; no old action is asked for; 8 is the size of
-        // the kernel's signal set.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                signal,
-                default.as_ptr(),
-                std::ptr::null_mut::<u64>(),
-                8usize,
-            )
-        };
-    }
-    nix::sys::signal::SigSet::empty().thread_set_mask()?;
-    // Every descriptor but 0, 1 and 2 closes at exec (CLOSE_RANGE_CLOEXEC
-    // marks rather than closes, so std's own error pipe still reports a
-    // failed exec).
-    // SAFETY: close_range takes integers only.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

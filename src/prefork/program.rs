@@ -1,0 +1,275 @@
+//! Programs a worker runs for its jobs, started and ended as whole process
+//! groups.
+//!
+//! # The start
+//!
+//! [`Worker::spawn`](super::Worker::spawn) starts a [`Command`] the caller
+//! set up (arguments, environment, pipes) as the leader of a new process
+//! group, with the default signal dispositions and an empty signal mask (a
+//! child blocks TERM and QUIT and ignores the master's other signals; a
+//! program must not inherit that, or `kill -TERM` would do nothing to it),
+//! with descriptors 0, 1 and 2 and no other (anything the launcher
+//! inherited from its caller closes at `exec`), and dying with the worker
+//! thread that started it (`PR_SET_PDEATHSIG`). Before it execs, the
+//! program writes its group id into its worker's slot on the child's
+//! scoreboard, so it never runs a line of its own code unrecorded.
+//!
+//! # The end
+//!
+//! [`Program::stop`] sends TERM to the group, then KILL after a grace.
+//! [`Program::finish`] (and `Drop`) kills whatever is left of the group (a
+//! background process that kept the pipes open cannot hold the job), clears
+//! the record, and reaps the leader, in that order: the leader's zombie
+//! keeps its pid, the group id, from being reused until the record is
+//! gone, so a record never names a stranger's group.
+//!
+//! # A child that dies
+//!
+//! When a child dies with programs running (SIGKILL, a crash), its workers
+//! cannot end them: PDEATHSIG kills each leader, but not what the leader
+//! started. The master reads the dead child's scoreboard when it reaps the
+//! child and kills every recorded group (`Fleet::on_exit`), before the
+//! child's jobs are handed back ([`App::children_lost`](super::App::children_lost)):
+//! a job never runs again beside what is left of its previous attempt.
+//! What remains is a race of milliseconds: if, between the child's death
+//! and the master's kill, a recorded group emptied and a new process took
+//! its id as a group of its own, that process is killed. That needs the
+//! system's pids to wrap around in those milliseconds.
+//!
+//! Waiting uses a pidfd (Linux 5.3 and later), so a deadline costs no
+//! polling and nothing is reaped before its time.
+
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+
+use crate::Pid;
+
+/// A program a worker runs: the leader of its own process group.
+///
+/// Dropping it ends the group and reaps the leader, like
+/// [`Program::finish`].
+#[must_use = "a program runs until it is finished; finish() reaps it and reports its exit"]
+#[derive(Debug)]
+pub struct Program<'w> {
+    child: Child,
+    group: Pid,
+    pidfd: OwnedFd,
+    record: &'w AtomicI32,
+    reaped: bool,
+}
+
+/// Starts `command` as a program recorded in `record` (see the module
+/// docs).
+pub(super) fn spawn<'w>(command: &mut Command, record: &'w AtomicI32) -> io::Result<Program<'w>> {
+    if record.load(Ordering::Acquire) != 0 {
+        return Err(io::Error::other(
+            "this worker already runs a program; finish it first",
+        ));
+    }
+    let parent = Pid::this();
+    let address = record as *const AtomicI32 as usize;
+    // SAFETY: `prepare` runs in the forked process before exec and makes
+    // only async-signal-safe system calls and one atomic store; it
+    // allocates nothing and takes no lock. `address` points into the
+    // scoreboard, a shared mapping the forked process inherits and keeps
+    // until exec.
+    unsafe { command.pre_exec(move || prepare(parent, address)) };
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            // The forked process may have recorded itself before its exec
+            // failed; std has reaped it.
+            record.store(0, Ordering::Release);
+            return Err(e);
+        }
+    };
+    let group = Pid::from_raw(child.id() as i32);
+    // What `prepare` stored, stored again: the same value.
+    record.store(group.as_raw(), Ordering::Release);
+    match pidfd(group) {
+        Ok(pidfd) => Ok(Program {
+            child,
+            group,
+            pidfd,
+            record,
+            reaped: false,
+        }),
+        Err(e) => {
+            let _ = killpg(group, Signal::SIGKILL);
+            record.store(0, Ordering::Release);
+            let _ = child.wait();
+            Err(io::Error::new(
+                e.kind(),
+                format!("cannot watch the program: {e}"),
+            ))
+        }
+    }
+}
+
+impl Program<'_> {
+    /// The program's pid, which is also its process group's id.
+    pub fn id(&self) -> Pid {
+        self.group
+    }
+
+    /// Its standard input, if piped and not yet taken.
+    pub fn stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// Its standard output, if piped and not yet taken.
+    pub fn stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Its standard error, if piped and not yet taken.
+    pub fn stderr(&mut self) -> Option<ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// Waits until the program (the group's leader) exits, for at most
+    /// `limit` (`None`: no limit), without reaping it; whether it exited.
+    pub fn wait_exit(&mut self, limit: Option<Duration>) -> bool {
+        let deadline = limit.map(|limit| Instant::now() + limit);
+        loop {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            // A pidfd turns readable when its process exits.
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => return false,
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => return true,
+                // Cannot watch it any more: call it exited, and let the
+                // reap in `finish` block instead.
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Stops the whole group: TERM, then KILL if the program has not exited
+    /// within `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = killpg(self.group, Signal::SIGTERM);
+        if !self.wait_exit(Some(grace)) {
+            let _ = killpg(self.group, Signal::SIGKILL);
+        }
+    }
+
+    /// Ends what is left of the group (KILL), clears the record and reaps
+    /// the program; its exit status.
+    ///
+    /// # Errors
+    ///
+    /// Waiting for the program failed.
+    pub fn finish(mut self) -> io::Result<ExitStatus> {
+        self.end()
+    }
+
+    fn end(&mut self) -> io::Result<ExitStatus> {
+        // Order matters (see the module docs): the group is killed and the
+        // record cleared while the leader's zombie still holds the id.
+        let _ = killpg(self.group, Signal::SIGKILL);
+        self.record.store(0, Ordering::Release);
+        self.reaped = true;
+        loop {
+            match self.child.wait() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                waited => return waited,
+            }
+        }
+    }
+}
+
+impl Drop for Program<'_> {
+    /// Never leaves a group running or a zombie behind.
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.end();
+        }
+    }
+}
+
+/// A pidfd for `pid`.
+fn pidfd(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Runs in the forked process before `exec`: async-signal-safe calls only.
+fn prepare(parent: Pid, record: usize) -> io::Result<()> {
+    // Its own process group, so a timeout or a stop ends the whole group.
+    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+    // Recorded before it runs anything of its own, so a master that finds
+    // its child dead finds this group too.
+    // SAFETY: `record` is the address of an AtomicI32 in the scoreboard,
+    // a shared mapping this process inherited and keeps until exec.
+    let record = unsafe { &*(record as *const AtomicI32) };
+    record.store(nix::unistd::getpid().as_raw(), Ordering::Release);
+    // Die with the worker thread that started it, and not run on if that
+    // thread is already gone.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if nix::unistd::getppid() != parent {
+        // No allocation here (another thread may have held the allocator's
+        // lock at the fork): an errno, not a message.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // Default dispositions and an empty mask. Every signal, the real-time
+    // ones included (libc refuses to touch the two it reserves, so this is
+    // the raw system call): the kernel's sigaction is handler, flags,
+    // restorer and mask, and all zeros is SIG_DFL with nothing else.
+    let default = [0u64; 4];
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `default` is a valid kernel sigaction (SIG_DFL) that
+        // outlives the call; no old action is asked for; 8 is the size of
+        // the kernel's signal set.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+    }
+    nix::sys::signal::SigSet::empty().thread_set_mask()?;
+    // Every descriptor but 0, 1 and 2 closes at exec (CLOSE_RANGE_CLOEXEC
+    // marks rather than closes, so std's own error pipe still reports a
+    // failed exec).
+    // SAFETY: close_range takes integers only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
