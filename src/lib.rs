@@ -130,7 +130,6 @@ pub mod prefork;
 mod procfs;
 pub mod queue;
 
-pub(crate) use conn::cancel;
 pub use conn::{
     APPLICATION_NAME_PREFIX, Database, MaxAge, Stats, ThreadStats, application_name, close,
     close_all, close_old, is_configured, parse_application_name, stats, thread_open_count,

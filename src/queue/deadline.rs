@@ -169,7 +169,7 @@ fn watch(shared: &Shared) {
             // the lock, which workers take to arm and disarm.
             drop(slots);
             for token in due {
-                if let Err(e) = crate::cancel(&token) {
+                if let Err(e) = crate::conn::cancel(&token) {
                     log::warn!("cancelling a statement past its job's timeout: {e}");
                 }
             }
