@@ -47,6 +47,8 @@ pub struct Builder {
     settings: Vec<(String, String)>,
     os_user: Option<String>,
     durable: bool,
+    /// The server's certificate chain and key, PEM.
+    tls: Option<(String, String)>,
 }
 
 impl Builder {
@@ -73,6 +75,15 @@ impl Builder {
         self
     }
 
+    /// Also serve TLS on `127.0.0.1` (a free port, see
+    /// [`TempCluster::tcp_connection_string`]) with this certificate chain
+    /// and private key, both PEM. The Unix socket stays (PostgreSQL never
+    /// encrypts one). Default: Unix socket only.
+    pub fn tls(mut self, cert_chain_pem: &str, key_pem: &str) -> Builder {
+        self.tls = Some((cert_chain_pem.to_owned(), key_pem.to_owned()));
+        self
+    }
+
     /// The operating-system user to run the server as when running as root.
     /// Default: `postgres`.
     pub fn os_user(mut self, user: &str) -> Builder {
@@ -91,15 +102,25 @@ impl Builder {
         let bin = find_bindir()?;
         let owner = owner(self.os_user.as_deref())?;
         let dir = make_private_dir(owner.as_ref())?;
+        let port = if self.tls.is_some() {
+            free_tcp_port()?
+        } else {
+            PORT
+        };
         let mut cluster = TempCluster {
             bin,
             dir,
             owner,
             settings: self.settings,
             durable: self.durable,
+            port,
+            tcp: self.tls.is_some(),
             server: None,
             owner_pid: std::process::id(),
         };
+        if let Some((cert, key)) = &self.tls {
+            cluster.install_tls(cert, key)?;
+        }
         cluster.initdb()?;
         cluster.start_server()?;
         Ok(cluster)
@@ -115,10 +136,24 @@ pub struct TempCluster {
     owner: Option<User>,
     settings: Vec<(String, String)>,
     durable: bool,
+    /// The server's port (its Unix socket's name too).
+    port: u16,
+    /// It also listens on 127.0.0.1, with TLS.
+    tcp: bool,
     server: Option<Child>,
     /// Only this process stops and removes the cluster: a forked child's
     /// copy is inert.
     owner_pid: u32,
+}
+
+/// A TCP port free on 127.0.0.1 a moment ago (the kernel's pick).
+fn free_tcp_port() -> Result<u16, ClusterError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| err(format!("finding a free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|e| err(format!("finding a free port: {e}")))
 }
 
 /// The superuser the clusters are created with.
@@ -153,9 +188,47 @@ impl TempCluster {
     /// A libpq connection string for `dbname` as `user`.
     pub fn connection_string_for(&self, user: &str, dbname: &str) -> String {
         format!(
-            "host={} port={PORT} user={user} dbname={dbname}",
-            self.dir.display()
+            "host={} port={} user={user} dbname={dbname}",
+            self.dir.display(),
+            self.port
         )
+    }
+
+    /// For a cluster built with [`Builder::tls`]: a connection string over
+    /// TCP for database `postgres` as the superuser, to the host name
+    /// `localhost` at `127.0.0.1`; add the `sslmode` to test.
+    pub fn tcp_connection_string(&self) -> Option<String> {
+        self.tcp.then(|| {
+            format!(
+                "host=localhost hostaddr=127.0.0.1 port={} user={SUPERUSER} dbname=postgres",
+                self.port
+            )
+        })
+    }
+
+    /// Writes the server's certificate and key where the server (its own
+    /// user, as root) can read them, the key private to it, as PostgreSQL
+    /// demands.
+    fn install_tls(&mut self, cert: &str, key: &str) -> Result<(), ClusterError> {
+        let write = |name: &str, text: &str| -> Result<String, ClusterError> {
+            let path = self.dir.join(name);
+            fs::write(&path, text).map_err(|e| err(format!("writing {path:?}: {e}")))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| err(format!("{path:?}: {e}")))?;
+            if let Some(user) = &self.owner {
+                nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
+                    .map_err(|e| err(format!("{path:?}: {e}")))?;
+            }
+            Ok(path.display().to_string())
+        };
+        let cert = write("server.crt", cert)?;
+        let key = write("server.key", key)?;
+        self.settings.extend([
+            ("ssl".to_owned(), "on".to_owned()),
+            ("ssl_cert_file".to_owned(), cert),
+            ("ssl_key_file".to_owned(), key),
+        ]);
+        Ok(())
     }
 
     /// The server's postmaster pid.
@@ -218,13 +291,14 @@ impl TempCluster {
             .map_err(|e| err(format!("opening {log:?}: {e}")))?;
         let mut cmd = self.command("postgres");
         cmd.arg("-D").arg(self.data_dir());
+        let listen = if self.tcp { "127.0.0.1" } else { "" };
         let mut settings: Vec<(String, String)> = vec![
-            ("listen_addresses".into(), String::new()),
+            ("listen_addresses".into(), listen.into()),
             (
                 "unix_socket_directories".into(),
                 self.dir.display().to_string(),
             ),
-            ("port".into(), PORT.to_string()),
+            ("port".into(), self.port.to_string()),
         ];
         if !self.durable {
             settings.push(("fsync".into(), "off".into()));

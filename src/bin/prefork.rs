@@ -42,7 +42,9 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 struct DbArgs {
-    /// PostgreSQL URL or libpq key=value string.
+    /// PostgreSQL URL or libpq key=value string; sslmode (disable, allow,
+    /// prefer, require, verify-ca, verify-full) and sslrootcert (a PEM file,
+    /// or "system") as in libpq.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
     /// Schema holding the queue's tables.
@@ -266,6 +268,8 @@ fn connection_string(db: &DbArgs) -> Option<String> {
         ("PGUSER", "user"),
         ("PGDATABASE", "dbname"),
         ("PGPASSWORD", "password"),
+        ("PGSSLMODE", "sslmode"),
+        ("PGSSLROOTCERT", "sslrootcert"),
     ];
     if std::env::var_os("PGHOST").is_none() && std::env::var_os("PGDATABASE").is_none() {
         return None;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::config::Host;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::app_name::application_name;
 use crate::Pid;
@@ -68,6 +69,8 @@ impl FromStr for MaxAge {
 pub struct Database {
     alias: Arc<str>,
     pg: postgres::Config,
+    /// The TLS connector; `None` for `sslmode=disable`.
+    tls: Option<MakeRustlsConnect>,
     max_age: MaxAge,
     max_idle: Option<Duration>,
     health_checks: bool,
@@ -94,11 +97,16 @@ impl Database {
     ///
     /// An `application_name` given in the string is kept; otherwise every
     /// connection is named `prefork:<role>:<pid>` (see
-    /// [`set_role`](crate::set_role)).
+    /// [`set_role`](crate::set_role)). `sslmode` (`disable`, `allow`,
+    /// `prefer` (the default), `require`, `verify-ca`, `verify-full`) and
+    /// `sslrootcert` (a PEM file, or `system`) mean what they mean to libpq;
+    /// TLS is rustls.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if the alias is empty or the string does not parse.
+    /// [`Error::Config`] if the alias is empty, the string does not parse,
+    /// or its TLS settings cannot be used (an unknown `sslmode`, an
+    /// unreadable `sslrootcert`).
     pub fn new(alias: &str, connection_string: &str) -> Result<Database, Error> {
         let config_error = |message: String| Error::Config {
             alias: alias.to_owned(),
@@ -107,13 +115,18 @@ impl Database {
         if alias.is_empty() {
             return Err(config_error("the alias is empty".to_owned()));
         }
-        let pg = postgres::Config::from_str(connection_string).map_err(|e| {
+        let (connection_string, tls) = super::tls::split(connection_string)
+            .map_err(|e| config_error(format!("invalid connection string: {e}")))?;
+        let mut pg = postgres::Config::from_str(&connection_string).map_err(|e| {
             config_error(format!("invalid connection string: {}", parse_detail(&e)))
         })?;
+        pg.ssl_mode(tls.mode.driver());
+        let tls = super::tls::connector(&tls).map_err(config_error)?;
         let application_name = pg.get_application_name().map(str::to_owned);
         Ok(Database {
             alias: Arc::from(alias),
             pg,
+            tls,
             max_age: MaxAge::After(Duration::from_secs(30 * 60)),
             max_idle: Some(Duration::from_secs(10 * 60)),
             health_checks: false,
@@ -202,7 +215,19 @@ impl Database {
         pg.notice_callback(|notice| {
             log::debug!("server notice: {}: {}", notice.severity(), notice.message())
         });
-        pg.connect(postgres::NoTls)
+        match &self.tls {
+            Some(tls) => pg.connect(tls.clone()),
+            None => pg.connect(postgres::NoTls),
+        }
+    }
+
+    /// What cancels the statement running on `client`, a connection to
+    /// this database.
+    pub(crate) fn canceller(&self, client: &postgres::Client) -> Canceller {
+        Canceller {
+            token: client.cancel_token(),
+            tls: self.tls.clone(),
+        }
     }
 }
 
@@ -217,15 +242,29 @@ fn parse_detail(e: &postgres::Error) -> String {
     }
 }
 
-/// Asks the server to cancel the statement running on `token`'s connection,
-/// as `pg_cancel_backend` would: the statement fails with SQLSTATE 57014
-/// and the session goes on.
-///
-/// # Errors
-///
-/// The cancel request could not be delivered.
-pub(crate) fn cancel(token: &postgres::CancelToken) -> Result<(), postgres::Error> {
-    token.cancel_query(postgres::NoTls)
+/// What cancels the statement running on one connection, from another
+/// thread: the connection's cancel key, and the TLS settings a cancel
+/// request must be sent with.
+#[derive(Clone)]
+pub(crate) struct Canceller {
+    token: postgres::CancelToken,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl Canceller {
+    /// Asks the server to cancel the statement running on the connection,
+    /// as `pg_cancel_backend` would: it fails with SQLSTATE 57014 and the
+    /// session goes on.
+    ///
+    /// # Errors
+    ///
+    /// The cancel request could not be delivered.
+    pub(crate) fn cancel(&self) -> Result<(), postgres::Error> {
+        match &self.tls {
+            Some(tls) => self.token.cancel_query(tls.clone()),
+            None => self.token.cancel_query(postgres::NoTls),
+        }
+    }
 }
 
 /// Resolves TCP host names to addresses on the calling thread.

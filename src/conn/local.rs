@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use postgres::Client;
 
-use super::config::Database;
+use super::config::{Canceller, Database};
 use super::record::Conn;
 use super::registry::{self, Databases};
 use crate::error::Error;
@@ -90,7 +90,19 @@ pub fn with_client<T, F>(f: F) -> Result<T, Error>
 where
     F: FnOnce(&mut Client) -> Result<T, postgres::Error>,
 {
-    lend(None, f)
+    lend(None, |client, _| f(client))
+}
+
+/// [`with_client`], with a [`Canceller`] for the statement `f` runs: another
+/// thread may cancel it on the server.
+pub(crate) fn with_client_cancellable<T, F>(f: F) -> Result<T, Error>
+where
+    F: FnOnce(&mut Client, Canceller) -> Result<T, postgres::Error>,
+{
+    lend(None, |client, db| {
+        let canceller = db.canceller(client);
+        f(client, canceller)
+    })
 }
 
 /// Runs `f` with the calling thread's connection to the database configured
@@ -120,19 +132,20 @@ pub fn with_client_for<T, F>(alias: &str, f: F) -> Result<T, Error>
 where
     F: FnOnce(&mut Client) -> Result<T, postgres::Error>,
 {
-    lend(Some(alias), f)
+    lend(Some(alias), |client, _| f(client))
 }
 
 fn lend<T, F>(alias: Option<&str>, f: F) -> Result<T, Error>
 where
-    F: FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    F: FnOnce(&mut Client, &Database) -> Result<T, postgres::Error>,
 {
     let mut lease = checkout(alias)?;
     let conn = lease
         .conn
         .as_mut()
         .expect("a lease holds its connection until dropped");
-    let result = f(conn.client());
+    let (client, db) = conn.client_and_db();
+    let result = f(client, db);
     conn.touch();
     match result {
         Ok(value) => {

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `spin` | a lock that can be held across `fork()` (the atfork handlers take it) |
 //! | `socket` | each connection's socket, so a forked child can point it at `/dev/null` |
+//! | `tls` | `sslmode` and `sslrootcert` over rustls, and why TLS sessions never cross a fork |
 //! | `config` | how a database is reached and how long its connections live |
 //! | `app_name` | the `prefork:<role>:<pid>` application name, built and parsed in one place |
 //! | `registry` | process-wide records: the configured databases, the role, every open connection |
@@ -27,9 +28,11 @@ mod record;
 pub(crate) mod registry;
 pub(crate) mod socket;
 mod spin;
+mod tls;
 
 pub use app_name::{APPLICATION_NAME_PREFIX, application_name, parse_application_name};
-pub(crate) use config::cancel;
+pub(crate) use config::Canceller;
 pub use config::{Database, MaxAge};
+pub(crate) use local::with_client_cancellable;
 pub use local::{close, close_all, close_old, thread_open_count, with_client, with_client_for};
 pub use registry::{Stats, ThreadStats, is_configured, stats};

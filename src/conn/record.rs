@@ -75,6 +75,10 @@ impl Conn {
         &mut self.client
     }
 
+    pub(crate) fn client_and_db(&mut self) -> (&mut Client, &Database) {
+        (&mut self.client, &self.db)
+    }
+
     /// Whether this process opened the connection (false in a forked child).
     pub(crate) fn is_own(&self) -> bool {
         self.owner_pid == std::process::id()

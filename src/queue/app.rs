@@ -243,8 +243,8 @@ impl QueueApp {
             return crate::with_client(f).map(Some);
         };
         let fired = Cell::new(false);
-        let ran = crate::with_client(|client| {
-            let armed = deadlines.arm(worker.index(), timeout, client.cancel_token());
+        let ran = crate::conn::with_client_cancellable(|client, canceller| {
+            let armed = deadlines.arm(worker.index(), timeout, canceller);
             let ran = f(client);
             fired.set(armed.disarm());
             ran

@@ -5,7 +5,8 @@
 //! connection while the worker waits for the answer, so someone else must
 //! end it: one watchdog thread per child. Before a worker sends a job's
 //! statement it arms its slot with the deadline and the connection's
-//! [`CancelToken`]; after the answer it disarms it. At a deadline the
+//! canceller (its cancel key and TLS settings); after the answer it
+//! disarms it. At a deadline the
 //! watchdog sends the server a cancel request for that one connection (what
 //! `pg_cancel_backend` does), which ends the statement with SQLSTATE 57014
 //! and rolls back what it did; neighbours on other connections never notice.
@@ -32,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postgres::CancelToken;
+use crate::conn::Canceller;
 
 /// A child's statement deadlines and the watchdog thread that enforces
 /// them.
@@ -54,7 +55,7 @@ struct Slots {
 
 struct Slot {
     deadline: Instant,
-    token: CancelToken,
+    canceller: Canceller,
     fired: bool,
 }
 
@@ -88,13 +89,14 @@ impl Deadlines {
         })
     }
 
-    /// Arms `worker`'s slot: cancel the statement running on `token`'s
-    /// connection if it still runs `timeout` from now.
-    pub(super) fn arm(&self, worker: usize, timeout: Duration, token: CancelToken) -> Armed<'_> {
+    /// Arms `worker`'s slot: cancel the statement running on the
+    /// connection `canceller` belongs to if it still runs `timeout` from
+    /// now.
+    pub(super) fn arm(&self, worker: usize, timeout: Duration, canceller: Canceller) -> Armed<'_> {
         let mut slots = self.shared.lock();
         slots.armed[worker] = Some(Slot {
             deadline: Instant::now() + timeout,
-            token,
+            canceller,
             fired: false,
         });
         drop(slots);
@@ -159,7 +161,7 @@ fn watch(shared: &Shared) {
         for slot in slots.armed.iter_mut().flatten().filter(|s| !s.fired) {
             if slot.deadline <= now {
                 slot.fired = true;
-                due.push(slot.token.clone());
+                due.push(slot.canceller.clone());
             } else {
                 next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
             }
@@ -168,8 +170,8 @@ fn watch(shared: &Shared) {
             // A cancel request is a connection to the server: never under
             // the lock, which workers take to arm and disarm.
             drop(slots);
-            for token in due {
-                if let Err(e) = crate::conn::cancel(&token) {
+            for canceller in due {
+                if let Err(e) = canceller.cancel() {
                     log::warn!("cancelling a statement past its job's timeout: {e}");
                 }
             }

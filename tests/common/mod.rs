@@ -34,6 +34,9 @@ use nix::unistd::Pid;
 pub struct Ctx {
     pub url: String,
     pub socket_dir: PathBuf,
+    /// Over TCP with TLS, for a cluster built with `Builder::tls` (no
+    /// `sslmode` in it yet).
+    pub tcp_url: Option<String>,
     control: Option<(std::fs::File, BufReader<std::fs::File>)>,
 }
 
@@ -60,6 +63,8 @@ const CHILD_ENV: &str = "FORK_SAFE_TEST_CHILD";
 const RUN_ENV: &str = "FORK_SAFE_TEST_RUN";
 const URL_ENV: &str = "FORK_SAFE_TEST_URL";
 const SOCKET_ENV: &str = "FORK_SAFE_TEST_SOCKET_DIR";
+/// The cluster's TCP connection string, if it serves TLS.
+pub const TCP_URL_ENV: &str = "FORK_SAFE_TEST_TCP_URL";
 const LIMIT_ENV: &str = "FORK_SAFE_TEST_LIMIT";
 /// The test process's ends of its line to the runner.
 const TO_RUNNER_FD: i32 = 100;
@@ -145,6 +150,7 @@ fn run_one(name: &str, configure: fn(&str), tests: &[Test]) -> ! {
     let mut ctx = Ctx {
         url,
         socket_dir: std::env::var_os(SOCKET_ENV).expect("a socket dir").into(),
+        tcp_url: std::env::var(TCP_URL_ENV).ok(),
         control: Some(control),
     };
     let Some((_, test)) = tests.iter().find(|(n, _)| *n == name) else {
@@ -166,6 +172,9 @@ fn supervise_test(name: &str, cluster: &mut TempCluster, limit: Duration) -> Res
     cmd.env(RUN_ENV, name)
         .env(URL_ENV, cluster.connection_string())
         .env(SOCKET_ENV, cluster.socket_dir());
+    if let Some(tcp) = cluster.tcp_connection_string() {
+        cmd.env(TCP_URL_ENV, tcp);
+    }
     let (w, r) = (to_runner_w.as_raw_fd(), from_runner_r.as_raw_fd());
     // SAFETY: dup2 is async-signal-safe and touches only descriptors; the
     // duplicates are not close-on-exec, so the test process gets them.
