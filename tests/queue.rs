@@ -32,6 +32,10 @@ fn main() {
                 "jobs_survive_a_child_killed_every_200ms",
                 killed_every_200ms,
             ),
+            (
+                "a_child_stopped_past_its_lease_repeats_no_effect",
+                stopped_past_lease,
+            ),
             ("jobs_survive_a_server_restart", server_restart),
             ("two_masters_share_one_queue", two_masters),
             (
@@ -204,6 +208,58 @@ fn killed_every_200ms(ctx: &mut Ctx) {
     eprintln!("    {kills} children killed");
     drained(&mut master, Duration::from_secs(1));
     assert!(kills >= 5, "too few kills: {kills}");
+    assert_all_done_once(&mut obs, 20_000);
+}
+
+/// A child SIGSTOPped for three leases: its workers hold claims (a claim
+/// the server committed while the child was stopped included), the other
+/// child's sweep requeues them and works them, and when the stopped child
+/// resumes, its workers run nothing for the jobs they lost. Every effect
+/// exactly once.
+fn stopped_past_lease(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue(ctx, 20_000);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "4",
+            "--lease",
+            "1s",
+            "--drain",
+            "--sql",
+            EFFECT,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let child = loop {
+        let done = count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'",
+        );
+        if done >= 1_000 {
+            if let Some(child) = first_child(master.pid()) {
+                break child;
+            }
+        }
+        assert!(Instant::now() < deadline, "the fleet did not get going");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    kill(child, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let taken_over = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE attempts > 1",
+    );
+    kill(child, Signal::SIGCONT).unwrap();
+    drained(&mut master, Duration::from_secs(120));
+    eprintln!("    {taken_over} job(s) taken over from the stopped child");
+    assert!(
+        taken_over > 0,
+        "nothing was taken over: the test proves nothing"
+    );
     assert_all_done_once(&mut obs, 20_000);
 }
 
