@@ -28,6 +28,10 @@ fn main() {
                 "a_killed_childs_programs_end_before_their_job_runs_again",
                 killed_child_programs,
             ),
+            (
+                "a_stop_ends_programs_that_ignore_term",
+                stop_ignoring_programs,
+            ),
             ("a_second_master_on_one_pidfile_refuses", pidfile_lock),
             ("status_json_counts_states", status_json),
             (
@@ -304,6 +308,49 @@ fn killed_child_programs(ctx: &mut Ctx) {
     });
     let attempts = count(&mut obs, "SELECT max(attempts)::int8 FROM prefork.jobs");
     assert_eq!(attempts, 2);
+}
+
+/// A program that ignores TERM (and so do the processes it starts) does not
+/// hold a stopping fleet: past the graceful timeout its group gets TERM,
+/// then KILL after half the graceful timeout, and nothing is left.
+fn stop_ignoring_programs(ctx: &mut Ctx) {
+    reset(&ctx.url);
+    enqueue_lines(&ctx.url, "x\ny\n", &[]);
+    let mut master = cli::Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--graceful-timeout",
+            "1s",
+            "--exec",
+            "sh",
+            "-c",
+            "trap '' TERM; sleep 41.7 & sleep 41.7; wait",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while processes(&["sleep", "41.7"]).len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the programs never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(master.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, err) = master.wait(std::time::Duration::from_secs(10));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("sending its programs TERM"), "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes(&["sleep", "41.7"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs outlived the fleet"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// `prefork enqueue -` fed `input`: its exit code and standard error.

@@ -55,8 +55,9 @@ pub(super) trait Effects {
     fn signal(&mut self, pid: Pid, signal: Signal);
     /// The child's resident memory in bytes.
     fn resident_bytes(&mut self, pid: Pid) -> Option<u64>;
-    /// Kills a process group a dead child's worker left running.
-    fn kill_group(&mut self, group: Pid);
+    /// Sends `signal` to a process group a child's worker runs (a
+    /// program).
+    fn signal_group(&mut self, group: Pid, signal: Signal);
 }
 
 /// A new child: its pid and its scoreboard.
@@ -92,6 +93,9 @@ struct Child {
 #[derive(Clone, Copy)]
 struct Stop {
     since: Instant,
+    /// When its workers' programs were sent TERM for overstaying the
+    /// graceful timeout.
+    programs_told: Option<Instant>,
     /// Told to stop at once (QUIT) or killed: it did not close its own
     /// connections.
     abrupt: bool,
@@ -129,6 +133,7 @@ impl Child {
             None => {
                 self.stop = Some(Stop {
                     since: now,
+                    programs_told: None,
                     abrupt,
                     killed,
                 })
@@ -232,7 +237,7 @@ impl Fleet {
                 child.index,
                 child.pid
             );
-            fx.kill_group(group);
+            fx.signal_group(group, Signal::SIGKILL);
         }
         let how = describe(&status);
         let lifetime = now.saturating_duration_since(child.born);
@@ -387,16 +392,39 @@ impl Fleet {
     fn check_deadlines(&mut self, now: Now, fx: &mut impl Effects) {
         let settings = &self.settings;
         for child in &mut self.children {
-            match child.stop {
+            match &mut child.stop {
                 Some(stop) if !stop.killed => {
-                    if now.at.saturating_duration_since(stop.since) >= settings.graceful_timeout {
-                        log::warn!(
-                            "child {} (pid {}) still running after the graceful timeout; killing",
-                            child.index,
-                            child.pid
-                        );
-                        child.tell(fx, Signal::SIGKILL, now.at);
+                    if now.at.saturating_duration_since(stop.since) < settings.graceful_timeout {
+                        continue;
                     }
+                    // Programs still running get TERM and a grace of their
+                    // own before the child, and with it their groups, are
+                    // killed (see `program`).
+                    let programs = child.board.programs(settings.threads);
+                    let grace = program_grace(settings.graceful_timeout);
+                    match stop.programs_told {
+                        None if !programs.is_empty() => {
+                            log::warn!(
+                                "child {} (pid {}) still running after the graceful timeout; \
+                                 sending its programs TERM",
+                                child.index,
+                                child.pid
+                            );
+                            for group in programs {
+                                fx.signal_group(group, Signal::SIGTERM);
+                            }
+                            stop.programs_told = Some(now.at);
+                            continue;
+                        }
+                        Some(told) if now.at.saturating_duration_since(told) < grace => continue,
+                        _ => {}
+                    }
+                    log::warn!(
+                        "child {} (pid {}) still running after the graceful timeout; killing",
+                        child.index,
+                        child.pid
+                    );
+                    child.tell(fx, Signal::SIGKILL, now.at);
                 }
                 Some(_) => {}
                 None if child.ready_at.is_none() => {
@@ -646,6 +674,13 @@ impl Fleet {
 
 /// A random extra of 0 to `max`, so that children do not all recycle at
 /// once.
+/// How long programs sent TERM at a stopping child's graceful timeout have
+/// before KILL: half the graceful timeout, at most 5 seconds (the rule of
+/// a job's timeout, `queue::exec::kill_grace`).
+fn program_grace(graceful_timeout: Duration) -> Duration {
+    (graceful_timeout / 2).min(Duration::from_secs(5))
+}
+
 fn jitter(max: u64) -> u64 {
     if max == 0 { 0 } else { fastrand::u64(0..=max) }
 }
@@ -698,8 +733,8 @@ mod tests {
         fn resident_bytes(&mut self, _: Pid) -> Option<u64> {
             self.rss
         }
-        fn kill_group(&mut self, group: Pid) {
-            self.log.push(format!("killpg {group}"));
+        fn signal_group(&mut self, group: Pid, signal: Signal) {
+            self.log.push(format!("{signal} group {group}"));
         }
     }
 
@@ -798,7 +833,35 @@ mod tests {
             .store(4343, Ordering::Release);
         let dead = WaitStatus::Signaled(pid(1), Signal::SIGKILL, false);
         fleet.on_exit(dead, clock.now().at, &mut fx);
-        assert_eq!(fx.take(), ["killpg 4242", "killpg 4343"]);
+        assert_eq!(fx.take(), ["SIGKILL group 4242", "SIGKILL group 4343"]);
+    }
+
+    #[test]
+    fn programs_overstaying_a_graceful_stop_get_term_then_a_grace() {
+        let (mut fx, mut clock) = (Fake::default(), Clock::new());
+        let mut fleet = fleet(|p| {
+            p.procs(1)
+                .threads(2)
+                .graceful_timeout(Duration::from_secs(4))
+        });
+        fleet.turn(clock.now(), &mut fx);
+        fleet.on_ready(pid(1), clock.now().at, &mut fx);
+        let record = fleet.children[0].board.program_record(1).unwrap();
+        record.store(4242, Ordering::Release);
+        fx.take();
+        fleet.on_signal(Signal::SIGTERM, clock.now().at, &mut fx);
+        assert_eq!(fx.take(), ["SIGTERM 101"]);
+        fleet.turn(clock.advance(Duration::from_secs(4)), &mut fx);
+        assert_eq!(fx.take(), ["SIGTERM group 4242"]);
+        // Half the graceful timeout (at most 5 s) before the KILL.
+        fleet.turn(clock.advance(Duration::from_millis(1999)), &mut fx);
+        assert!(fx.take().is_empty());
+        fleet.turn(clock.advance(Duration::from_millis(1)), &mut fx);
+        assert_eq!(fx.take(), ["SIGKILL 101"]);
+        let killed = WaitStatus::Signaled(pid(1), Signal::SIGKILL, false);
+        fleet.on_exit(killed, clock.now().at, &mut fx);
+        assert_eq!(fx.take(), ["SIGKILL group 4242"]);
+        assert!(fleet.finished());
     }
 
     #[test]

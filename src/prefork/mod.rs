@@ -36,7 +36,7 @@
 //!
 //! | signal | effect |
 //! |---|---|
-//! | TERM, INT | graceful stop: children finish the jobs at hand, close their connections and exit; SIGKILL after the graceful timeout |
+//! | TERM, INT | graceful stop: children finish the jobs at hand, close their connections and exit; past the graceful timeout their programs get TERM, and the children (and the programs' groups) SIGKILL half the graceful timeout later (at most 5 s) |
 //! | QUIT | fast stop |
 //! | HUP | rolling reload: each child is replaced by a new one, which is ready before the old one stops |
 //! | TTIN, TTOU | one child more, one fewer |

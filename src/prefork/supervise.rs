@@ -275,8 +275,8 @@ impl<A: App> Effects for Os<A> {
         crate::procfs::resident_bytes(pid)
     }
 
-    fn kill_group(&mut self, group: Pid) {
-        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+    fn signal_group(&mut self, group: Pid, signal: Signal) {
+        let _ = nix::sys::signal::killpg(group, signal);
     }
 }
 
