@@ -120,8 +120,17 @@ impl Database {
         let mut pg = postgres::Config::from_str(&connection_string).map_err(|e| {
             config_error(format!("invalid connection string: {}", parse_detail(&e)))
         })?;
-        pg.ssl_mode(tls.mode.driver());
-        let tls = super::tls::connector(&tls).map_err(config_error)?;
+        // libpq ignores sslmode on Unix sockets, where PostgreSQL never
+        // speaks TLS; asking would cost every connect a round trip.
+        let unix_only = !pg.get_hosts().is_empty()
+            && pg.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)));
+        let tls = if unix_only {
+            pg.ssl_mode(postgres::config::SslMode::Disable);
+            None
+        } else {
+            pg.ssl_mode(tls.mode.driver());
+            super::tls::connector(&tls).map_err(config_error)?
+        };
         let application_name = pg.get_application_name().map(str::to_owned);
         Ok(Database {
             alias: Arc::from(alias),
@@ -322,6 +331,18 @@ mod tests {
         let err = Database::new("default", "host=/tmp port=notaport").unwrap_err();
         assert!(matches!(err, Error::Config { .. }), "{err}");
         assert!(Database::new("", "host=/tmp").is_err());
+    }
+
+    #[test]
+    fn unix_sockets_never_ask_for_tls() {
+        for url in ["host=/tmp", "host=/tmp sslmode=require"] {
+            let db = Database::new("default", url).unwrap();
+            assert!(db.tls.is_none(), "{url}");
+            assert_eq!(db.pg.get_ssl_mode(), postgres::config::SslMode::Disable);
+        }
+        let tcp = Database::new("default", "host=db.example sslmode=require").unwrap();
+        assert!(tcp.tls.is_some());
+        assert_eq!(tcp.pg.get_ssl_mode(), postgres::config::SslMode::Require);
     }
 
     #[test]
