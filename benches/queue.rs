@@ -184,9 +184,11 @@ fn main() {
     // What a worker sends per batch: the claim, then the statements and
     // the completion in one call.
     let claim_complete = "\\set owner random(1, 1000000)\n\
-        SELECT array_agg(job_id) AS ids, array_agg(job_payload) AS payloads \
+        SELECT array_agg(job_id) AS ids, array_agg(job_attempt) AS attempts, \
+               array_agg(job_payload) AS payloads \
           FROM prefork.claim('default', 8, 'bench/' || :owner, 300) \\gset\n\
-        SELECT prefork.run_sql('SELECT $1', 'bench/' || :owner, :ids::int8[], :payloads::text[]);\n";
+        SELECT prefork.run_sql('SELECT $1', 'bench/' || :owner, :ids::int8[], :attempts::int[], \
+                               :payloads::text[], true);\n";
     let pg48 = pgbench(&cluster, claim_complete, 32, 10).map(|tps| tps * 8.0);
     let pg24 = pgbench(&cluster, claim_complete, 8, 10).map(|tps| tps * 8.0);
     client(&url)

@@ -660,12 +660,14 @@ fn lost_claim(ctx: &mut Ctx) {
     };
     let child = name.rsplit(':').next().unwrap();
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
-    // What the server holds after a claim whose answer was lost.
+    // What the server holds after a claim by worker 0 whose answer was
+    // lost (claims are stamped `host:pid/worker.seq`; this one is none the
+    // child knows of).
     obs.client()
         .execute(
             "INSERT INTO prefork.jobs_live (queue, payload, state, attempts, locked_by, locked_until)
              VALUES ('default', '7', 'running', 1, $1, now() + interval '5 minutes')",
-            &[&format!("{host}:{child}/0")],
+            &[&format!("{host}:{child}/0.999999")],
         )
         .unwrap();
     obs.client()

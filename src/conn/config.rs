@@ -122,8 +122,8 @@ impl Database {
         })?;
         // libpq ignores sslmode on Unix sockets, where PostgreSQL never
         // speaks TLS; asking would cost every connect a round trip.
-        let unix_only = !pg.get_hosts().is_empty()
-            && pg.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)));
+        let unix_only =
+            !pg.get_hosts().is_empty() && pg.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)));
         let tls = if unix_only {
             pg.ssl_mode(postgres::config::SslMode::Disable);
             None

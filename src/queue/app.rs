@@ -2,6 +2,7 @@
 //! the master keeps account of.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::deadline::Deadlines;
 use super::idle::{Idle, Leadership, Woken};
+use super::prefetch::{Batch, Prefetch, Take};
 use super::{Handler, Job, QueueConfig, exec, store};
 use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Worker};
 use crate::{Pid, application_name};
@@ -46,6 +48,23 @@ struct ChildState {
     housekeeping: Mutex<Housekeeping>,
     /// Set once this child asked the master to stop (`drain`).
     drained: AtomicBool,
+    /// The child's local queue (see `prefetch`).
+    prefetch: Prefetch,
+    /// Whether claims bring in batches for all workers (fast handlers), or
+    /// one batch for the claimer (`Exec`, whose jobs are slow).
+    prefetching: bool,
+    /// The child's worker threads.
+    threads: usize,
+    /// Claims so far, for their owner stamps.
+    claims: AtomicU64,
+    /// How long a job has been taking, in nanoseconds (a moving average
+    /// over batches; 0 before the first), which bounds the claims.
+    job_nanos: AtomicU64,
+    /// Claims with jobs still in the child (waiting in the local queue or
+    /// in a worker's hands), by owner stamp: how many. A worker recovering
+    /// from a failure hands back whatever else carries its stamps: claims
+    /// whose answer was lost.
+    live: Mutex<HashMap<Arc<str>, usize>>,
     /// The job timeout's watchdog, for handlers whose jobs are statements
     /// (`None` without a timeout, or for `Exec`, whose worker stops its own
     /// program).
@@ -93,46 +112,169 @@ impl QueueApp {
         self.child.get().expect("init_child ran first")
     }
 
-    /// One claim-run-complete round; returns how many jobs it ran. Runs
-    /// `claimed` instead of claiming if it is not empty (jobs the worker
-    /// claimed as the leader).
+    /// One round: a batch from the child's local queue (claiming for the
+    /// child when it is empty: see `prefetch`), run and recorded; returns
+    /// how many jobs it ran. Runs `claimed` instead if given (jobs the
+    /// worker claimed as the leader).
     ///
-    /// After a failure (`stranded`), the round first releases every job
-    /// still stamped with this worker's `owner`: a batch whose outcome could
-    /// not be recorded, or a claim that committed although its answer never
-    /// arrived. Between rounds a worker holds no job (but `claimed`), so
-    /// this cannot take one from under it, and none waits for its lease.
+    /// After a failure the round first hands back what the failure left
+    /// stamped but unrecorded (`stranded`): a batch whose outcome could not
+    /// be recorded, or a claim that committed although its answer never
+    /// arrived. Each is released by its claim's own stamp (and a batch by
+    /// its jobs' ids and attempts), so nothing another worker holds is
+    /// taken from under it.
     fn round(
         &self,
         worker: &Worker,
-        owner: &str,
-        stranded: &mut bool,
-        claimed: Vec<Job>,
+        stranded: &mut Vec<Stranded>,
+        claimed: Option<Batch>,
     ) -> Result<usize, crate::Error> {
         let c = &self.config;
-        if *stranded && claimed.is_empty() {
+        if !stranded.is_empty() {
+            let own = self.own_claims(worker);
             let released = crate::with_client(|client| {
-                store::release(client, &c.schema, store::Release::Owner(owner))
+                let mut released = store::Released::default();
+                for what in stranded.iter() {
+                    let r = store::release(client, &c.schema, what.release(&own))?;
+                    released.requeued += r.requeued;
+                    released.failed += r.failed;
+                }
+                Ok(released)
             })?;
             if !released.is_empty() {
                 log::warn!("{released} whose outcome could not be recorded");
             }
-            *stranded = false;
+            stranded.clear();
         }
-        let jobs = if claimed.is_empty() {
-            worker.watched("claim", || {
-                crate::with_client(|client| {
-                    store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)
-                })
-            })?
-        } else {
-            claimed
+        let batch = match claimed {
+            Some(batch) => batch,
+            None => match self.state().prefetch.take(c.batch as usize) {
+                Take::Batch(batch) => batch,
+                Take::Empty => return Ok(0),
+                Take::Claim(claiming) => {
+                    let owner = self.next_owner(worker);
+                    let jobs = worker.watched("claim", || {
+                        crate::with_client(|client| {
+                            store::claim(
+                                client,
+                                &c.schema,
+                                &c.queue,
+                                self.claim_size(),
+                                &owner,
+                                c.lease,
+                            )
+                        })
+                    });
+                    let jobs = jobs?;
+                    if jobs.is_empty() {
+                        return Ok(0);
+                    }
+                    self.hold(&owner, jobs.len());
+                    let (mine, queued) = claiming.fill(&owner, jobs, c.batch as usize);
+                    self.wake_for(queued);
+                    mine
+                }
+            },
         };
-        if jobs.is_empty() {
+        if batch.jobs.is_empty() {
             return Ok(0);
         }
-        self.run_batch(worker, &jobs, owner)?;
-        Ok(jobs.len())
+        let started = Instant::now();
+        let ran = self.run_batch(worker, &batch.jobs, &batch.owner);
+        self.let_go(&batch.owner, batch.jobs.len());
+        if let Err(e) = ran {
+            stranded.push(Stranded::Batch(batch));
+            return Err(e);
+        }
+        self.observe_pace(batch.jobs.len(), started.elapsed());
+        Ok(batch.jobs.len())
+    }
+
+    /// Jobs one claim brings in for the child. Without prefetching (`Exec`,
+    /// whose jobs are slow) one batch. Otherwise up to
+    /// [`PREFETCH_BATCHES`] batches per worker (at most [`MAX_CLAIM`]): one
+    /// claim statement and its index walk then serve many batches, and
+    /// workers take bigger batches from a deep local queue. But never more
+    /// than the workers can start within a quarter of the lease at the
+    /// pace jobs have been taking, so a prefetched job never waits out its
+    /// lease in the local queue.
+    fn claim_size(&self) -> i64 {
+        let state = self.state();
+        let c = &self.config;
+        if !state.prefetching {
+            return c.batch;
+        }
+        let most = (state.threads as i64 * c.batch * PREFETCH_BATCHES).min(MAX_CLAIM);
+        let per_job = state.job_nanos.load(Ordering::Relaxed);
+        if per_job == 0 {
+            return most;
+        }
+        let startable = (c.lease.as_nanos() / 4 * state.threads as u128 / u128::from(per_job))
+            .min(i64::MAX as u128) as i64;
+        most.min(startable).max(c.batch)
+    }
+
+    /// Folds a batch's pace into the child's average (a moving average
+    /// weighted 1/8 to the newest).
+    fn observe_pace(&self, jobs: usize, took: Duration) {
+        let sample = (took.as_nanos() / jobs.max(1) as u128).min(u64::MAX as u128) as u64;
+        let pace = &self.state().job_nanos;
+        let old = pace.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        pace.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// `count` jobs claimed by `owner` are now in the child.
+    fn hold(&self, owner: &Arc<str>, count: usize) {
+        let mut live = self.state().live.lock().unwrap_or_else(|p| p.into_inner());
+        *live.entry(owner.clone()).or_default() += count;
+    }
+
+    /// `count` jobs claimed by `owner` left the child's hands (recorded,
+    /// failed to record, or handed back).
+    fn let_go(&self, owner: &Arc<str>, count: usize) {
+        let mut live = self.state().live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = live.get_mut(owner) {
+            *held = held.saturating_sub(count);
+            if *held == 0 {
+                live.remove(owner);
+            }
+        }
+    }
+
+    /// This worker's stamp prefix, `host:pid/worker.`, and its claims the
+    /// child still holds jobs of: what a recovery must not hand back.
+    fn own_claims(&self, worker: &Worker) -> (String, Vec<String>) {
+        let state = self.state();
+        let prefix = format!("{}/{}.", state.process, worker.index());
+        let live = state.live.lock().unwrap_or_else(|p| p.into_inner());
+        let held = live
+            .keys()
+            .filter(|owner| owner.starts_with(&prefix))
+            .map(|owner| owner.to_string())
+            .collect();
+        (prefix, held)
+    }
+
+    /// A fresh owner stamp for a claim: `host:pid/worker.seq`.
+    fn next_owner(&self, worker: &Worker) -> Arc<str> {
+        let state = self.state();
+        let seq = state.claims.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!("{}/{}.{seq}", state.process, worker.index()))
+    }
+
+    /// Wakes a worker for every batch `queued` jobs in the local queue make,
+    /// but this one.
+    fn wake_for(&self, queued: usize) {
+        let state = self.state();
+        let batches = queued.div_ceil(self.config.batch.max(1) as usize);
+        for _ in 0..batches.min(state.threads.saturating_sub(1)) {
+            state.idle.wake_one_more();
+        }
     }
 
     /// Runs a batch and records its outcomes. Each job is one unit of work
@@ -141,7 +283,7 @@ impl QueueApp {
     /// statement and is one unit covering all its jobs.
     fn run_batch(&self, worker: &Worker, jobs: &[Job], owner: &str) -> Result<(), crate::Error> {
         let c = &self.config;
-        let outcomes: Vec<(i64, store::Outcome)> = match &self.handler {
+        let outcomes: Vec<(&Job, store::Outcome)> = match &self.handler {
             Handler::Sql(sql) => return self.run_sql(worker, jobs, owner, sql),
             Handler::Exec { argv } => jobs
                 .iter()
@@ -149,7 +291,7 @@ impl QueueApp {
                     let outcome = worker.job(&format!("job {}", j.id), || {
                         exec::run(worker, argv, c.timeout, j)
                     });
-                    (j.id, outcome)
+                    (j, outcome)
                 })
                 .collect(),
             Handler::Rust(f) => {
@@ -158,7 +300,7 @@ impl QueueApp {
                     let outcome = worker.job(&format!("job {}", j.id), || {
                         self.on_deadline(worker, |client| Ok(f(j, client)))
                     })?;
-                    outcomes.push((j.id, outcome.unwrap_or_else(|| Err(self.timed_out()))));
+                    outcomes.push((j, outcome.unwrap_or_else(|| Err(self.timed_out()))));
                 }
                 outcomes
             }
@@ -184,7 +326,7 @@ impl QueueApp {
         };
         let ran = worker.jobs(jobs.len() as u32, &label, || {
             self.on_deadline(worker, |client| {
-                store::run_sql(client, &c.schema, sql, owner, jobs)
+                store::run_sql(client, &c.schema, sql, owner, jobs, c.keeps_history())
             })
         })?;
         match ran {
@@ -204,7 +346,7 @@ impl QueueApp {
             }
             None => {
                 log::warn!("{label} timed out; its statement was cancelled");
-                let outcomes = [(jobs[0].id, Err(self.timed_out()))];
+                let outcomes = [(&jobs[0], Err(self.timed_out()))];
                 self.record(worker, owner, &outcomes)
             }
         }
@@ -215,12 +357,12 @@ impl QueueApp {
         &self,
         worker: &Worker,
         owner: &str,
-        outcomes: &[(i64, store::Outcome)],
+        outcomes: &[(&Job, store::Outcome)],
     ) -> Result<(), crate::Error> {
         let c = &self.config;
         worker.watched("recording outcomes", || {
             crate::with_client(|client| {
-                store::complete(client, &c.schema, owner, outcomes).map(drop)
+                store::complete(client, &c.schema, owner, outcomes, c.keeps_history()).map(drop)
             })
         })
     }
@@ -264,7 +406,7 @@ impl QueueApp {
     /// Nothing to claim: end a drain if everything is finished, then lead
     /// the child's idle workers if none does, or else sleep without a
     /// connection until woken. Returns jobs claimed as the leader.
-    fn idle(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
+    fn idle(&self, worker: &Worker) -> Result<Option<Batch>, crate::Error> {
         let state = self.state();
         if self.config.drain && !state.drained.load(Ordering::Acquire) {
             if let Err(e) = crate::with_client(|client| self.stop_if_drained(client)) {
@@ -272,14 +414,14 @@ impl QueueApp {
             }
         }
         if let Some(leadership) = state.idle.try_lead() {
-            return self.lead_then_hand_off(leadership, worker, owner);
+            return self.lead_then_hand_off(leadership, worker);
         }
         // A follower: no connection, asleep until there is something to do
         // (see `idle`).
         crate::close_all();
         match state.idle.follow(worker) {
-            Woken::Claim | Woken::Stop => Ok(Vec::new()),
-            Woken::Lead(leadership) => self.lead_then_hand_off(leadership, worker, owner),
+            Woken::Claim | Woken::Stop => Ok(None),
+            Woken::Lead(leadership) => self.lead_then_hand_off(leadership, worker),
         }
     }
 
@@ -312,14 +454,13 @@ impl QueueApp {
         &self,
         leadership: Leadership<'_>,
         worker: &Worker,
-        owner: &str,
-    ) -> Result<Vec<Job>, crate::Error> {
+    ) -> Result<Option<Batch>, crate::Error> {
         if self.config.listen.is_some() {
             // It leads on its own connection: hold only that one.
             crate::close_all();
         }
-        let led = self.lead(worker, owner);
-        if led.as_ref().is_ok_and(|jobs| !jobs.is_empty()) {
+        let led = self.lead(worker);
+        if led.as_ref().is_ok_and(Option::is_some) {
             leadership.hand_off();
         } else {
             drop(leadership);
@@ -342,7 +483,7 @@ impl QueueApp {
     /// one (retries coming due, a missed notification) and does the child's
     /// housekeeping. Returns the jobs it claimed, or none if the child is
     /// stopping. Followers hold no connection, so an idle child holds one.
-    fn lead(&self, worker: &Worker, owner: &str) -> Result<Vec<Job>, crate::Error> {
+    fn lead(&self, worker: &Worker) -> Result<Option<Batch>, crate::Error> {
         /// How long the leader waits for a notification before it looks at
         /// the stop flag again.
         const SLICE: Duration = Duration::from_millis(100);
@@ -353,11 +494,18 @@ impl QueueApp {
             let mut look = true;
             while !worker.stopping() {
                 if look {
+                    let owner = self.next_owner(worker);
+                    let size = self.claim_size();
                     let jobs = worker.watched("claim", || {
-                        store::claim(client, &c.schema, &c.queue, c.batch, owner, c.lease)
-                    })?;
+                        store::claim(client, &c.schema, &c.queue, size, &owner, c.lease)
+                    });
+                    let jobs = jobs?;
                     if !jobs.is_empty() {
-                        return Ok(jobs);
+                        self.hold(&owner, jobs.len());
+                        let (mine, queued) =
+                            self.state().prefetch.put(&owner, jobs, c.batch as usize);
+                        self.wake_for(queued);
+                        return Ok(Some(mine));
                     }
                 }
                 look = {
@@ -372,7 +520,7 @@ impl QueueApp {
                     self.stop_if_drained(client)?;
                 }
             }
-            Ok(Vec::new())
+            Ok(None)
         };
         match &c.listen {
             Some(alias) => crate::with_client_for(alias, lead),
@@ -413,7 +561,7 @@ impl QueueApp {
                 started.elapsed()
             );
         }
-        if let Some(keep) = c.keep_finished {
+        if let Some(keep) = c.keep_finished.filter(|keep| !keep.is_zero()) {
             let n = store::prune(client, &c.schema, &c.queue, keep, PRUNE_BATCH)?;
             if n > 0 {
                 log::debug!("deleted {n} finished job(s) older than {keep:?}");
@@ -445,6 +593,12 @@ impl App for QueueApp {
                 next_sweep: now,
             }),
             drained: AtomicBool::new(false),
+            prefetch: Prefetch::new(child.threads()),
+            prefetching: !matches!(self.handler, Handler::Exec { .. }),
+            threads: child.threads(),
+            claims: AtomicU64::new(0),
+            job_nanos: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
             deadlines: match (&self.handler, self.config.timeout) {
                 (Handler::Sql(_) | Handler::Rust(_), Some(_)) => {
                     Some(Deadlines::start(child.threads())?)
@@ -524,18 +678,17 @@ impl App for QueueApp {
     }
 
     fn run_worker(&self, worker: &Worker) {
-        let owner = format!("{}/{}", self.state().process, worker.index());
-        // Whether a failure may have left jobs stamped with `owner`.
-        let mut stranded = false;
-        let mut claimed = Vec::new();
+        // What a failure left stamped but unrecorded, to hand back.
+        let mut stranded: Vec<Stranded> = Vec::new();
+        let mut claimed: Option<Batch> = None;
         while !worker.stopping() {
             // Jobs in hand were claimed as the leader, on the worker's own
             // connection unless the lead has an alias of its own: that
             // connection still LISTENs.
-            let listening = !claimed.is_empty() && self.config.listen.is_none();
-            let ran = self.round(worker, &owner, &mut stranded, std::mem::take(&mut claimed));
+            let listening = claimed.is_some() && self.config.listen.is_none();
+            let ran = self.round(worker, &mut stranded, claimed.take());
             let outcome = match ran {
-                Ok(0) => self.idle(worker, &owner).map(|jobs| claimed = jobs),
+                Ok(0) => self.idle(worker).map(|batch| claimed = batch),
                 Ok(n) => {
                     if n as i64 >= self.config.batch {
                         // A full batch: there is probably more, so bring in
@@ -552,7 +705,11 @@ impl App for QueueApp {
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
-                stranded = true;
+                // A claim of this worker's may have committed while its
+                // answer was lost: look for one once reconnected.
+                if !stranded.iter().any(|s| matches!(s, Stranded::Lost)) {
+                    stranded.push(Stranded::Lost);
+                }
                 log::warn!(
                     "child {} worker {}: {e}",
                     worker.child_index(),
@@ -562,15 +719,59 @@ impl App for QueueApp {
                 worker.wait(Duration::from_secs(1));
             }
         }
-        if stranded || !claimed.is_empty() {
-            // Stopping after a failure, or with jobs claimed as the leader
-            // just as the child was told to stop: one last try, or the jobs
-            // wait for their lease.
-            let which = store::Release::Owner(&owner);
-            let _ = crate::with_client(|c| store::release(c, &self.config.schema, which));
+        // Stopping: hand back, at once rather than at lease expiry, what a
+        // failure left, jobs claimed as the leader just as the child was
+        // told to stop, and the jobs still waiting in the local queue.
+        stranded.extend(claimed.map(Stranded::Batch));
+        for batch in self.state().prefetch.drain() {
+            self.let_go(&batch.owner, batch.jobs.len());
+            stranded.push(Stranded::Batch(batch));
+        }
+        if !stranded.is_empty() {
+            let schema = &self.config.schema;
+            let own = self.own_claims(worker);
+            let _ = crate::with_client(|c| {
+                for what in &stranded {
+                    store::release(c, schema, what.release(&own))?;
+                }
+                Ok(())
+            });
         }
     }
 }
+
+/// What a failure (or a stop) left stamped with a claim's owner but not
+/// recorded: to be handed back by exactly that stamp.
+enum Stranded {
+    /// Claims of this worker whose answer never arrived (they may have
+    /// committed): whatever carries its stamps but is not in the child.
+    Lost,
+    /// A batch whose outcome could not be recorded, or that was never run.
+    Batch(Batch),
+}
+
+impl Stranded {
+    /// What to release, given this worker's stamp prefix and its claims
+    /// still live in the child ([`QueueApp::own_claims`]).
+    fn release<'a>(&'a self, own: &'a (String, Vec<String>)) -> store::Release<'a> {
+        match self {
+            Stranded::Lost => store::Release::Lost {
+                prefix: &own.0,
+                live: &own.1,
+            },
+            Stranded::Batch(batch) => store::Release::Jobs {
+                owner: &batch.owner,
+                jobs: &batch.jobs,
+            },
+        }
+    }
+}
+
+/// Batches per worker one claim brings into a child's local queue.
+const PREFETCH_BATCHES: i64 = 8;
+
+/// Most jobs one claim brings in.
+const MAX_CLAIM: i64 = 1000;
 
 /// Most finished jobs a child deletes per `poll` (see
 /// [`QueueConfig::keep_finished`]): more than a busy fleet finishes.

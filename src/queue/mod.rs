@@ -23,6 +23,7 @@
 //! | `store` | every statement the queue runs |
 //! | `app` | [`QueueApp`]: what each worker thread does, and the master's accounting |
 //! | `idle` | the protocol of a child's idle workers (leader and followers) |
+//! | `prefetch` | a child's local queue: one claim for all its workers |
 //! | `deadline` | a job's statement cancelled at its timeout, by a watchdog per child |
 //! | `exec` | the `--exec` handler: one program per job |
 
@@ -30,6 +31,7 @@ mod app;
 mod deadline;
 mod exec;
 mod idle;
+mod prefetch;
 mod schema;
 mod store;
 
@@ -114,8 +116,19 @@ pub struct QueueConfig {
     /// stops leading, so the connection bounds hold. Default: `None`.
     pub listen: Option<String>,
     /// Delete finished jobs (done or failed) of this queue this long after
-    /// they finished, a batch per `poll`; `None` keeps them. Default: `None`.
+    /// they finished, a batch per `poll`; `None` keeps them. Zero keeps no
+    /// history: a done job is deleted as it completes (which costs the
+    /// server a third less per job), a failed one is kept to be looked at
+    /// (delete it by hand). Default: `None`.
     pub keep_finished: Option<Duration>,
+}
+
+impl QueueConfig {
+    /// Whether done jobs are kept as history (see
+    /// [`QueueConfig::keep_finished`]).
+    pub fn keeps_history(&self) -> bool {
+        self.keep_finished != Some(Duration::ZERO)
+    }
 }
 
 impl Default for QueueConfig {

@@ -253,18 +253,22 @@ pub(crate) fn vacuum(client: &mut Client, schema: &Schema) -> Result<(), postgre
 /// A job's outcome: `Ok(result)` or `Err(error)`.
 pub(crate) type Outcome = Result<String, String>;
 
-/// Records the outcomes of jobs `owner` claimed: done, or queued again
+/// Records the outcomes of jobs `owner` claimed: done (moved to the
+/// finished jobs, or with `keep` false only deleted), or queued again
 /// after a backoff (0.2 s x 4^(attempt-1), at most an hour), or failed
-/// after the last attempt. Jobs whose lease `owner` lost are left alone.
-/// Returns how many it recorded.
+/// after the last attempt. Jobs `owner` no longer holds at the attempt it
+/// claimed (its lease was taken over) are left alone. Returns how many it
+/// recorded.
 pub(crate) fn complete(
     client: &mut Client,
     schema: &Schema,
     owner: &str,
-    outcomes: &[(i64, Outcome)],
+    outcomes: &[(&Job, Outcome)],
+    keep: bool,
 ) -> Result<i64, postgres::Error> {
     let s = schema.name();
-    let ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<i64> = outcomes.iter().map(|(job, _)| job.id).collect();
+    let attempts: Vec<i32> = outcomes.iter().map(|(job, _)| job.attempt).collect();
     let oks: Vec<bool> = outcomes.iter().map(|(_, o)| o.is_ok()).collect();
     let texts: Vec<&str> = outcomes
         .iter()
@@ -273,12 +277,14 @@ pub(crate) fn complete(
         })
         .collect();
     let row = client.query_typed_one(
-        &format!("SELECT {s}.complete($1, $2, $3, $4)"),
+        &format!("SELECT {s}.complete($1, $2, $3, $4, $5, $6)"),
         &[
             (&owner, Type::TEXT),
             (&ids, Type::INT8_ARRAY),
+            (&attempts, Type::INT4_ARRAY),
             (&oks, Type::BOOL_ARRAY),
             (&texts, Type::TEXT_ARRAY),
+            (&keep, Type::BOOL),
         ],
     )?;
     Ok(row.get(0))
@@ -300,19 +306,21 @@ pub(crate) fn run_sql(
     sql: &str,
     owner: &str,
     jobs: &[Job],
+    keep: bool,
 ) -> Result<i64, postgres::Error> {
     let s = schema.name();
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
     let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
     let payloads: Vec<&str> = jobs.iter().map(|j| j.payload.as_str()).collect();
     let row = client.query_typed_one(
-        &format!("SELECT {s}.run_sql($1, $2, $3, $4, $5)"),
+        &format!("SELECT {s}.run_sql($1, $2, $3, $4, $5, $6)"),
         &[
             (&sql, Type::TEXT),
             (&owner, Type::TEXT),
             (&ids, Type::INT8_ARRAY),
             (&attempts, Type::INT4_ARRAY),
             (&payloads, Type::TEXT_ARRAY),
+            (&keep, Type::BOOL),
         ],
     )?;
     Ok(row.get(0))
@@ -323,10 +331,26 @@ pub(crate) fn run_sql(
 pub enum Release<'a> {
     /// Those of these processes (`host:pid` prefixes): children that died.
     Processes(&'a [String]),
-    /// Those `owner` (`host:pid/thread`) holds: a worker that lost the
-    /// database may hold jobs it never heard of (a claim that committed
-    /// but whose answer was lost) besides a batch it could not record.
+    /// Those one claim stamped with `owner`.
     Owner(&'a str),
+    /// Those stamped by one worker's claims (`prefix` is
+    /// `host:pid/worker.`) but none of `live`, the claims whose jobs its
+    /// child still holds: claims that committed but whose answer was lost.
+    Lost {
+        /// The worker's stamp prefix.
+        prefix: &'a str,
+        /// Its claims still live in the child.
+        live: &'a [String],
+    },
+    /// These jobs of the claim `owner`, if still held at these attempts: a
+    /// batch whose outcome could not be recorded, or jobs a stopping child
+    /// never started.
+    Jobs {
+        /// The claim's owner stamp.
+        owner: &'a str,
+        /// The jobs.
+        jobs: &'a [Job],
+    },
     /// Those whose lease expired: their host died.
     Expired,
 }
@@ -413,6 +437,35 @@ pub fn release(
         }
         Release::Owner(owner) => {
             client.query_typed_one(&release("locked_by = $1", false), &[(&owner, Type::TEXT)])?
+        }
+        Release::Lost { prefix, live } => {
+            let pattern = format!(
+                "{}%",
+                prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            client.query_typed_one(
+                &release("locked_by LIKE $1 AND locked_by <> ALL($2)", false),
+                &[(&pattern, Type::TEXT), (&live, Type::TEXT_ARRAY)],
+            )?
+        }
+        Release::Jobs { owner, jobs } => {
+            let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+            let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
+            client.query_typed_one(
+                &release(
+                    "locked_by = $1 AND (id, attempts) IN \
+                     (SELECT * FROM unnest($2::int8[], $3::int4[]))",
+                    false,
+                ),
+                &[
+                    (&owner, Type::TEXT),
+                    (&ids, Type::INT8_ARRAY),
+                    (&attempts, Type::INT4_ARRAY),
+                ],
+            )?
         }
         Release::Expired => client.query_typed_one(&release("locked_until < now()", true), &[])?,
     };
@@ -664,7 +717,7 @@ mod tests {
         assert_eq!(taken.len(), 3);
         let effect = "INSERT INTO res VALUES ($1::int)";
         assert_eq!(
-            run_sql(&mut client, &schema, effect, "a:1/0", &lost).unwrap(),
+            run_sql(&mut client, &schema, effect, "a:1/0", &lost, true).unwrap(),
             0
         );
         assert_eq!(count(&mut client, "SELECT count(*) FROM res"), 0);
@@ -677,12 +730,12 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            run_sql(&mut client, &schema, effect, "b:2/0", &stale).unwrap(),
+            run_sql(&mut client, &schema, effect, "b:2/0", &stale, true).unwrap(),
             0
         );
         assert_eq!(count(&mut client, "SELECT count(*) FROM res"), 0);
         assert_eq!(
-            run_sql(&mut client, &schema, effect, "b:2/0", &taken).unwrap(),
+            run_sql(&mut client, &schema, effect, "b:2/0", &taken, true).unwrap(),
             3
         );
         assert_eq!(count(&mut client, "SELECT count(DISTINCT k) FROM res"), 3);
@@ -734,9 +787,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(jobs.len(), 1);
-        let outcomes = [(jobs[0].id, Ok("fine".to_owned()))];
+        let outcomes = [(&jobs[0], Ok("fine".to_owned()))];
         assert_eq!(
-            complete(&mut client, &schema, "t:1/0", &outcomes).unwrap(),
+            complete(&mut client, &schema, "t:1/0", &outcomes, true).unwrap(),
             1
         );
         assert_eq!(

@@ -13,6 +13,8 @@ use fork_safe::queue::{self, Handler, QueueApp, QueueConfig, Schema};
 use fork_safe::{Database, MaxAge};
 use postgres::types::Type;
 
+mod bench;
+
 /// Exit status for bad usage (clap's convention).
 const USAGE: u8 = 2;
 
@@ -38,6 +40,10 @@ enum Command {
     Enqueue(EnqueueArgs),
     /// Jobs by state, and the fleet's backends.
     Status(StatusArgs),
+    /// Measure the queue on this server: queue jobs in a scratch schema,
+    /// drain them with a fleet of the shape given, print jobs/s, CPU per
+    /// job, peak backends and latency, and drop the schema.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,10 +132,11 @@ struct FleetArgs {
     /// finished jobs to delete.
     #[arg(long, env = "PREFORK_POLL", default_value = "1s", value_parser = parse_positive_duration)]
     poll: Duration,
-    /// Delete finished jobs this long after they finished: a duration, or
-    /// "forever" to keep them.
-    #[arg(long, env = "PREFORK_KEEP_FINISHED", default_value = "forever", value_parser = parse_limit)]
-    keep_finished: Limit,
+    /// Delete finished jobs this long after they finished: a duration,
+    /// "forever" to keep them, or 0 to keep no history (done jobs are
+    /// deleted as they complete, which is cheaper; failed ones are kept).
+    #[arg(long, env = "PREFORK_KEEP_FINISHED", default_value = "forever", value_parser = parse_keep)]
+    keep_finished: Keep,
     /// Where each child's idle leader LISTENs for new jobs: a direct or
     /// session-pooled URL, for jobs that go through PgBouncer in transaction
     /// mode [default: the database URL].
@@ -199,6 +206,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Enqueue(args)) => enqueue_main(&cli.fleet.db, &args),
         Some(Command::Status(args)) => status_main(&cli.fleet.db, &args),
+        Some(Command::Bench(args)) => bench_main(&cli.fleet.db, &args),
         None => fleet_main(cli.fleet, exec),
     };
     // Every path, including errors, ends with no connection open.
@@ -242,6 +250,18 @@ fn parse_limit(text: &str) -> Result<Limit, String> {
     fork_safe::duration::parse_limit(text)
         .map(Limit)
         .map_err(|e| e.to_string())
+}
+
+/// How long finished jobs are kept: `None` forever, zero not at all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keep(pub(crate) Option<Duration>);
+
+/// `forever`, or a duration, 0 meaning "keep no history".
+pub(crate) fn parse_keep(text: &str) -> Result<Keep, String> {
+    if text.trim() == "forever" {
+        return Ok(Keep(None));
+    }
+    parse_duration(text).map(|d| Keep(Some(d)))
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -510,6 +530,29 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+/// `prefork bench`: on the configured database, or on a throwaway cluster
+/// when none is.
+fn bench_main(db: &DbArgs, args: &bench::BenchArgs) -> Result<(), Fail> {
+    let _cluster;
+    let url = match connection_string(db) {
+        Some(url) => url,
+        None => {
+            eprintln!(
+                "prefork: no database configured; benchmarking a throwaway PostgreSQL cluster"
+            );
+            let cluster = TempCluster::builder()
+                .durable(true)
+                .max_connections(200)
+                .start()
+                .map_err(runtime)?;
+            let url = cluster.connection_string();
+            _cluster = cluster;
+            url
+        }
+    };
+    bench::run(db, args, &url)
 }
 
 /// Whether `program` can be run: a path to an executable file, or a name
