@@ -39,6 +39,10 @@ fn main() {
             ("jobs_survive_a_server_restart", server_restart),
             ("two_masters_share_one_queue", two_masters),
             (
+                "a_graceful_stop_hands_back_unstarted_jobs_at_once",
+                stop_hands_back,
+            ),
+            (
                 "drain_ends_when_someone_else_finishes_the_last_job",
                 drain_by_others,
             ),
@@ -306,6 +310,73 @@ fn two_masters(ctx: &mut Ctx) {
     drained(&mut a, Duration::from_secs(300));
     drained(&mut b, Duration::from_secs(300));
     assert_all_done_once(&mut obs, 10_000);
+}
+
+/// A fleet stopped while its children's local queues hold claimed jobs they
+/// have not started: those are queued again as the children stop, not at
+/// lease expiry, with their attempt given back; the jobs in hand finish.
+fn stop_hands_back(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue(ctx, 5_000);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.005)",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let running = loop {
+        let done = count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'",
+        );
+        let running = count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'running'",
+        );
+        if done >= 100 {
+            break running;
+        }
+        assert!(Instant::now() < deadline, "the fleet did not get going");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // More claimed than the 4 workers have in hand: the local queues.
+    assert!(
+        running > 4 * 8,
+        "only {running} jobs claimed: nothing prefetched"
+    );
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    drained(&mut master, Duration::from_secs(30));
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'running'"
+        ),
+        0,
+        "claimed jobs left waiting for their lease"
+    );
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'queued' AND attempts > 0"
+        ),
+        0,
+        "an unstarted job lost an attempt"
+    );
+    let done = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE state = 'done'",
+    );
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM effects"), done);
+    assert_eq!(
+        count(&mut obs, "SELECT count(DISTINCT v) FROM effects"),
+        done
+    );
 }
 
 /// A draining fleet whose last job is held elsewhere (another fleet's

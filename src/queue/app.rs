@@ -722,10 +722,10 @@ impl App for QueueApp {
         // Stopping: hand back, at once rather than at lease expiry, what a
         // failure left, jobs claimed as the leader just as the child was
         // told to stop, and the jobs still waiting in the local queue.
-        stranded.extend(claimed.map(Stranded::Batch));
+        stranded.extend(claimed.map(Stranded::Unstarted));
         for batch in self.state().prefetch.drain() {
             self.let_go(&batch.owner, batch.jobs.len());
-            stranded.push(Stranded::Batch(batch));
+            stranded.push(Stranded::Unstarted(batch));
         }
         if !stranded.is_empty() {
             let schema = &self.config.schema;
@@ -746,8 +746,11 @@ enum Stranded {
     /// Claims of this worker whose answer never arrived (they may have
     /// committed): whatever carries its stamps but is not in the child.
     Lost,
-    /// A batch whose outcome could not be recorded, or that was never run.
+    /// A batch whose outcome could not be recorded.
     Batch(Batch),
+    /// A batch that never started (claimed as the leader, or left in the
+    /// local queue, as the child stops): its attempts are given back.
+    Unstarted(Batch),
 }
 
 impl Stranded {
@@ -760,6 +763,10 @@ impl Stranded {
                 live: &own.1,
             },
             Stranded::Batch(batch) => store::Release::Jobs {
+                owner: &batch.owner,
+                jobs: &batch.jobs,
+            },
+            Stranded::Unstarted(batch) => store::Release::Unstarted {
                 owner: &batch.owner,
                 jobs: &batch.jobs,
             },

@@ -342,9 +342,17 @@ pub enum Release<'a> {
         /// Its claims still live in the child.
         live: &'a [String],
     },
+    /// These jobs of the claim `owner`, if still held at these attempts,
+    /// that never started (a stopping child's local queue): queued again
+    /// where they were, their attempt given back.
+    Unstarted {
+        /// The claim's owner stamp.
+        owner: &'a str,
+        /// The jobs.
+        jobs: &'a [Job],
+    },
     /// These jobs of the claim `owner`, if still held at these attempts: a
-    /// batch whose outcome could not be recorded, or jobs a stopping child
-    /// never started.
+    /// batch whose outcome could not be recorded.
     Jobs {
         /// The claim's owner stamp.
         owner: &'a str,
@@ -393,6 +401,30 @@ pub fn release(
     which: Release<'_>,
 ) -> Result<Released, postgres::Error> {
     let s = schema.name();
+    if let Release::Unstarted { owner, jobs } = which {
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
+        let requeued = client.execute_typed(
+            &format!(
+                "UPDATE {s}.jobs_live SET state = 'queued', attempts = attempts - 1,
+                                          locked_by = NULL, locked_until = NULL
+                 WHERE state = 'running' AND locked_by = $1
+                   AND (id, attempts) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))"
+            ),
+            &[
+                (&owner, Type::TEXT),
+                (&ids, Type::INT8_ARRAY),
+                (&attempts, Type::INT4_ARRAY),
+            ],
+        )?;
+        if requeued > 0 {
+            notify_client(client, schema)?;
+        }
+        return Ok(Released {
+            requeued,
+            failed: 0,
+        });
+    }
     // The running jobs that match, locked; those out of attempts move to
     // jobs_finished as failed, the others are queued again at once.
     // Rows are locked in id order, as run_sql's fence locks them, so the
@@ -451,6 +483,7 @@ pub fn release(
                 &[(&pattern, Type::TEXT), (&live, Type::TEXT_ARRAY)],
             )?
         }
+        Release::Unstarted { .. } => unreachable!("handled above"),
         Release::Jobs { owner, jobs } => {
             let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
             let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
@@ -474,12 +507,19 @@ pub fn release(
         failed: row.get::<_, i64>(1) as u64,
     };
     if released.requeued > 0 {
-        client.execute_typed(
-            "SELECT pg_notify($1, '')",
-            &[(&schema.channel(), Type::TEXT)],
-        )?;
+        notify_client(client, schema)?;
     }
     Ok(released)
+}
+
+/// Tells listening workers that jobs came back.
+fn notify_client(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
+    client
+        .execute_typed(
+            "SELECT pg_notify($1, '')",
+            &[(&schema.channel(), Type::TEXT)],
+        )
+        .map(drop)
 }
 
 /// Deletes up to `limit` jobs of `queue` that finished (done or failed) more
