@@ -13,7 +13,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::deadline::Deadlines;
 use super::idle::{Idle, Leadership, Woken};
-use super::prefetch::{Batch, Prefetch, Take};
+use super::prefetch::{Batch, Claiming, Prefetch, Take};
 use super::{Handler, Job, QueueConfig, exec, store};
 use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Worker};
 use crate::{Pid, application_name};
@@ -149,31 +149,21 @@ impl QueueApp {
         let batch = match claimed {
             Some(batch) => batch,
             None => match self.state().prefetch.take(c.batch as usize) {
-                Take::Batch(batch) => batch,
-                Take::Empty => return Ok(0),
-                Take::Claim(claiming) => {
-                    let owner = self.next_owner(worker);
-                    let jobs = worker.watched("claim", || {
-                        crate::with_client(|client| {
-                            store::claim(
-                                client,
-                                &c.schema,
-                                &c.queue,
-                                self.claim_size(),
-                                &owner,
-                                c.lease,
-                            )
-                        })
-                    });
-                    let jobs = jobs?;
-                    if jobs.is_empty() {
-                        return Ok(0);
+                Take::Batch(batch, None) => batch,
+                Take::Batch(batch, Some(ahead)) => {
+                    // Claim ahead first, while the other workers still
+                    // have jobs; this batch waits a round trip.
+                    if let Err(e) = self.claim(worker, ahead, 0) {
+                        stranded.push(Stranded::Unstarted(batch));
+                        return Err(e);
                     }
-                    self.hold(&owner, jobs.len());
-                    let (mine, queued) = claiming.fill(&owner, jobs, c.batch as usize);
-                    self.wake_for(queued);
-                    mine
+                    batch
                 }
+                Take::Empty => return Ok(0),
+                Take::Claim(claiming) => match self.claim(worker, claiming, c.batch as usize)? {
+                    Some(mine) => mine,
+                    None => return Ok(0),
+                },
             },
         };
         if batch.jobs.is_empty() {
@@ -188,6 +178,33 @@ impl QueueApp {
         }
         self.observe_pace(batch.jobs.len(), started.elapsed());
         Ok(batch.jobs.len())
+    }
+
+    /// Claims for the child, fills its local queue, keeps `keep` jobs for
+    /// this worker and wakes others for the rest; what it kept, or `None`
+    /// if the claim found nothing.
+    fn claim(
+        &self,
+        worker: &Worker,
+        claiming: Claiming<'_>,
+        keep: usize,
+    ) -> Result<Option<Batch>, crate::Error> {
+        let c = &self.config;
+        let owner = self.next_owner(worker);
+        let size = self.claim_size();
+        let jobs = worker.watched("claim", || {
+            crate::with_client(|client| {
+                store::claim(client, &c.schema, &c.queue, size, &owner, c.lease)
+            })
+        })?;
+        if jobs.is_empty() {
+            return Ok(None);
+        }
+        self.hold(&owner, jobs.len());
+        let full = jobs.len() as i64 >= size;
+        let (mine, queued) = claiming.fill(&owner, jobs, keep, full);
+        self.wake_for(queued);
+        Ok(Some(mine))
     }
 
     /// Jobs one claim brings in for the child. Without prefetching (`Exec`,

@@ -63,12 +63,16 @@ struct State {
     claiming: bool,
     /// Bumped by every claim that ends, so a waiter knows one did.
     claims: u64,
+    /// The last claim brought all it asked for: there is probably more.
+    full: bool,
 }
 
 /// What [`Prefetch::take`] found.
 pub(super) enum Take<'a> {
-    /// A batch to run.
-    Batch(Batch),
+    /// A batch to run, and, when what is left here runs low while the last
+    /// claim came back full, the right to claim ahead first (so the next
+    /// claim is in flight while the other workers still have jobs).
+    Batch(Batch, Option<Claiming<'a>>),
     /// Nothing here and nobody claiming: this worker claims.
     Claim(Claiming<'a>),
     /// A claim just found nothing: go idle.
@@ -110,7 +114,12 @@ impl Prefetch {
             }
         }
         if let Some(batch) = take_batch(&mut state, max) {
-            return Take::Batch(batch);
+            let low = state.jobs.len() < self.workers * min;
+            let ahead = (low && state.full && !state.claiming).then(|| {
+                state.claiming = true;
+                Claiming { prefetch: self }
+            });
+            return Take::Batch(batch, ahead);
         }
         if state.claiming {
             // Still claiming after the wait: let this worker go idle and
@@ -175,18 +184,29 @@ pub(super) struct Claiming<'a> {
 }
 
 impl Claiming<'_> {
-    /// Puts what a claim by `owner` brought in, keeps the first `keep` jobs
-    /// for the claimer, and wakes the waiting workers; how many remain
-    /// queued here.
-    pub(super) fn fill(self, owner: &Arc<str>, jobs: Vec<Job>, keep: usize) -> (Batch, usize) {
+    /// Puts what a claim by `owner` brought in (`full`: all it asked for),
+    /// keeps the first `keep` jobs for the claimer, and wakes the waiting
+    /// workers; how many remain queued here.
+    pub(super) fn fill(
+        self,
+        owner: &Arc<str>,
+        jobs: Vec<Job>,
+        keep: usize,
+        full: bool,
+    ) -> (Batch, usize) {
+        self.prefetch.lock().full = full;
         // Dropping `self` right after ends the claim and wakes the waiters.
         self.prefetch.put(owner, jobs, keep)
     }
 }
 
 impl Drop for Claiming<'_> {
+    /// Ends the claim; one that did not fill found nothing (or failed).
     fn drop(&mut self) {
         let mut state = self.prefetch.lock();
+        if state.claiming && state.jobs.is_empty() {
+            state.full = false;
+        }
         state.claiming = false;
         state.claims += 1;
         drop(state);
@@ -214,10 +234,10 @@ mod tests {
             panic!("an empty queue makes the first worker the claimer");
         };
         let a: Arc<str> = Arc::from("h:1/0.1");
-        let (mine, queued) = claiming.fill(&a, (1..=5).map(job).collect(), 2);
+        let (mine, queued) = claiming.fill(&a, (1..=5).map(job).collect(), 2, false);
         assert_eq!((mine.jobs.len(), queued), (2, 3));
         let ids = |take: Take<'_>| match take {
-            Take::Batch(b) => b.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            Take::Batch(b, _) => b.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
             _ => panic!("a batch was expected"),
         };
         assert_eq!(ids(prefetch.take(2)), [3, 4]);
@@ -232,9 +252,12 @@ mod tests {
             panic!("the first worker claims");
         };
         let owner: Arc<str> = Arc::from("h:1/0.1");
-        let _ = claiming.fill(&owner, (1..=300).map(job).collect(), 0);
+        let _ = claiming.fill(&owner, (1..=300).map(job).collect(), 0, false);
         let sizes: Vec<usize> = std::iter::from_fn(|| match prefetch.take(2) {
-            Take::Batch(b) => Some(b.jobs.len()),
+            Take::Batch(b, ahead) => {
+                assert!(ahead.is_none(), "the claim was not full: no claim ahead");
+                Some(b.jobs.len())
+            }
             _ => None,
         })
         .collect();
@@ -242,6 +265,27 @@ mod tests {
         assert_eq!(sizes[..5], [MAX_TAKE, MAX_TAKE, MAX_TAKE, 54, 27]);
         assert_eq!(sizes.iter().sum::<usize>(), 300);
         assert!(sizes.iter().all(|n| *n >= 1));
+    }
+
+    #[test]
+    fn a_full_claim_running_low_claims_ahead_once() {
+        let prefetch = Prefetch::new(2);
+        let Take::Claim(claiming) = prefetch.take(2) else {
+            panic!("the first worker claims");
+        };
+        let owner: Arc<str> = Arc::from("h:1/0.1");
+        let _ = claiming.fill(&owner, (1..=8).map(job).collect(), 0, true);
+        // 8 waiting, low water 2 x 2 = 4: the first take leaves 4.
+        let Take::Batch(_, None) = prefetch.take(2) else {
+            panic!("not low yet");
+        };
+        let Take::Batch(_, Some(ahead)) = prefetch.take(2) else {
+            panic!("low after a full claim: claim ahead");
+        };
+        let Take::Batch(_, None) = prefetch.take(2) else {
+            panic!("one claim ahead at a time");
+        };
+        drop(ahead);
     }
 
     #[test]
