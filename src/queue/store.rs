@@ -198,6 +198,9 @@ pub(crate) struct Probe {
     /// Dead row versions in the jobs table, as the statistics collector
     /// last counted them (0 if it does not count).
     pub(crate) dead_rows: i64,
+    /// Live rows in the jobs table, as the statistics collector last
+    /// counted them (0 if it does not count).
+    pub(crate) live_rows: i64,
     /// This role may vacuum the jobs table (it owns it, or is a superuser).
     pub(crate) may_vacuum: bool,
 }
@@ -216,6 +219,8 @@ pub(crate) fn probe(
                             WHERE queue = $1 AND state = 'queued' AND run_at <= now()),
                     coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
                               WHERE relid = '{s}.jobs_live'::regclass), 0),
+                    coalesce((SELECT n_live_tup FROM pg_stat_user_tables
+                              WHERE relid = '{s}.jobs_live'::regclass), 0),
                     pg_has_role((SELECT relowner FROM pg_class
                                  WHERE oid = '{s}.jobs_live'::regclass), 'USAGE')"
         ),
@@ -224,7 +229,8 @@ pub(crate) fn probe(
     Ok(Probe {
         runnable: row.get(0),
         dead_rows: row.get(1),
-        may_vacuum: row.get(2),
+        live_rows: row.get(2),
+        may_vacuum: row.get(3),
     })
 }
 
