@@ -34,6 +34,7 @@ fn main() {
             ),
             ("a_second_master_on_one_pidfile_refuses", pidfile_lock),
             ("status_json_counts_states", status_json),
+            ("bench_measures_and_leaves_nothing_behind", bench),
             (
                 "enqueue_is_all_or_nothing_and_names_the_bad_line",
                 enqueue_atomic,
@@ -351,6 +352,42 @@ fn stop_ignoring_programs(ctx: &mut Ctx) {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// `prefork bench` drains its jobs, prints its figures, and drops its
+/// scratch schema; the queue's own schema is untouched.
+fn bench(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    for handler in ["noop", "sql"] {
+        let out = run(
+            ctx,
+            &[
+                "bench",
+                "--procs",
+                "1",
+                "--threads",
+                "2",
+                "--jobs",
+                "500",
+                "--handler",
+                handler,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(text.contains("drained 500 jobs"), "{text}");
+        assert!(
+            text.contains("jobs/s") && text.contains("CPU per job"),
+            "{text}"
+        );
+    }
+    let left = count(
+        &mut obs,
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'prefork_bench_%'",
+    );
+    assert_eq!(left, 0, "a scratch schema was left behind");
+    let out = run(ctx, &["bench", "--handler", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
 /// `prefork enqueue -` fed `input`: its exit code and standard error.
