@@ -538,23 +538,27 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
 /// when none is.
 fn bench_main(db: &DbArgs, args: &bench::BenchArgs) -> Result<(), Fail> {
     let _cluster;
-    let url = match connection_string(db) {
-        Some(url) => url,
+    let (url, own) = match connection_string(db) {
+        Some(url) => (url, false),
         None => {
             eprintln!(
                 "prefork: no database configured; benchmarking a throwaway PostgreSQL cluster"
             );
-            let cluster = TempCluster::builder()
-                .durable(true)
-                .max_connections(200)
-                .start()
-                .map_err(runtime)?;
+            let mut builder = TempCluster::builder().durable(true).max_connections(200);
+            // Statement times, when the server has the module to load.
+            let module = fork_safe::cluster::find_bindir()
+                .map(|bin| bin.join("../lib/pg_stat_statements.so"))
+                .is_ok_and(|lib| lib.exists());
+            if module {
+                builder = builder.setting("shared_preload_libraries", "pg_stat_statements");
+            }
+            let cluster = builder.start().map_err(runtime)?;
             let url = cluster.connection_string();
             _cluster = cluster;
-            url
+            (url, module)
         }
     };
-    bench::run(db, args, &url)
+    bench::run(db, args, &url, own)
 }
 
 /// Whether `program` can be run: a path to an executable file, or a name
