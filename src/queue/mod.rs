@@ -1,12 +1,12 @@
 //! A PostgreSQL job queue worked by a prefork fleet.
 //!
-//! [`QueueApp`] is a [`prefork::App`](crate::prefork::App): every worker
-//! thread of every child claims jobs in small batches (`FOR UPDATE SKIP
-//! LOCKED`), runs them through a [`Handler`], and records the outcomes in
-//! one statement per batch. The hot path is server-side functions called
-//! with unnamed statements: a `--sql` batch costs two round trips (claim;
-//! run and complete) and one synchronous commit, and nothing in it depends
-//! on session state.
+//! [`QueueApp`] is a [`prefork::App`](crate::prefork::App): in every child
+//! one worker at a time claims jobs for all of them (`FOR UPDATE SKIP
+//! LOCKED`) into the child's local queue (`prefetch`); each worker takes a
+//! batch from it, runs it through a [`Handler`], and records the outcomes
+//! in one statement and one commit. The hot path is server-side functions
+//! called with unnamed statements: a `--sql` batch runs and completes in
+//! one round trip, and nothing in it depends on session state.
 //!
 //! A child's idle workers are leader and followers (the protocol is
 //! written down in `idle`): one of them, the leader, keeps its connection,
@@ -87,7 +87,10 @@ pub struct QueueConfig {
     pub schema: Schema,
     /// The queue to work. Default: `default`.
     pub queue: String,
-    /// Jobs claimed at once by one worker. Default: 8 (1 for `Exec`).
+    /// Jobs one worker runs and records at once, at least: from a deep
+    /// local queue it takes a fair share, up to 64; a child claims up to 8
+    /// batches per worker at once (one batch for `Exec`, whose jobs are
+    /// slow and run one at a time). Default: 8 (1 for `Exec`).
     pub batch: i64,
     /// How long a claim lasts before others may take the job over (a dead
     /// host's jobs). Default: 5 minutes; keep it above the longest job.

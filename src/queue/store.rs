@@ -3,10 +3,10 @@
 //! Queued and running jobs live in `<schema>.jobs_live`, finished ones (done,
 //! or failed after their last attempt) in `<schema>.jobs_finished`, and the
 //! view `<schema>.jobs` shows both. A claim is a committed lease: the job turns
-//! `running`, its attempt is counted and it is stamped with the claiming
-//! worker (`host:pid/thread`) and a lease deadline. Completion is guarded by that
-//! stamp, so a worker whose lease was taken over can never mark the job
-//! twice. A job whose worker died is requeued at once by the master that saw
+//! `running`, its attempt is counted and it is stamped with the claim
+//! (`host:pid/worker.seq`, one stamp per claim) and a lease deadline.
+//! Completion is guarded by that stamp and the attempt, so a worker whose
+//! lease was taken over can never mark the job twice. A job whose worker died is requeued at once by the master that saw
 //! it die, or by anyone once its lease expires (a dead host).
 //!
 //! Only queued jobs are in the claim index (a partial index), and finished
