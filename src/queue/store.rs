@@ -126,17 +126,19 @@ pub fn enqueue_copies(
     Ok(queued)
 }
 
-/// Tells listening workers that `queue` has new jobs (at commit).
+/// Tells listening workers there are jobs, of `queue` or (`""`) any: at
+/// once, or at the commit of the transaction `client` is in.
 fn notify(
-    tx: &mut postgres::Transaction<'_>,
+    client: &mut impl postgres::GenericClient,
     schema: &Schema,
     queue: &str,
 ) -> Result<(), postgres::Error> {
-    tx.execute_typed(
-        "SELECT pg_notify($1, $2)",
-        &[(&schema.channel(), Type::TEXT), (&queue, Type::TEXT)],
-    )
-    .map(drop)
+    client
+        .execute_typed(
+            "SELECT pg_notify($1, $2)",
+            &[(&schema.channel(), Type::TEXT), (&queue, Type::TEXT)],
+        )
+        .map(drop)
 }
 
 /// A claimed job.
@@ -424,7 +426,7 @@ pub fn release(
             ],
         )?;
         if requeued > 0 {
-            notify_client(client, schema)?;
+            notify(client, schema, "")?;
         }
         return Ok(Released {
             requeued,
@@ -513,19 +515,9 @@ pub fn release(
         failed: row.get::<_, i64>(1) as u64,
     };
     if released.requeued > 0 {
-        notify_client(client, schema)?;
+        notify(client, schema, "")?;
     }
     Ok(released)
-}
-
-/// Tells listening workers that jobs came back.
-fn notify_client(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> {
-    client
-        .execute_typed(
-            "SELECT pg_notify($1, '')",
-            &[(&schema.channel(), Type::TEXT)],
-        )
-        .map(drop)
 }
 
 /// Deletes up to `limit` jobs of `queue` that finished (done or failed) more
