@@ -39,7 +39,7 @@ pub struct QueueApp {
 }
 
 struct ChildState {
-    /// `host:pid`; each worker stamps its claims `host:pid/<thread>`.
+    /// `host:pid`; claims are stamped `host:pid/worker.seq`.
     process: String,
     /// The child's idle workers: leader and followers.
     idle: Idle,
@@ -131,16 +131,7 @@ impl QueueApp {
     ) -> Result<usize, crate::Error> {
         let c = &self.config;
         if !stranded.is_empty() {
-            let own = self.own_claims(worker);
-            let released = crate::with_client(|client| {
-                let mut released = store::Released::default();
-                for what in stranded.iter() {
-                    let r = store::release(client, &c.schema, what.release(&own))?;
-                    released.requeued += r.requeued;
-                    released.failed += r.failed;
-                }
-                Ok(released)
-            })?;
+            let released = self.hand_back(worker, stranded)?;
             if !released.is_empty() {
                 log::warn!("{released} whose outcome could not be recorded");
             }
@@ -180,6 +171,25 @@ impl QueueApp {
         Ok(batch.jobs.len())
     }
 
+    /// Releases what `stranded` names, each by its own stamp (see
+    /// [`Stranded`]); what it released.
+    fn hand_back(
+        &self,
+        worker: &Worker,
+        stranded: &[Stranded],
+    ) -> Result<store::Released, crate::Error> {
+        let own = self.own_claims(worker);
+        crate::with_client(|client| {
+            let mut released = store::Released::default();
+            for what in stranded {
+                let r = store::release(client, &self.config.schema, what.release(&own))?;
+                released.requeued += r.requeued;
+                released.failed += r.failed;
+            }
+            Ok(released)
+        })
+    }
+
     /// Claims for the child, fills its local queue, keeps `keep` jobs for
     /// this worker and wakes others for the rest; what it kept, or `None`
     /// if the claim found nothing.
@@ -189,22 +199,54 @@ impl QueueApp {
         claiming: Claiming<'_>,
         keep: usize,
     ) -> Result<Option<Batch>, crate::Error> {
-        let c = &self.config;
-        let owner = self.next_owner(worker);
-        let size = self.claim_size();
-        let jobs = worker.watched("claim", || {
-            crate::with_client(|client| {
-                store::claim(client, &c.schema, &c.queue, size, &owner, c.lease)
-            })
+        let (owner, jobs, full) = worker.watched("claim", || {
+            crate::with_client(|client| self.claim_on(client, worker))
         })?;
         if jobs.is_empty() {
             return Ok(None);
         }
-        self.hold(&owner, jobs.len());
+        Ok(Some(self.bring_in(
+            &owner,
+            jobs,
+            keep,
+            Some((claiming, full)),
+        )))
+    }
+
+    /// One claim for the child on `client`, under a fresh stamp: the stamp,
+    /// the jobs, and whether it brought all it asked for.
+    fn claim_on(
+        &self,
+        client: &mut Client,
+        worker: &Worker,
+    ) -> Result<(Arc<str>, Vec<Job>, bool), postgres::Error> {
+        let c = &self.config;
+        let owner = self.next_owner(worker);
+        let size = self.claim_size();
+        let jobs = store::claim(client, &c.schema, &c.queue, size, &owner, c.lease)?;
         let full = jobs.len() as i64 >= size;
-        let (mine, queued) = claiming.fill(&owner, jobs, keep, full);
+        Ok((owner, jobs, full))
+    }
+
+    /// Puts what a claim by `owner` brought into the child's local queue
+    /// (ending `claiming`, the worker's turn to claim, if it had one), keeps
+    /// `keep` jobs for this worker and wakes others for the rest; what it
+    /// kept.
+    fn bring_in(
+        &self,
+        owner: &Arc<str>,
+        jobs: Vec<Job>,
+        keep: usize,
+        claiming: Option<(Claiming<'_>, bool)>,
+    ) -> Batch {
+        self.hold(owner, jobs.len());
+        let prefetch = &self.state().prefetch;
+        let (mine, queued) = match claiming {
+            Some((claiming, full)) => claiming.fill(owner, jobs, keep, full),
+            None => prefetch.put(owner, jobs, keep),
+        };
         self.wake_for(queued);
-        Ok(Some(mine))
+        mine
     }
 
     /// Jobs one claim brings in for the child. Without prefetching (`Exec`,
@@ -511,18 +553,10 @@ impl QueueApp {
             let mut look = true;
             while !worker.stopping() {
                 if look {
-                    let owner = self.next_owner(worker);
-                    let size = self.claim_size();
-                    let jobs = worker.watched("claim", || {
-                        store::claim(client, &c.schema, &c.queue, size, &owner, c.lease)
-                    });
-                    let jobs = jobs?;
+                    let (owner, jobs, _) =
+                        worker.watched("claim", || self.claim_on(client, worker))?;
                     if !jobs.is_empty() {
-                        self.hold(&owner, jobs.len());
-                        let (mine, queued) =
-                            self.state().prefetch.put(&owner, jobs, c.batch as usize);
-                        self.wake_for(queued);
-                        return Ok(Some(mine));
+                        return Ok(Some(self.bring_in(&owner, jobs, c.batch as usize, None)));
                     }
                 }
                 look = {
@@ -748,14 +782,7 @@ impl App for QueueApp {
             stranded.push(Stranded::Unstarted(batch));
         }
         if !stranded.is_empty() {
-            let schema = &self.config.schema;
-            let own = self.own_claims(worker);
-            let _ = crate::with_client(|c| {
-                for what in &stranded {
-                    store::release(c, schema, what.release(&own))?;
-                }
-                Ok(())
-            });
+            let _ = self.hand_back(worker, &stranded);
         }
     }
 }
