@@ -23,6 +23,7 @@ use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
 use super::builder::{Settings, stuck_after};
 use super::error::PreforkError;
+use super::program::kill_grace;
 use crate::Pid;
 
 /// The master's turn of its loop never sleeps longer than this, so
@@ -401,7 +402,7 @@ impl Fleet {
                     // own before the child, and with it their groups, are
                     // killed (see `program`).
                     let programs = child.board.programs(settings.threads);
-                    let grace = program_grace(settings.graceful_timeout);
+                    let grace = kill_grace(settings.graceful_timeout);
                     match stop.programs_told {
                         None if !programs.is_empty() => {
                             log::warn!(
@@ -674,13 +675,6 @@ impl Fleet {
 
 /// A random extra of 0 to `max`, so that children do not all recycle at
 /// once.
-/// How long programs sent TERM at a stopping child's graceful timeout have
-/// before KILL: half the graceful timeout, at most 5 seconds (the rule of
-/// a job's timeout, `queue::exec::kill_grace`).
-fn program_grace(graceful_timeout: Duration) -> Duration {
-    (graceful_timeout / 2).min(Duration::from_secs(5))
-}
-
 fn jitter(max: u64) -> u64 {
     if max == 0 { 0 } else { fastrand::u64(0..=max) }
 }

@@ -84,5 +84,6 @@ pub use board::MAX_THREADS;
 pub use builder::{ConnectionBounds, Prefork};
 pub use error::PreforkError;
 pub use program::Program;
+pub(crate) use program::kill_grace;
 pub(crate) use supervise::list;
 pub use worker::{Wake, Waker, Worker};

@@ -52,6 +52,14 @@ use nix::sys::signal::{Signal, killpg};
 
 use crate::Pid;
 
+/// How long a program's group sent TERM has before KILL, when it was
+/// stopped at a limit (a job's `--timeout`, a stopping child's graceful
+/// timeout): half the limit, at most 5 seconds, so it is gone well before
+/// whatever watches that limit acts.
+pub(crate) fn kill_grace(limit: Duration) -> Duration {
+    (limit / 2).min(Duration::from_secs(5))
+}
+
 /// A program a worker runs: the leader of its own process group.
 ///
 /// Dropping it ends the group and reaps the leader, like
@@ -272,4 +280,18 @@ fn prepare(parent: Pid, record: usize) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_is_half_the_limit_at_most_five_seconds() {
+        assert_eq!(
+            kill_grace(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(kill_grace(Duration::from_secs(60)), Duration::from_secs(5));
+    }
 }

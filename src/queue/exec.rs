@@ -23,18 +23,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::Job;
-use crate::prefork::Worker;
+use crate::prefork::{Worker, kill_grace};
 
 /// What of standard output is kept as the job's result.
 const OUTPUT_CAP: usize = 64 * 1024;
 /// What of standard error is kept for a failed attempt's error.
 const ERROR_TAIL: usize = 4 * 1024;
-
-/// How long a program sent TERM at its timeout has before KILL: half the
-/// timeout, at most 5 seconds.
-pub(super) fn kill_grace(timeout: Duration) -> Duration {
-    (timeout / 2).min(Duration::from_secs(5))
-}
 
 /// Runs one job through an external program.
 pub(super) fn run(
@@ -137,10 +131,5 @@ mod tests {
         assert_eq!(head(&data[..], 10), data[..10]);
         assert_eq!(tail(&data[..], 10), data[data.len() - 10..]);
         assert_eq!(tail(&b"short"[..], 10), b"short");
-        assert_eq!(
-            kill_grace(Duration::from_secs(1)),
-            Duration::from_millis(500)
-        );
-        assert_eq!(kill_grace(Duration::from_secs(60)), Duration::from_secs(5));
     }
 }
