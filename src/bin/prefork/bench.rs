@@ -85,10 +85,6 @@ fn fleet_cpu() -> Duration {
     time(UsageWho::RUSAGE_SELF) + time(UsageWho::RUSAGE_CHILDREN)
 }
 
-fn config_keeps(args: &BenchArgs) -> bool {
-    args.keep_finished.0 != Some(Duration::ZERO)
-}
-
 fn per_job(cpu: Duration, jobs: u64) -> String {
     format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / jobs.max(1) as f64)
 }
@@ -175,6 +171,7 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
         .threads(args.threads as usize)
         .graceful_timeout(Duration::from_secs(10));
     let bounds = fleet.connection_bounds();
+    let keeps = config.keeps_history();
     let app = QueueApp::new(config, handler);
     let stats = app.stats();
     let (machine0, fleet0) = (machine_busy(), fleet_cpu());
@@ -225,11 +222,7 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
         args.threads,
         count(queued as f64),
         args.batch,
-        if config_keeps(args) {
-            "history kept"
-        } else {
-            "no history"
-        }
+        if keeps { "history kept" } else { "no history" }
     );
     println!(
         "  drained {} jobs in {:.2?}: {} jobs/s",
@@ -274,7 +267,7 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
         bounds.steady,
         bounds.replacing
     );
-    if config_keeps(args) {
+    if keeps {
         println!(
             "  enqueue to done: p50 {p50:.3} s, p99 {p99:.3} s (all jobs queued before the start)"
         );

@@ -534,6 +534,17 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
     Ok(())
 }
 
+/// The throwaway cluster of a command run with no database configured:
+/// durable (fsync on, as a real server is) with room for big fleets, plus
+/// what `more` adds.
+fn throwaway_cluster(
+    more: impl FnOnce(fork_safe::cluster::Builder) -> fork_safe::cluster::Builder,
+) -> Result<TempCluster, Fail> {
+    more(TempCluster::builder().durable(true).max_connections(200))
+        .start()
+        .map_err(runtime)
+}
+
 /// `prefork bench`: on the configured database, or on a throwaway cluster
 /// when none is.
 fn bench_main(db: &DbArgs, args: &bench::BenchArgs) -> Result<(), Fail> {
@@ -544,15 +555,17 @@ fn bench_main(db: &DbArgs, args: &bench::BenchArgs) -> Result<(), Fail> {
             eprintln!(
                 "prefork: no database configured; benchmarking a throwaway PostgreSQL cluster"
             );
-            let mut builder = TempCluster::builder().durable(true).max_connections(200);
             // Statement times, when the server has the module to load.
             let module = fork_safe::cluster::find_bindir()
                 .map(|bin| bin.join("../lib/pg_stat_statements.so"))
                 .is_ok_and(|lib| lib.exists());
-            if module {
-                builder = builder.setting("shared_preload_libraries", "pg_stat_statements");
-            }
-            let cluster = builder.start().map_err(runtime)?;
+            let cluster = throwaway_cluster(|builder| {
+                if module {
+                    builder.setting("shared_preload_libraries", "pg_stat_statements")
+                } else {
+                    builder
+                }
+            })?;
             let url = cluster.connection_string();
             _cluster = cluster;
             (url, module)
@@ -623,11 +636,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         Some(url) => url,
         None => {
             eprintln!("prefork: no database configured; starting a throwaway PostgreSQL cluster");
-            let cluster = TempCluster::builder()
-                .durable(true)
-                .max_connections(200)
-                .start()
-                .map_err(runtime)?;
+            let cluster = throwaway_cluster(|builder| builder)?;
             eprintln!(
                 "prefork: throwaway cluster at {}",
                 cluster.socket_dir().display()
