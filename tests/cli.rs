@@ -278,11 +278,7 @@ fn killed_child_programs(ctx: &mut Ctx) {
         ],
     );
     let within = |what: &str, done: &mut dyn FnMut() -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !done() {
-            assert!(std::time::Instant::now() < deadline, "waiting for {what}");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        common::wait_until(what, std::time::Duration::from_secs(20), done)
     };
     within("the first attempt's sleeps", &mut || {
         processes(&["sleep", "41.1"]).len() == 2
@@ -332,26 +328,20 @@ fn stop_ignoring_programs(ctx: &mut Ctx) {
             "trap '' TERM; sleep 41.7 & sleep 41.7; wait",
         ],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while processes(&["sleep", "41.7"]).len() < 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the programs never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    common::wait_until(
+        "the programs to start",
+        std::time::Duration::from_secs(20),
+        || processes(&["sleep", "41.7"]).len() >= 4,
+    );
     nix::sys::signal::kill(master.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     let (code, err) = master.wait(std::time::Duration::from_secs(10));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("sending its programs TERM"), "{err}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !processes(&["sleep", "41.7"]).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "programs outlived the fleet"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    common::wait_until(
+        "the programs to end with the fleet",
+        std::time::Duration::from_secs(5),
+        || processes(&["sleep", "41.7"]).is_empty(),
+    );
 }
 
 /// `prefork bench` drains its jobs, prints its figures, and drops its

@@ -407,15 +407,12 @@ fn drain_by_others(ctx: &mut Ctx) {
     let mut master = Master::start(&ctx.url, &args);
     // Its leader is up and has looked at the queue (and found the job
     // running).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(
-        &mut obs,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:child:%'",
-    ) == 0
-    {
-        assert!(Instant::now() < deadline, "no child connected");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until("a child to connect", Duration::from_secs(30), || {
+        count(
+            &mut obs,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:child:%'",
+        ) > 0
+    });
     assert!(
         master.running(),
         "the fleet stopped with a job still running"

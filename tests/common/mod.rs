@@ -56,6 +56,16 @@ impl Ctx {
     }
 }
 
+/// Polls `done` every 10 ms until it holds; fails the test, naming `what`,
+/// if it does not within `within`.
+pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub type Test = (&'static str, fn(&mut Ctx));
 pub type Child = (&'static str, fn(&str) -> i32);
 
