@@ -475,10 +475,9 @@ impl QueueApp {
         if let Some(leadership) = state.idle.try_lead() {
             return self.lead_then_hand_off(leadership, worker);
         }
-        // A follower: no connection, asleep until there is something to do
-        // (see `idle`).
-        crate::close_all();
-        match state.idle.follow(worker) {
+        // A follower: asleep until there is something to do, its connection
+        // closed after a moment (see `idle`).
+        match state.idle.follow(worker, crate::close_all) {
             Woken::Claim | Woken::Stop => Ok(None),
             Woken::Lead(leadership) => self.lead_then_hand_off(leadership, worker),
         }

@@ -8,7 +8,10 @@
 //!   them on that connection the moment a notification comes (no connect on
 //!   the way), polls every `--poll` for work that came without one (retries
 //!   coming due), and does the child's housekeeping;
-//! - the **followers** close their connections and sleep until woken.
+//! - the **followers** sleep until woken, and close their connections
+//!   once they have slept [`LINGER`]: the workers of a busy child go idle
+//!   and are woken again many times a second, and each new connection
+//!   costs the server a process started cold (its caches, its plans).
 //!
 //! There is at most one leader ([`Idle::try_lead`] hands out one
 //! [`Leadership`] at a time; dropping it, on any path, frees the lead).
@@ -54,6 +57,9 @@ use crate::prefork::{Wake, Waker, Worker};
 /// come back before it takes the lead itself: longer than a short job,
 /// short enough that a long one leaves the child deaf only briefly.
 pub(super) const HANDOFF_GRACE: Duration = Duration::from_millis(20);
+
+/// How long a follower keeps its connection while asleep.
+pub(super) const LINGER: Duration = Duration::from_secs(1);
 
 /// Who has the lead of a child's idle workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,12 +129,24 @@ impl Idle {
         self.waker.wake_one();
     }
 
-    /// Sleeps as a follower until there is something to do.
-    pub(super) fn follow(&self, worker: &Worker) -> Woken<'_> {
+    /// Sleeps as a follower until there is something to do, calling
+    /// `let_go` (which closes the worker's connection) once it has slept
+    /// [`LINGER`].
+    pub(super) fn follow(&self, worker: &Worker, let_go: impl FnOnce()) -> Woken<'_> {
+        let mut let_go = Some(let_go);
         loop {
-            match worker.sleep(Duration::from_secs(3600)) {
+            let nap = match let_go {
+                Some(_) => LINGER,
+                None => Duration::from_secs(3600),
+            };
+            match worker.sleep(nap) {
                 Wake::Stopping => return Woken::Stop,
-                Wake::TimedOut => continue,
+                Wake::TimedOut => {
+                    if let Some(let_go) = let_go.take() {
+                        let_go();
+                    }
+                    continue;
+                }
                 Wake::Woken => {}
             }
             let lead = self.lock();
