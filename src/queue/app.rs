@@ -11,9 +11,11 @@ use postgres::Client;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 
+use super::completions::{Completions, Recording};
 use super::deadline::Deadlines;
 use super::idle::{Idle, Leadership, Woken};
 use super::prefetch::{Batch, Claiming, Prefetch, Take};
+use super::store::Finished;
 use super::{Handler, Job, QueueConfig, exec, store};
 use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Worker};
 use crate::{Pid, application_name};
@@ -50,6 +52,8 @@ struct ChildState {
     drained: AtomicBool,
     /// The child's local queue (see `prefetch`).
     prefetch: Prefetch,
+    /// Outcomes waiting to be recorded (see `completions`).
+    completions: Completions,
     /// Whether claims bring in batches for all workers (fast handlers), or
     /// one batch for the claimer (`Exec`, whose jobs are slow).
     prefetching: bool,
@@ -137,6 +141,7 @@ impl QueueApp {
             }
             stranded.clear();
         }
+        self.record_waiting(worker, stranded)?;
         let batch = match claimed {
             Some(batch) => batch,
             None => match self.state().prefetch.take(c.batch as usize) {
@@ -157,18 +162,14 @@ impl QueueApp {
                 },
             },
         };
-        if batch.jobs.is_empty() {
+        let count = batch.jobs.len();
+        if count == 0 {
             return Ok(0);
         }
         let started = Instant::now();
-        let ran = self.run_batch(worker, &batch.jobs, &batch.owner);
-        self.let_go(&batch.owner, batch.jobs.len());
-        if let Err(e) = ran {
-            stranded.push(Stranded::Batch(batch));
-            return Err(e);
-        }
-        self.observe_pace(batch.jobs.len(), started.elapsed());
-        Ok(batch.jobs.len())
+        self.run_batch(worker, batch, stranded)?;
+        self.observe_pace(count, started.elapsed());
+        Ok(count)
     }
 
     /// Releases what `stranded` names, each by its own stamp (see
@@ -336,35 +337,116 @@ impl QueueApp {
         }
     }
 
-    /// Runs a batch and records its outcomes. Each job is one unit of work
-    /// for the master (its `--timeout`, its count toward
-    /// `--max-requests`), except a `--sql` batch, which runs in one
-    /// statement and is one unit covering all its jobs.
-    fn run_batch(&self, worker: &Worker, jobs: &[Job], owner: &str) -> Result<(), crate::Error> {
+    /// Runs a batch and has its outcomes recorded (see `completions`: by
+    /// this worker if no other is recording, else by that one). Each job is
+    /// one unit of work for the master (its `--timeout`, its count toward
+    /// `--max-requests`), except a `--sql` batch, which runs and records in
+    /// one statement and is one unit covering all its jobs. A batch that
+    /// fails to run is stranded whole.
+    fn run_batch(
+        &self,
+        worker: &Worker,
+        batch: Batch,
+        stranded: &mut Vec<Stranded>,
+    ) -> Result<(), crate::Error> {
         let c = &self.config;
-        let outcomes: Vec<(&Job, store::Outcome)> = match &self.handler {
-            Handler::Sql(sql) => return self.run_sql(worker, jobs, owner, sql),
-            Handler::Exec { argv } => jobs
+        let outcomes: Result<Vec<store::Outcome>, crate::Error> = match &self.handler {
+            Handler::Sql(sql) => {
+                let ran = self.run_sql(worker, &batch.jobs, &batch.owner, sql);
+                self.let_go(&batch.owner, batch.jobs.len());
+                if let Err(e) = ran {
+                    stranded.push(Stranded::Batch(batch));
+                    return Err(e);
+                }
+                return Ok(());
+            }
+            Handler::Exec { argv } => Ok(batch
+                .jobs
+                .iter()
+                .map(|j| {
+                    worker.job(&format!("job {}", j.id), || {
+                        exec::run(worker, argv, c.timeout, j)
+                    })
+                })
+                .collect()),
+            Handler::Rust(f) => batch
+                .jobs
                 .iter()
                 .map(|j| {
                     let outcome = worker.job(&format!("job {}", j.id), || {
-                        exec::run(worker, argv, c.timeout, j)
-                    });
-                    (j, outcome)
-                })
-                .collect(),
-            Handler::Rust(f) => {
-                let mut outcomes = Vec::with_capacity(jobs.len());
-                for j in jobs {
-                    let outcome = worker.job(&format!("job {}", j.id), || {
                         self.on_deadline(worker, |client| Ok(f(j, client)))
                     })?;
-                    outcomes.push((j, outcome.unwrap_or_else(|| Err(self.timed_out()))));
-                }
-                outcomes
+                    Ok(outcome.unwrap_or_else(|| Err(self.timed_out())))
+                })
+                .collect(),
+        };
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.let_go(&batch.owner, batch.jobs.len());
+                stranded.push(Stranded::Batch(batch));
+                return Err(e);
             }
         };
-        self.record(worker, owner, &outcomes)
+        let Batch { owner, jobs } = batch;
+        let finished = jobs
+            .into_iter()
+            .zip(outcomes)
+            .map(|(job, outcome)| Finished {
+                owner: owner.clone(),
+                job,
+                outcome,
+            })
+            .collect();
+        match self.state().completions.add(finished) {
+            Some(turn) => self.record(worker, turn, stranded),
+            None => Ok(()),
+        }
+    }
+
+    /// Records, in this worker's turn, the child's waiting outcomes until
+    /// none wait, letting go of each job recorded; a group it could not
+    /// record is stranded, to be handed back.
+    fn record(
+        &self,
+        worker: &Worker,
+        mut turn: Recording<'_>,
+        stranded: &mut Vec<Stranded>,
+    ) -> Result<(), crate::Error> {
+        while let Some(group) = turn.next() {
+            let recorded = self.record_now(worker, &group);
+            for claim in group.chunk_by(|a, b| a.owner == b.owner) {
+                self.let_go(&claim[0].owner, claim.len());
+            }
+            if let Err(e) = recorded {
+                stranded.extend(Stranded::unrecorded(group));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records outcomes waiting with no worker recording them (their
+    /// recorder failed), if any.
+    fn record_waiting(
+        &self,
+        worker: &Worker,
+        stranded: &mut Vec<Stranded>,
+    ) -> Result<(), crate::Error> {
+        match self.state().completions.turn() {
+            Some(turn) => self.record(worker, turn, stranded),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `finished` in one statement, on this worker's connection.
+    fn record_now(&self, worker: &Worker, finished: &[Finished]) -> Result<(), crate::Error> {
+        let c = &self.config;
+        worker.watched("recording outcomes", || {
+            crate::with_client(|client| {
+                store::complete(client, &c.schema, finished, c.keeps_history()).map(drop)
+            })
+        })
     }
 
     /// Runs a `--sql` batch in one statement, its effects and outcomes
@@ -405,25 +487,14 @@ impl QueueApp {
             }
             None => {
                 log::warn!("{label} timed out; its statement was cancelled");
-                let outcomes = [(&jobs[0], Err(self.timed_out()))];
-                self.record(worker, owner, &outcomes)
+                let finished = [Finished {
+                    owner: Arc::from(owner),
+                    job: jobs[0].clone(),
+                    outcome: Err(self.timed_out()),
+                }];
+                self.record_now(worker, &finished)
             }
         }
-    }
-
-    /// Records outcomes of jobs `owner` holds.
-    fn record(
-        &self,
-        worker: &Worker,
-        owner: &str,
-        outcomes: &[(&Job, store::Outcome)],
-    ) -> Result<(), crate::Error> {
-        let c = &self.config;
-        worker.watched("recording outcomes", || {
-            crate::with_client(|client| {
-                store::complete(client, &c.schema, owner, outcomes, c.keeps_history()).map(drop)
-            })
-        })
     }
 
     /// The error of a job whose statement was cancelled at the timeout.
@@ -647,6 +718,7 @@ impl App for QueueApp {
             }),
             drained: AtomicBool::new(false),
             prefetch: Prefetch::new(child.threads()),
+            completions: Completions::default(),
             prefetching: !matches!(self.handler, Handler::Exec { .. }),
             threads: child.threads(),
             claims: AtomicU64::new(0),
@@ -772,9 +844,11 @@ impl App for QueueApp {
                 worker.wait(Duration::from_secs(1));
             }
         }
-        // Stopping: hand back, at once rather than at lease expiry, what a
-        // failure left, jobs claimed as the leader just as the child was
-        // told to stop, and the jobs still waiting in the local queue.
+        // Stopping: record outcomes left waiting by a failed recorder; then
+        // hand back, at once rather than at lease expiry, what a failure
+        // left, jobs claimed as the leader just as the child was told to
+        // stop, and the jobs still waiting in the local queue.
+        let _ = self.record_waiting(worker, &mut stranded);
         stranded.extend(claimed.map(Stranded::Unstarted));
         for batch in self.state().prefetch.drain() {
             self.let_go(&batch.owner, batch.jobs.len());
@@ -800,6 +874,23 @@ enum Stranded {
 }
 
 impl Stranded {
+    /// Finished jobs whose outcomes could not be recorded, one batch per
+    /// claim (outcomes arrive a batch at a time, so a claim's jobs are
+    /// together).
+    fn unrecorded(group: Vec<Finished>) -> impl Iterator<Item = Stranded> {
+        let mut batches: Vec<Batch> = Vec::new();
+        for f in group {
+            match batches.last_mut() {
+                Some(batch) if batch.owner == f.owner => batch.jobs.push(f.job),
+                _ => batches.push(Batch {
+                    owner: f.owner,
+                    jobs: vec![f.job],
+                }),
+            }
+        }
+        batches.into_iter().map(Stranded::Batch)
+    }
+
     /// What to release, given this worker's stamp prefix and its claims
     /// still live in the child ([`QueueApp::own_claims`]).
     fn release<'a>(&'a self, own: &'a (String, Vec<String>)) -> store::Release<'a> {

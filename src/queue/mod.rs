@@ -28,6 +28,7 @@
 //! | `exec` | the `--exec` handler: one program per job |
 
 mod app;
+mod completions;
 mod deadline;
 mod exec;
 mod idle;

@@ -521,6 +521,190 @@ const MIGRATIONS: &[&str] = &[
          END LOOP;
          RETURN {s}.complete(p_owner, ids, attempts, oks, texts, p_keep);
      END $f$;"#,
+    // 9: plans that stay small whatever the backlog. The planner guessed
+    // that few rows are running and owned by one claim, so it planned
+    // completion as a scan of the whole live table joined to the batch
+    // (measured: 460 ms to complete 1,000 jobs of a 100,000 backlog), and
+    // the claim's join back to the rows it locked as a hash join over the
+    // whole table (40 ms per 1,000 jobs). Every statement that works on a
+    // batch now names its ids (`id = ANY`), which only an index scan of the
+    // primary key answers, and the claim updates the rows it locked by
+    // their tuple ids, a TID scan (11 ms per 1,000 jobs).
+    //
+    // Completion joins the batch's rows to its outcomes (attempt, ok, text).
+    // Estimating one row for the first, the planner nests a rescan of the
+    // outcomes inside each row: quadratic in the batch (2.4 of 3.6 ms for
+    // 64 jobs). Completion now plans without nested loops, so the join
+    // hashes (8.7 ms for 1,000 jobs, moved to the history).
+    //
+    // And a child's workers record their outcomes together, in one
+    // statement and one commit for many claims (`complete_jobs`): per job,
+    // the server's cost halves from batches of 16 to batches of 128
+    // (pgbench, 4 clients: 58 against 30 µs of machine CPU per job).
+    //
+    // The claim by tuple id: the rows are locked, so their tuple ids cannot
+    // change before the commit. A row another session updated after this
+    // statement's snapshot (and left queued) is locked in its newer version,
+    // which the snapshot does not see: the update skips it, the claim
+    // returns one job fewer, and the lock ends at the commit.
+    r#"CREATE OR REPLACE FUNCTION {s}.claim(p_queue text, p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int)
+     LANGUAGE plpgsql AS $f$
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         RETURN QUERY
+         UPDATE {s}.jobs_live AS j
+         SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+             locked_until = now() + make_interval(secs => p_lease)
+         WHERE j.ctid = ANY(ARRAY(
+               SELECT k.ctid FROM {s}.jobs_live AS k
+               WHERE k.queue = p_queue AND k.state = 'queued' AND k.run_at <= now()
+               ORDER BY k.run_at, k.id LIMIT p_limit
+               FOR UPDATE SKIP LOCKED))
+         RETURNING j.id, j.payload, j.attempts;
+     END $f$;
+
+     -- The outcomes of jobs of any number of claims, each job's owner stamp
+     -- beside it, in one statement: a child's workers record together (see
+     -- completions.rs). Failed attempts with attempts left are queued again
+     -- after a backoff; done jobs, and failed ones out of attempts, move to
+     -- jobs_finished (done ones are only deleted without history). Jobs no
+     -- longer held by that owner at that attempt are left alone. Returns
+     -- how many it recorded.
+     CREATE FUNCTION {s}.complete_jobs(p_owners text[], p_ids int8[], p_attempts int[],
+                                       p_oks bool[], p_texts text[], p_keep bool)
+     RETURNS int8 LANGUAGE plpgsql SET enable_nestloop = off AS $f$
+     DECLARE
+         requeued int8 := 0;
+         gone int8 := 0;
+         moved int8;
+     BEGIN
+         IF NOT true = ALL(p_oks) THEN
+             UPDATE {s}.jobs_live AS j SET
+                 state = 'queued', last_error = o.text,
+                 run_at = now() + make_interval(secs => least(3600, 0.2 * 4 ^ (j.attempts - 1))),
+                 locked_by = NULL, locked_until = NULL
+             FROM unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
+                  AS o(owner, id, attempt, ok, text)
+             WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+               AND j.locked_by = o.owner AND j.state = 'running' AND NOT o.ok
+               AND j.attempts < j.max_attempts;
+             GET DIAGNOSTICS requeued = ROW_COUNT;
+         END IF;
+         IF NOT p_keep THEN
+             DELETE FROM {s}.jobs_live AS j
+             USING unnest(p_owners, p_ids, p_attempts, p_oks) AS o(owner, id, attempt, ok)
+             WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+               AND j.locked_by = o.owner AND j.state = 'running' AND o.ok;
+             GET DIAGNOSTICS gone = ROW_COUNT;
+             IF requeued + gone = cardinality(p_ids) THEN
+                 RETURN requeued + gone;
+             END IF;
+         END IF;
+         WITH finished AS (
+             DELETE FROM {s}.jobs_live AS j
+             USING unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
+                   AS o(owner, id, attempt, ok, text)
+             WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+               AND j.locked_by = o.owner AND j.state = 'running'
+               AND (o.ok OR j.attempts >= j.max_attempts)
+             RETURNING j.*, o.ok, o.text
+         )
+         INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
+                                        run_at, result, last_error, created_at, finished_at)
+         SELECT f.id, f.queue, f.payload, CASE WHEN f.ok THEN 'done' ELSE 'failed' END,
+                f.attempts, f.max_attempts, f.run_at,
+                CASE WHEN f.ok THEN f.text ELSE f.result END,
+                CASE WHEN f.ok THEN f.last_error ELSE f.text END,
+                f.created_at, now()
+         FROM finished AS f;
+         GET DIAGNOSTICS moved = ROW_COUNT;
+         RETURN requeued + gone + moved;
+     END $f$;
+
+     -- One claim's outcomes (run_sql's, and older binaries').
+     CREATE OR REPLACE FUNCTION {s}.complete(p_owner text, p_ids int8[], p_attempts int[],
+                                             p_oks bool[], p_texts text[], p_keep bool)
+     RETURNS int8 LANGUAGE sql AS $f$
+         SELECT {s}.complete_jobs(array_fill(p_owner, ARRAY[coalesce(cardinality(p_ids), 0)]),
+                                  p_ids, p_attempts, p_oks, p_texts, p_keep)
+     $f$;
+     DROP FUNCTION {s}.finish(text, int8[], int[], bool[], text[], bool);
+
+     CREATE OR REPLACE FUNCTION {s}.run_sql(p_sql text, p_owner text, p_ids int8[], p_attempts int[],
+                                 p_payloads text[], p_keep bool)
+     RETURNS int8 LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int := coalesce(cardinality(p_ids), 0);
+         held int8[];
+         ids int8[];
+         attempts int[];
+         payloads text[];
+         oks bool[];
+         texts text[];
+         affected int8;
+         recorded int8;
+         message text;
+         code text;
+     BEGIN
+         IF n = 0 THEN
+             RETURN 0;
+         END IF;
+         -- The common path: the batch and its completion in one
+         -- subtransaction, standing only if every job was still held.
+         BEGIN
+             texts := array_fill(NULL::text, ARRAY[n]);
+             FOR i IN 1..n LOOP
+                 EXECUTE p_sql USING p_payloads[i];
+                 GET DIAGNOSTICS affected = ROW_COUNT;
+                 texts[i] := affected || ' row(s)';
+             END LOOP;
+             recorded := {s}.complete(p_owner, p_ids, p_attempts, array_fill(true, ARRAY[n]),
+                                      texts, p_keep);
+             IF recorded = n THEN
+                 RETURN recorded;
+             END IF;
+             RAISE EXCEPTION USING ERRCODE = 'PF001', MESSAGE = 'a claim was lost';
+         EXCEPTION WHEN OTHERS THEN
+             NULL;
+         END;
+         -- The slow path: lock what this owner still holds at this attempt,
+         -- in id order (as release() does, so the two never deadlock), and
+         -- run those, each job in a subtransaction of its own, so that only
+         -- the failing jobs fail.
+         SELECT array_agg(h.id) INTO held FROM (
+             SELECT j.id FROM {s}.jobs_live AS j
+             JOIN unnest(p_ids, p_attempts) AS c(id, attempt)
+               ON j.id = c.id AND j.attempts = c.attempt
+             WHERE j.id = ANY(p_ids) AND j.state = 'running' AND j.locked_by = p_owner
+             ORDER BY j.id FOR UPDATE OF j
+         ) AS h;
+         SELECT coalesce(array_agg(o.id ORDER BY o.i), '{}'),
+                coalesce(array_agg(o.attempt ORDER BY o.i), '{}'),
+                coalesce(array_agg(o.payload ORDER BY o.i), '{}')
+         INTO ids, attempts, payloads
+         FROM unnest(p_ids, p_attempts, p_payloads) WITH ORDINALITY AS o(id, attempt, payload, i)
+         WHERE o.id = ANY(held);
+         n := cardinality(ids);
+         IF n = 0 THEN
+             RETURN 0;
+         END IF;
+         oks := array_fill(true, ARRAY[n]);
+         texts := array_fill(NULL::text, ARRAY[n]);
+         FOR i IN 1..n LOOP
+             BEGIN
+                 EXECUTE p_sql USING payloads[i];
+                 GET DIAGNOSTICS affected = ROW_COUNT;
+                 texts[i] := affected || ' row(s)';
+             EXCEPTION WHEN OTHERS THEN
+                 GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+                 oks[i] := false;
+                 texts[i] := 'ERROR: ' || message || ' (SQLSTATE ' || code || ')';
+             END;
+         END LOOP;
+         RETURN {s}.complete(p_owner, ids, attempts, oks, texts, p_keep);
+     END $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.

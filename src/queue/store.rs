@@ -13,6 +13,7 @@
 //! jobs leave the live table, so a long history slows neither claiming nor
 //! the live table's vacuums.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::Client;
@@ -261,33 +262,42 @@ pub(crate) fn vacuum(client: &mut Client, schema: &Schema) -> Result<(), postgre
 /// A job's outcome: `Ok(result)` or `Err(error)`.
 pub(crate) type Outcome = Result<String, String>;
 
-/// Records the outcomes of jobs `owner` claimed: done (moved to the
-/// finished jobs, or with `keep` false only deleted), or queued again
-/// after a backoff (0.2 s x 4^(attempt-1), at most an hour), or failed
-/// after the last attempt. Jobs `owner` no longer holds at the attempt it
-/// claimed (its lease was taken over) are left alone. Returns how many it
-/// recorded.
+/// A job a worker ran, its outcome, and the claim it ran under.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    /// The owner stamp of the claim that brought the job in.
+    pub(crate) owner: Arc<str>,
+    pub(crate) job: Job,
+    pub(crate) outcome: Outcome,
+}
+
+/// Records the outcomes of finished jobs, of any number of claims, in one
+/// statement: done (moved to the finished jobs, or with `keep` false only
+/// deleted), or queued again after a backoff (0.2 s x 4^(attempt-1), at
+/// most an hour), or failed after the last attempt. A job its claim no
+/// longer holds at the attempt it claimed (its lease was taken over) is
+/// left alone. Returns how many it recorded.
 pub(crate) fn complete(
     client: &mut Client,
     schema: &Schema,
-    owner: &str,
-    outcomes: &[(&Job, Outcome)],
+    finished: &[Finished],
     keep: bool,
 ) -> Result<i64, postgres::Error> {
     let s = schema.name();
-    let ids: Vec<i64> = outcomes.iter().map(|(job, _)| job.id).collect();
-    let attempts: Vec<i32> = outcomes.iter().map(|(job, _)| job.attempt).collect();
-    let oks: Vec<bool> = outcomes.iter().map(|(_, o)| o.is_ok()).collect();
-    let texts: Vec<&str> = outcomes
+    let owners: Vec<&str> = finished.iter().map(|f| &*f.owner).collect();
+    let ids: Vec<i64> = finished.iter().map(|f| f.job.id).collect();
+    let attempts: Vec<i32> = finished.iter().map(|f| f.job.attempt).collect();
+    let oks: Vec<bool> = finished.iter().map(|f| f.outcome.is_ok()).collect();
+    let texts: Vec<&str> = finished
         .iter()
-        .map(|(_, o)| match o {
+        .map(|f| match &f.outcome {
             Ok(text) | Err(text) => text.as_str(),
         })
         .collect();
     let row = client.query_typed_one(
-        &format!("SELECT {s}.complete($1, $2, $3, $4, $5, $6)"),
+        &format!("SELECT {s}.complete_jobs($1, $2, $3, $4, $5, $6)"),
         &[
-            (&owner, Type::TEXT),
+            (&owners, Type::TEXT_ARRAY),
             (&ids, Type::INT8_ARRAY),
             (&attempts, Type::INT4_ARRAY),
             (&oks, Type::BOOL_ARRAY),
@@ -416,7 +426,7 @@ pub fn release(
             &format!(
                 "UPDATE {s}.jobs_live SET state = 'queued', attempts = attempts - 1,
                                           locked_by = NULL, locked_until = NULL
-                 WHERE state = 'running' AND locked_by = $1
+                 WHERE id = ANY($2) AND state = 'running' AND locked_by = $1
                    AND (id, attempts) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))"
             ),
             &[
@@ -497,7 +507,7 @@ pub fn release(
             let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
             client.query_typed_one(
                 &release(
-                    "locked_by = $1 AND (id, attempts) IN \
+                    "id = ANY($2) AND locked_by = $1 AND (id, attempts) IN \
                      (SELECT * FROM unnest($2::int8[], $3::int4[]))",
                     false,
                 ),
@@ -825,11 +835,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(jobs.len(), 1);
-        let outcomes = [(&jobs[0], Ok("fine".to_owned()))];
-        assert_eq!(
-            complete(&mut client, &schema, "t:1/0", &outcomes, true).unwrap(),
-            1
-        );
+        let finished = [Finished {
+            owner: Arc::from("t:1/0"),
+            job: jobs[0].clone(),
+            outcome: Ok("fine".to_owned()),
+        }];
+        assert_eq!(complete(&mut client, &schema, &finished, true).unwrap(), 1);
         assert_eq!(
             count(&mut client, "SELECT count(*) FROM upgrade.jobs_live"),
             1

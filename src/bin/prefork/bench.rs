@@ -202,7 +202,7 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
                 &[
                     (&format!("%{s}.claim(%"), Type::TEXT),
                     (&format!("%{s}.run_sql(%"), Type::TEXT),
-                    (&format!("%{s}.complete(%"), Type::TEXT),
+                    (&format!("%{s}.complete_jobs(%"), Type::TEXT),
                 ],
             )?;
             (claim, run) = (row.get(0), row.get(1));
