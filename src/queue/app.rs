@@ -538,7 +538,11 @@ impl QueueApp {
     /// connection until woken. Returns jobs claimed as the leader.
     fn idle(&self, worker: &Worker) -> Result<Option<Batch>, crate::Error> {
         let state = self.state();
-        if self.config.drain && !state.drained.load(Ordering::Acquire) {
+        // Only when the child's last claim came back short: a busy child's
+        // workers go idle many times a second between claims, and the
+        // idle leader looks at every poll anyway.
+        if self.config.drain && !state.drained.load(Ordering::Acquire) && state.prefetch.ran_short()
+        {
             if let Err(e) = crate::with_client(|client| self.stop_if_drained(client)) {
                 log::warn!("checking the queue: {e}");
             }

@@ -153,6 +153,12 @@ impl Prefetch {
         )
     }
 
+    /// Whether the last claim brought less than it asked for (or none was
+    /// made yet): the queue may be running dry.
+    pub(super) fn ran_short(&self) -> bool {
+        !self.lock().full
+    }
+
     /// Every job still here, by claim: to hand back.
     pub(super) fn drain(&self) -> Vec<Batch> {
         let mut state = self.lock();
