@@ -1,9 +1,9 @@
 //! A child's local queue: the jobs one claim brought in for all its
 //! workers.
 //!
-//! Claiming is the server's most expensive step per job, and claimers
-//! contend with each other on the head of the claim index. So a child
-//! claims for all its workers at once, a few batches' worth, and its
+//! Claiming is the server's most expensive step per job, and the claims
+//! of a queue take turns on the server. So a child claims for all its
+//! workers at once, a few batches' worth, and its
 //! workers take their batches from here; one worker claims at a time and
 //! the others wait for it rather than claim beside it.
 //!

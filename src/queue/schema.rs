@@ -705,6 +705,38 @@ const MIGRATIONS: &[&str] = &[
          END LOOP;
          RETURN {s}.complete(p_owner, ids, attempts, oks, texts, p_keep);
      END $f$;"#,
+    // 10: one claim of a queue at a time. Claims that ran together each
+    // walked the rows the others had locked and not yet committed: a
+    // SKIP LOCKED try per row, and a lock record in the WAL for each row
+    // it took before updating it. Claims now take turns on a
+    // transaction-level advisory lock per queue (which PgBouncer's
+    // transaction pooling keeps), so a claim never meets another's rows
+    // in flight, and updates what it picked without locking it first.
+    //
+    // Without the row locks, a row that another session updated after
+    // this statement's snapshot (a release, a cancel) is found changed by
+    // the update, which then rechecks it in its newest version: that
+    // version has another tuple id, so the update skips it. The claim
+    // returns fewer jobs than it picked, and never a job that is no longer
+    // queued.
+    r#"CREATE OR REPLACE FUNCTION {s}.claim(p_queue text, p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int)
+     LANGUAGE plpgsql AS $f$
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         PERFORM pg_advisory_xact_lock(hashtext('{s}.claim'), hashtext(p_queue));
+         RETURN QUERY
+         UPDATE {s}.jobs_live AS j
+         SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+             locked_until = now() + make_interval(secs => p_lease)
+         WHERE j.ctid = ANY(ARRAY(
+               SELECT k.ctid FROM {s}.jobs_live AS k
+               WHERE k.queue = p_queue AND k.state = 'queued' AND k.run_at <= now()
+               ORDER BY k.run_at, k.id LIMIT p_limit))
+           AND j.state = 'queued'
+         RETURNING j.id, j.payload, j.attempts;
+     END $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.

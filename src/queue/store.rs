@@ -163,6 +163,10 @@ pub struct Job {
 /// after it is, such as the batch's completion. A claim lost in a server
 /// crash only returns its jobs to `queued`, together with anything their
 /// unflushed completion did. It saves one disk flush per batch.
+///
+/// Claims of one queue take turns (an advisory lock per queue, held to the
+/// commit; see migration 10), so a claim never walks rows another claim
+/// holds and does not lock rows before updating them.
 pub(crate) fn claim(
     client: &mut Client,
     schema: &Schema,
