@@ -1,10 +1,12 @@
 //! A PostgreSQL job queue worked by a prefork fleet.
 //!
 //! [`QueueApp`] is a [`prefork::App`](crate::prefork::App): in every child
-//! one worker at a time claims jobs for all of them (`FOR UPDATE SKIP
-//! LOCKED`) into the child's local queue (`prefetch`); each worker takes a
-//! batch from it, runs it through a [`Handler`], and records the outcomes
-//! in one statement and one commit. The hot path is server-side functions
+//! one worker at a time claims jobs for all of them (the claims of a queue
+//! take turns on the server) into the child's local queue (`prefetch`);
+//! each worker takes a batch from it, runs it through a [`Handler`], and
+//! leaves the outcomes to be recorded: one worker at a time records all
+//! that wait, in one statement and one commit (`completions`). The hot path
+//! is server-side functions
 //! called with unnamed statements: a `--sql` batch runs and completes in
 //! one round trip, and nothing in it depends on session state.
 //!
@@ -24,6 +26,7 @@
 //! | `app` | [`QueueApp`]: what each worker thread does, and the master's accounting |
 //! | `idle` | the protocol of a child's idle workers (leader and followers) |
 //! | `prefetch` | a child's local queue: one claim for all its workers |
+//! | `completions` | a child's outcomes, recorded together |
 //! | `deadline` | a job's statement cancelled at its timeout, by a watchdog per child |
 //! | `exec` | the `--exec` handler: one program per job |
 
