@@ -68,6 +68,20 @@ pub struct ChildStatus {
     pub ready: bool,
     /// Jobs it finished.
     pub jobs: u64,
+    /// The programs its workers run now (see
+    /// [`Worker::spawn`](super::Worker::spawn)).
+    pub programs: Vec<RunningProgram>,
+}
+
+/// A program a worker runs, as the master sees it on the scoreboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningProgram {
+    /// The worker, from 0.
+    pub worker: usize,
+    /// The label of the worker's unit of work ([`Worker::job`](super::Worker::job)).
+    pub label: String,
+    /// The program's process group.
+    pub group: Pid,
 }
 
 /// What a fleet did, returned by [`Prefork::run`](super::Prefork::run) once

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
+use super::app::RunningProgram;
 use crate::Pid;
 
 /// Most threads a child may run (`--threads`).
@@ -120,6 +121,21 @@ impl Board {
             .map(|slot| slot.program.load(Ordering::Acquire))
             .filter(|group| *group > 0)
             .map(Pid::from_raw)
+            .collect()
+    }
+
+    /// The programs the child's first `threads` workers run, each with the
+    /// label of its worker's unit of work.
+    pub(crate) fn running(&self, threads: usize) -> Vec<RunningProgram> {
+        (0..threads.min(MAX_THREADS))
+            .filter_map(|worker| {
+                let group = self.workers[worker].program.load(Ordering::Acquire);
+                (group > 0).then(|| RunningProgram {
+                    worker,
+                    label: self.label(worker),
+                    group: Pid::from_raw(group),
+                })
+            })
             .collect()
     }
 

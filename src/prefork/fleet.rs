@@ -646,6 +646,7 @@ impl Fleet {
                 started: c.born_at,
                 ready: c.ready_at.is_some(),
                 jobs: c.board.jobs(),
+                programs: c.board.running(self.settings.threads),
             })
             .collect()
     }

@@ -79,7 +79,7 @@ mod supervise;
 mod title;
 mod worker;
 
-pub use app::{App, BoxError, ChildInfo, ChildStatus, Report};
+pub use app::{App, BoxError, ChildInfo, ChildStatus, Report, RunningProgram};
 pub use board::MAX_THREADS;
 pub use builder::{ConnectionBounds, Prefork};
 pub use error::PreforkError;
