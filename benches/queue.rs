@@ -46,11 +46,7 @@ fn reset(url: &str) {
 
 fn enqueue(n: u64) -> Duration {
     let payloads: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-    let how = Enqueue {
-        queue: "default",
-        max_attempts: 3,
-        run_at: None,
-    };
+    let how = Enqueue::default();
     let started = Instant::now();
     fork_safe::with_client(|c| queue::enqueue(c, &Schema::default(), &how, &payloads)).unwrap();
     fork_safe::close_all();

@@ -28,6 +28,10 @@ pub struct FleetStats {
     pub peak_backends: AtomicU64,
     last_sample: std::sync::Mutex<Option<Instant>>,
     last_record: std::sync::Mutex<Option<Instant>>,
+    last_cancel_check: std::sync::Mutex<Option<Instant>>,
+    /// Programs of cancelled jobs sent TERM, by process group: when they
+    /// get KILL if still there.
+    cancelling: std::sync::Mutex<HashMap<Pid, Instant>>,
 }
 
 /// A prefork app that works a job queue.
@@ -69,9 +73,8 @@ struct ChildState {
     /// from a failure hands back whatever else carries its stamps: claims
     /// whose answer was lost.
     live: Mutex<HashMap<Arc<str>, usize>>,
-    /// The job timeout's watchdog, for handlers whose jobs are statements
-    /// (`None` without a timeout, or for `Exec`, whose worker stops its own
-    /// program).
+    /// The job timeouts' watchdog, for handlers whose jobs are statements
+    /// (`None` for `Exec`, whose worker stops its own program).
     deadlines: Option<Deadlines>,
 }
 
@@ -92,7 +95,7 @@ fn process_of(pid: Pid) -> String {
 }
 
 impl QueueApp {
-    /// An app working `config.queue` with `handler`.
+    /// An app working `config.queues` with `handler`.
     pub fn new(config: QueueConfig, handler: Handler) -> QueueApp {
         let mut config = config;
         if matches!(handler, Handler::Exec { .. }) {
@@ -224,7 +227,7 @@ impl QueueApp {
         let c = &self.config;
         let owner = self.next_owner(worker);
         let size = self.claim_size();
-        let jobs = store::claim(client, &c.schema, &c.queue, size, &owner, c.lease)?;
+        let jobs = store::claim(client, &c.schema, &c.queues, size, &owner, c.lease)?;
         let full = jobs.len() as i64 >= size;
         Ok((owner, jobs, full))
     }
@@ -255,21 +258,25 @@ impl QueueApp {
     /// [`PREFETCH_BATCHES`] batches per worker (at most [`MAX_CLAIM`]): one
     /// claim statement and its index walk then serve many batches, and
     /// workers take bigger batches from a deep local queue. But never more
-    /// than the workers can start within a quarter of the lease at the
-    /// pace jobs have been taking, so a prefetched job never waits out its
-    /// lease in the local queue.
+    /// than the workers start within [`PREFETCH_WINDOW`] (or a quarter of
+    /// the lease, if shorter) at the pace jobs have been taking: a job
+    /// claimed ahead never waits out its lease in the local queue, and an
+    /// urgent job queued behind a backlog waits for at most that window of
+    /// claimed work. Before the pace is known, one batch per worker.
     fn claim_size(&self) -> i64 {
         let state = self.state();
         let c = &self.config;
         if !state.prefetching {
             return c.batch;
         }
-        let most = (state.threads as i64 * c.batch * PREFETCH_BATCHES).min(MAX_CLAIM);
+        let threads = state.threads as i64;
+        let most = (threads * c.batch * PREFETCH_BATCHES).min(MAX_CLAIM);
         let per_job = state.job_nanos.load(Ordering::Relaxed);
         if per_job == 0 {
-            return most;
+            return (threads * c.batch).min(most);
         }
-        let startable = (c.lease.as_nanos() / 4 * state.threads as u128 / u128::from(per_job))
+        let window = (c.lease / 4).min(PREFETCH_WINDOW);
+        let startable = (window.as_nanos() * state.threads as u128 / u128::from(per_job))
             .min(i64::MAX as u128) as i64;
         most.min(startable).max(c.batch)
     }
@@ -349,7 +356,6 @@ impl QueueApp {
         batch: Batch,
         stranded: &mut Vec<Stranded>,
     ) -> Result<(), crate::Error> {
-        let c = &self.config;
         let outcomes: Result<Vec<store::Outcome>, crate::Error> = match &self.handler {
             Handler::Sql(sql) => {
                 let ran = self.run_sql(worker, &batch.jobs, &batch.owner, sql);
@@ -364,8 +370,8 @@ impl QueueApp {
                 .jobs
                 .iter()
                 .map(|j| {
-                    worker.job(&format!("job {}", j.id), || {
-                        exec::run(worker, argv, c.timeout, j)
+                    worker.job(&job_label(j.id), || {
+                        exec::run(worker, argv, self.limit(j), j)
                     })
                 })
                 .collect()),
@@ -373,10 +379,10 @@ impl QueueApp {
                 .jobs
                 .iter()
                 .map(|j| {
-                    let outcome = worker.job(&format!("job {}", j.id), || {
-                        self.on_deadline(worker, |client| Ok(f(j, client)))
+                    let outcome = worker.job(&job_label(j.id), || {
+                        self.on_deadline(worker, self.limit(j), |client| Ok(f(j, client)))
                     })?;
-                    Ok(outcome.unwrap_or_else(|| Err(self.timed_out())))
+                    Ok(outcome.unwrap_or_else(|| Err(timed_out(self.limit(j)))))
                 })
                 .collect(),
         };
@@ -462,11 +468,11 @@ impl QueueApp {
     ) -> Result<(), crate::Error> {
         let c = &self.config;
         let label = match jobs {
-            [one] => format!("job {}", one.id),
+            [one] => job_label(one.id),
             many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
         };
         let ran = worker.jobs(jobs.len() as u32, &label, || {
-            self.on_deadline(worker, |client| {
+            self.on_deadline(worker, self.batch_limit(jobs), |client| {
                 store::run_sql(client, &c.schema, sql, owner, jobs, c.keeps_history())
             })
         })?;
@@ -490,28 +496,35 @@ impl QueueApp {
                 let finished = [Finished {
                     owner: Arc::from(owner),
                     job: jobs[0].clone(),
-                    outcome: Err(self.timed_out()),
+                    outcome: Err(timed_out(self.limit(&jobs[0]))),
                 }];
                 self.record_now(worker, &finished)
             }
         }
     }
 
-    /// The error of a job whose statement was cancelled at the timeout.
-    fn timed_out(&self) -> String {
-        let timeout = self.config.timeout.unwrap_or_default();
-        format!("timed out after {timeout:?} (its statement was cancelled: SQLSTATE 57014)")
+    /// A job's time limit: its own, or else the fleet's.
+    fn limit(&self, job: &Job) -> Option<Duration> {
+        job.timeout.or(self.config.timeout)
     }
 
-    /// Runs `f` on the worker's connection with the job timeout as its
-    /// deadline (see `deadline`); `None` if it was cancelled there.
+    /// A batch's time limit, for the one statement that runs it all: the
+    /// shortest of its jobs' (none if none has one). Past it the batch runs
+    /// again job by job, each with its own limit, so only a job slow by
+    /// itself fails.
+    fn batch_limit(&self, jobs: &[Job]) -> Option<Duration> {
+        jobs.iter().filter_map(|j| self.limit(j)).min()
+    }
+
+    /// Runs `f` on the worker's connection with `timeout` as its deadline
+    /// (see `deadline`); `None` if it was cancelled there.
     fn on_deadline<T>(
         &self,
         worker: &Worker,
+        timeout: Option<Duration>,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<Option<T>, crate::Error> {
-        let (Some(deadlines), Some(timeout)) = (&self.state().deadlines, self.config.timeout)
-        else {
+        let (Some(deadlines), Some(timeout)) = (&self.state().deadlines, timeout) else {
             return crate::with_client(f).map(Some);
         };
         let fired = Cell::new(false);
@@ -570,11 +583,11 @@ impl QueueApp {
         if !c.drain || state.drained.load(Ordering::Acquire) {
             return Ok(());
         }
-        if store::pending(client, &c.schema, &c.queue)? {
+        if store::pending(client, &c.schema, &c.queues)? {
             return Ok(());
         }
         if !state.drained.swap(true, Ordering::AcqRel) {
-            log::info!("queue {:?} drained; stopping the fleet", c.queue);
+            log::info!("{} drained; stopping the fleet", queue_list(&c.queues));
             let _ =
                 nix::sys::signal::kill(nix::unistd::getppid(), nix::sys::signal::Signal::SIGTERM);
         }
@@ -676,7 +689,7 @@ impl QueueApp {
             }
             sweep
         };
-        let probe = store::probe(client, &c.schema, &c.queue)?;
+        let probe = store::probe(client, &c.schema, &c.queues)?;
         // Every vacuum scans the whole of each index, so a deep backlog is
         // vacuumed after proportionally more dead rows: a tenth of it.
         let due = VACUUM_AFTER_DEAD_ROWS.max(probe.live_rows / 10);
@@ -690,7 +703,7 @@ impl QueueApp {
             );
         }
         if let Some(keep) = c.keep_finished.filter(|keep| !keep.is_zero()) {
-            let n = store::prune(client, &c.schema, &c.queue, keep, PRUNE_BATCH)?;
+            let n = store::prune(client, &c.schema, &c.queues, keep, PRUNE_BATCH)?;
             if n > 0 {
                 log::debug!("deleted {n} finished job(s) older than {keep:?}");
             }
@@ -728,11 +741,10 @@ impl App for QueueApp {
             claims: AtomicU64::new(0),
             job_nanos: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
-            deadlines: match (&self.handler, self.config.timeout) {
-                (Handler::Sql(_) | Handler::Rust(_), Some(_)) => {
-                    Some(Deadlines::start(child.threads())?)
-                }
-                _ => None,
+            // Any job may have a timeout of its own.
+            deadlines: match &self.handler {
+                Handler::Sql(_) | Handler::Rust(_) => Some(Deadlines::start(child.threads())?),
+                Handler::Exec { .. } => None,
             },
         };
         if self.child.set(state).is_err() {
@@ -762,6 +774,14 @@ impl App for QueueApp {
             due
         };
         let master = Pid::this();
+        let programs: Vec<(i64, Pid)> = children
+            .iter()
+            .flat_map(|c| &c.programs)
+            .filter_map(|p| Some((job_of_label(&p.label)?, p.group)))
+            .collect();
+        let check =
+            !programs.is_empty() && due(&self.stats.last_cancel_check, Duration::from_secs(1));
+        self.stop_cancelled(&programs, check);
         if !children.is_empty() && due(&self.stats.last_sample, Duration::from_millis(250)) {
             let mut names: Vec<String> = children
                 .iter()
@@ -797,7 +817,7 @@ impl App for QueueApp {
                     &c.schema,
                     &hostname(),
                     master.as_raw(),
-                    &c.queue,
+                    &c.queues.join(","),
                     &rows,
                 )
             }) {
@@ -915,8 +935,98 @@ impl Stranded {
     }
 }
 
+impl QueueApp {
+    /// In the master: stops the programs of running jobs cancelled with
+    /// `prefork jobs cancel` (`programs` are the running programs' jobs and
+    /// process groups, from the scoreboard). `check`: look in the database
+    /// for newly cancelled ones (once a second, and only while programs
+    /// run). A program gets TERM, then KILL after [`CANCEL_GRACE`]; its
+    /// worker sees it die, and the attempt is recorded as cancelled (never
+    /// retried). `Sql` and `Rust` jobs are not stopped: a cancelled one
+    /// finishes its attempt and is recorded as cancelled if it fails.
+    fn stop_cancelled(&self, programs: &[(i64, Pid)], check: bool) {
+        use nix::sys::signal::{Signal, killpg};
+        let mut cancelling = self
+            .stats
+            .cancelling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        cancelling.retain(|group, kill_at| {
+            let running = programs.iter().any(|(_, g)| g == group);
+            if running && now >= *kill_at {
+                log::warn!("process group {group} outlived its grace: KILL");
+                let _ = killpg(*group, Signal::SIGKILL);
+                return false;
+            }
+            running
+        });
+        if !check {
+            return;
+        }
+        let ids: Vec<i64> = programs.iter().map(|(id, _)| *id).collect();
+        let s = self.config.schema.name();
+        let cancelled = crate::with_client(|c| {
+            let rows = c.query_typed(
+                &format!(
+                    "SELECT id FROM {s}.jobs_live
+                     WHERE id = ANY($1) AND state = 'running' AND cancel_requested"
+                ),
+                &[(&ids, postgres::types::Type::INT8_ARRAY)],
+            )?;
+            Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
+        });
+        let cancelled = match cancelled {
+            Ok(ids) => ids,
+            Err(e) => {
+                log::debug!("looking for cancelled jobs: {e}");
+                return;
+            }
+        };
+        for (id, group) in programs {
+            if cancelled.contains(id) && !cancelling.contains_key(group) {
+                log::info!("job {id} was cancelled: stopping its program (process group {group})");
+                let _ = killpg(*group, Signal::SIGTERM);
+                cancelling.insert(*group, now + CANCEL_GRACE);
+            }
+        }
+    }
+}
+
+/// How long a cancelled job's program has between TERM and KILL.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// The label of a job's unit of work on the scoreboard.
+fn job_label(id: i64) -> String {
+    format!("job {id}")
+}
+
+/// The job a unit of work labelled by [`job_label`] runs.
+fn job_of_label(label: &str) -> Option<i64> {
+    label.strip_prefix("job ")?.parse().ok()
+}
+
+/// The error of a job whose statement was cancelled at its time limit.
+fn timed_out(limit: Option<Duration>) -> String {
+    let limit = limit.unwrap_or_default();
+    format!("timed out after {limit:?} (its statement was cancelled: SQLSTATE 57014)")
+}
+
+/// `queue "a"` or `queues "a", "b"`, for the log.
+fn queue_list(queues: &[String]) -> String {
+    let names: Vec<String> = queues.iter().map(|q| format!("{q:?}")).collect();
+    match names.as_slice() {
+        [one] => format!("queue {one}"),
+        many => format!("queues {}", many.join(", ")),
+    }
+}
+
 /// Batches per worker one claim brings into a child's local queue.
 const PREFETCH_BATCHES: i64 = 8;
+
+/// The most work, in time at the jobs' pace, one claim brings in: what an
+/// urgent job queued behind a backlog may wait for.
+const PREFETCH_WINDOW: Duration = Duration::from_secs(1);
 
 /// Most jobs one claim brings in.
 const MAX_CLAIM: i64 = 1000;

@@ -145,6 +145,8 @@ mod tests {
                 queue: "q".to_owned(),
                 payload: String::new(),
                 attempt: 1,
+                priority: 0,
+                timeout: None,
             },
             outcome: Ok(String::new()),
         })

@@ -22,6 +22,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | `schema` | the schema's name, the queue names it accepts, the migrations |
+//! | [`admin`] | looking at jobs, retrying and cancelling them (`prefork jobs`) |
 //! | `store` | every statement the queue runs |
 //! | `app` | [`QueueApp`]: what each worker thread does, and the master's accounting |
 //! | `idle` | the protocol of a child's idle workers (leader and followers) |
@@ -30,6 +31,7 @@
 //! | `deadline` | a job's statement cancelled at its timeout, by a watchdog per child |
 //! | `exec` | the `--exec` handler: one program per job |
 
+pub mod admin;
 mod app;
 mod completions;
 mod deadline;
@@ -46,8 +48,8 @@ use postgres::Client;
 
 pub use app::{FleetStats, QueueApp};
 pub use store::{
-    ChildRow, Counts, Enqueue, Job, Release, Released, Schema, check_queue_name, counts, enqueue,
-    enqueue_copies, enqueue_in, live_children, migrate, release,
+    ChildRow, Counts, Enqueue, Enqueued, Job, Release, Released, Schema, check_queue_name, counts,
+    enqueue, enqueue_copies, enqueue_in, enqueue_one, live_children, migrate, release,
 };
 
 /// A job handler in Rust: the job and the worker thread's own connection
@@ -89,8 +91,10 @@ impl std::fmt::Debug for Handler {
 pub struct QueueConfig {
     /// Where the tables live. Default: `prefork`.
     pub schema: Schema,
-    /// The queue to work. Default: `default`.
-    pub queue: String,
+    /// The queues to work, in order of preference: a runnable job of the
+    /// first before one of the second, and so on (by priority within a
+    /// queue). Default: `["default"]`.
+    pub queues: Vec<String>,
     /// Jobs one worker runs and records at once, at least: from a deep
     /// local queue it takes a fair share, up to 64; a child claims up to 8
     /// batches per worker at once (one batch for `Exec`, whose jobs are
@@ -142,7 +146,7 @@ impl Default for QueueConfig {
     fn default() -> QueueConfig {
         QueueConfig {
             schema: Schema::default(),
-            queue: "default".to_owned(),
+            queues: vec!["default".to_owned()],
             batch: 8,
             lease: Duration::from_secs(300),
             timeout: None,

@@ -230,6 +230,8 @@ mod tests {
             queue: "q".into(),
             payload: String::new(),
             attempt: 1,
+            priority: 0,
+            timeout: None,
         }
     }
 

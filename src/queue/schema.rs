@@ -737,6 +737,235 @@ const MIGRATIONS: &[&str] = &[
            AND j.state = 'queued'
          RETURNING j.id, j.payload, j.attempts;
      END $f$;"#,
+    // 11: job semantics. Priorities (smaller first, 0 by default, never
+    // negative), unique keys (at most one unfinished job per queue and key:
+    // a unique index on the live table, which holds only unfinished jobs),
+    // a timeout per job (seconds; NULL: the fleet's), each failed
+    // attempt's error, who ran a finished job, and the `cancelled` state
+    // (a queued job cancelled at once; a running one marked, and finished
+    // as cancelled instead of retried).
+    //
+    // The claim index leads with the priority. A claim walks the levels
+    // that have queued jobs (one index descent each) and, in each, the due
+    // jobs oldest first, so a job scheduled for later never stands in the
+    // way; and it works several queues in the order given. Claims take
+    // their turns per queue, in name order, so two fleets working the same
+    // queues in different orders cannot deadlock. The jobs come back in
+    // the order they are to run.
+    r#"ALTER TABLE {s}.jobs_live
+         ADD COLUMN priority int NOT NULL DEFAULT 0 CHECK (priority >= 0),
+         ADD COLUMN unique_key text,
+         ADD COLUMN timeout float8 CHECK (timeout > 0),
+         ADD COLUMN errors jsonb NOT NULL DEFAULT '[]',
+         ADD COLUMN cancel_requested bool NOT NULL DEFAULT false;
+     ALTER TABLE {s}.jobs_finished
+         ADD COLUMN priority int NOT NULL DEFAULT 0,
+         ADD COLUMN unique_key text,
+         ADD COLUMN timeout float8,
+         ADD COLUMN errors jsonb NOT NULL DEFAULT '[]',
+         ADD COLUMN cancel_requested bool NOT NULL DEFAULT false;
+     ALTER TABLE {s}.jobs_live DROP CONSTRAINT jobs_state_check,
+         ADD CONSTRAINT jobs_state_check
+             CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled'));
+     ALTER TABLE {s}.jobs_finished DROP CONSTRAINT jobs_state_check,
+         ADD CONSTRAINT jobs_state_check
+             CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled'));
+     CREATE OR REPLACE VIEW {s}.jobs AS
+         SELECT * FROM {s}.jobs_live UNION ALL SELECT * FROM {s}.jobs_finished;
+     DROP INDEX {s}.jobs_queued;
+     CREATE INDEX jobs_queued ON {s}.jobs_live (queue, priority, run_at, id)
+         WHERE state = 'queued';
+     CREATE UNIQUE INDEX jobs_unique ON {s}.jobs_live (queue, unique_key)
+         WHERE unique_key IS NOT NULL;
+
+     CREATE FUNCTION {s}.claim(p_queues text[], p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
+                    job_priority int, job_timeout float8)
+     LANGUAGE plpgsql AS $f$
+     DECLARE
+         picked tid[] := '{}';
+         q text;
+         level int;
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         FOR q IN SELECT DISTINCT u.q FROM unnest(p_queues) AS u(q) ORDER BY 1 LOOP
+             PERFORM pg_advisory_xact_lock(hashtext('{s}.claim'), hashtext(q));
+         END LOOP;
+         FOREACH q IN ARRAY p_queues LOOP
+             level := -1;
+             LOOP
+                 SELECT min(k.priority) INTO level FROM {s}.jobs_live AS k
+                 WHERE k.queue = q AND k.state = 'queued' AND k.priority > level;
+                 EXIT WHEN level IS NULL;
+                 picked := picked || ARRAY(
+                     SELECT k.ctid FROM {s}.jobs_live AS k
+                     WHERE k.queue = q AND k.state = 'queued' AND k.priority = level
+                       AND k.run_at <= now()
+                     ORDER BY k.run_at, k.id LIMIT p_limit - cardinality(picked));
+                 EXIT WHEN cardinality(picked) >= p_limit;
+             END LOOP;
+             EXIT WHEN cardinality(picked) >= p_limit;
+         END LOOP;
+         RETURN QUERY
+         WITH claimed AS (
+             UPDATE {s}.jobs_live AS j
+             SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+                 locked_until = now() + make_interval(secs => p_lease)
+             WHERE j.ctid = ANY(picked) AND j.state = 'queued'
+             RETURNING j.id, j.payload, j.attempts, j.queue, j.priority, j.timeout, j.run_at
+         )
+         SELECT c.id, c.payload, c.attempts, c.queue, c.priority, c.timeout FROM claimed AS c
+         ORDER BY array_position(p_queues, c.queue), c.priority, c.run_at, c.id;
+     END $f$;
+
+     -- Whether one of the queues has a job runnable now: the claim's walk,
+     -- without claiming.
+     CREATE FUNCTION {s}.runnable(p_queues text[]) RETURNS bool
+     LANGUAGE plpgsql STABLE AS $f$
+     DECLARE
+         q text;
+         level int;
+     BEGIN
+         FOREACH q IN ARRAY p_queues LOOP
+             level := -1;
+             LOOP
+                 SELECT min(k.priority) INTO level FROM {s}.jobs_live AS k
+                 WHERE k.queue = q AND k.state = 'queued' AND k.priority > level;
+                 EXIT WHEN level IS NULL;
+                 IF EXISTS (SELECT 1 FROM {s}.jobs_live AS k
+                            WHERE k.queue = q AND k.state = 'queued' AND k.priority = level
+                              AND k.run_at <= now()) THEN
+                     RETURN true;
+                 END IF;
+             END LOOP;
+         END LOOP;
+         RETURN false;
+     END $f$;
+
+     -- The one-queue claim of older binaries.
+     CREATE OR REPLACE FUNCTION {s}.claim(p_queue text, p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int)
+     LANGUAGE sql AS $f$
+         SELECT c.job_id, c.job_payload, c.job_attempt
+         FROM {s}.claim(ARRAY[p_queue], p_limit, p_owner, p_lease) AS c
+     $f$;
+
+     CREATE OR REPLACE FUNCTION {s}.complete_jobs(p_owners text[], p_ids int8[], p_attempts int[],
+                                                  p_oks bool[], p_texts text[], p_keep bool)
+     RETURNS int8 LANGUAGE plpgsql SET enable_nestloop = off AS $f$
+     DECLARE
+         requeued int8 := 0;
+         gone int8 := 0;
+         moved int8;
+     BEGIN
+         -- Failed attempts with attempts left, not cancelled: queued again
+         -- after a backoff, the attempt's error kept.
+         IF NOT true = ALL(p_oks) THEN
+             UPDATE {s}.jobs_live AS j SET
+                 state = 'queued', last_error = o.text,
+                 errors = j.errors || jsonb_build_object('attempt', j.attempts, 'error', o.text,
+                                                         'at', now(), 'by', j.locked_by),
+                 run_at = now() + make_interval(secs => least(3600, 0.2 * 4 ^ (j.attempts - 1))),
+                 locked_by = NULL, locked_until = NULL
+             FROM unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
+                  AS o(owner, id, attempt, ok, text)
+             WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+               AND j.locked_by = o.owner AND j.state = 'running' AND NOT o.ok
+               AND j.attempts < j.max_attempts AND NOT j.cancel_requested;
+             GET DIAGNOSTICS requeued = ROW_COUNT;
+         END IF;
+         IF NOT p_keep THEN
+             DELETE FROM {s}.jobs_live AS j
+             USING unnest(p_owners, p_ids, p_attempts, p_oks) AS o(owner, id, attempt, ok)
+             WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+               AND j.locked_by = o.owner AND j.state = 'running' AND o.ok;
+             GET DIAGNOSTICS gone = ROW_COUNT;
+             IF requeued + gone = cardinality(p_ids) THEN
+                 RETURN requeued + gone;
+             END IF;
+         END IF;
+         WITH finished AS (
+             DELETE FROM {s}.jobs_live AS j
+             USING unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
+                   AS o(owner, id, attempt, ok, text)
+             WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+               AND j.locked_by = o.owner AND j.state = 'running'
+               AND (o.ok OR j.attempts >= j.max_attempts OR j.cancel_requested)
+             RETURNING j.*, o.ok, o.text
+         )
+         INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
+                                        run_at, locked_by, result, last_error, created_at,
+                                        finished_at, priority, unique_key, timeout, errors,
+                                        cancel_requested)
+         SELECT f.id, f.queue, f.payload,
+                CASE WHEN f.ok THEN 'done' WHEN f.cancel_requested THEN 'cancelled'
+                     ELSE 'failed' END,
+                f.attempts, f.max_attempts, f.run_at, f.locked_by,
+                CASE WHEN f.ok THEN f.text ELSE f.result END,
+                CASE WHEN f.ok THEN f.last_error ELSE f.text END,
+                f.created_at, now(), f.priority, f.unique_key, f.timeout,
+                CASE WHEN f.ok THEN f.errors
+                     ELSE f.errors || jsonb_build_object('attempt', f.attempts, 'error', f.text,
+                                                         'at', now(), 'by', f.locked_by) END,
+                f.cancel_requested
+         FROM finished AS f;
+         GET DIAGNOSTICS moved = ROW_COUNT;
+         RETURN requeued + gone + moved;
+     END $f$;
+
+     -- Queues one job; with a unique key already held by an unfinished job
+     -- of the queue, queues nothing and returns that job's id with
+     -- `created` false. Safe under concurrent enqueues: the unique index
+     -- decides (an insert waits for a concurrent one with the same key to
+     -- commit or roll back); a job that finishes between the conflict and
+     -- the look-up lets the next round insert.
+     CREATE FUNCTION {s}.enqueue_job(p_queue text, p_payload text,
+                                     p_max_attempts int DEFAULT 3,
+                                     p_run_at timestamptz DEFAULT now(),
+                                     p_priority int DEFAULT 0,
+                                     p_unique_key text DEFAULT NULL,
+                                     p_timeout float8 DEFAULT NULL)
+     RETURNS TABLE (job_id int8, created bool) LANGUAGE plpgsql AS $f$
+     DECLARE
+         found_id int8;
+     BEGIN
+         LOOP
+             INSERT INTO {s}.jobs_live AS j (queue, payload, max_attempts, run_at, priority,
+                                             unique_key, timeout)
+             VALUES (p_queue, p_payload, p_max_attempts, coalesce(p_run_at, now()), p_priority,
+                     p_unique_key, p_timeout)
+             ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+             RETURNING j.id INTO found_id;
+             IF found_id IS NOT NULL THEN
+                 -- The channel of Schema::channel.
+                 PERFORM pg_notify('{s}_jobs', p_queue);
+                 RETURN QUERY SELECT found_id, true;
+                 RETURN;
+             END IF;
+             SELECT j.id INTO found_id FROM {s}.jobs_live AS j
+             WHERE j.queue = p_queue AND j.unique_key = p_unique_key;
+             IF found_id IS NOT NULL THEN
+                 RETURN QUERY SELECT found_id, false;
+                 RETURN;
+             END IF;
+         END LOOP;
+     END $f$;
+
+     -- The id of the job queued (or already holding the unique key). Every
+     -- parameter but the first two has a default, so calls of older
+     -- versions keep working.
+     DROP FUNCTION {s}.enqueue(text, text, int, timestamptz);
+     CREATE FUNCTION {s}.enqueue(p_queue text, p_payload text,
+                                 p_max_attempts int DEFAULT 3,
+                                 p_run_at timestamptz DEFAULT now(),
+                                 p_priority int DEFAULT 0,
+                                 p_unique_key text DEFAULT NULL,
+                                 p_timeout float8 DEFAULT NULL)
+     RETURNS int8 LANGUAGE sql AS $f$
+         SELECT e.job_id FROM {s}.enqueue_job(p_queue, p_payload, p_max_attempts, p_run_at,
+                                          p_priority, p_unique_key, p_timeout) AS e
+     $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.

@@ -29,12 +29,95 @@ const INSERT_BATCH: usize = 10_000;
 /// How to enqueue.
 #[derive(Debug, Clone)]
 pub struct Enqueue<'a> {
-    /// The queue.
+    /// The queue. Default: `default`.
     pub queue: &'a str,
-    /// Attempts before a job is `failed`.
+    /// Attempts before a job is `failed`. Default: 3.
     pub max_attempts: i32,
     /// When the jobs become runnable (`None`: now), a PostgreSQL timestamp.
+    /// Default: `None`.
     pub run_at: Option<&'a str>,
+    /// This long after `run_at` (or now). Default: `None`.
+    pub run_in: Option<Duration>,
+    /// Smaller runs first; never negative. Within a priority, the oldest
+    /// first. Default: 0.
+    pub priority: i32,
+    /// At most one unfinished (queued or running) job of the queue has
+    /// this key: enqueueing another returns the existing job instead.
+    /// Default: `None`.
+    pub unique_key: Option<&'a str>,
+    /// This job's time limit (`None`: the fleet's `--timeout`). Default:
+    /// `None`.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Enqueue<'_> {
+    fn default() -> Self {
+        Enqueue {
+            queue: "default",
+            max_attempts: 3,
+            run_at: None,
+            run_in: None,
+            priority: 0,
+            unique_key: None,
+            timeout: None,
+        }
+    }
+}
+
+impl Enqueue<'_> {
+    fn timeout_secs(&self) -> Option<f64> {
+        self.timeout.map(|t| t.as_secs_f64())
+    }
+
+    fn run_in_secs(&self) -> f64 {
+        self.run_in.map_or(0.0, |d| d.as_secs_f64())
+    }
+}
+
+/// What [`enqueue_one`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The job's id: the new job's, or the one holding the unique key.
+    pub id: i64,
+    /// Whether a job was queued (false: the unique key was held).
+    pub created: bool,
+}
+
+/// Queues one job, or, when its unique key is held by an unfinished job of
+/// the queue, returns that job. Safe under concurrent enqueues from many
+/// processes (the server's unique index decides). Runs on `client` as is:
+/// inside its transaction if it is one.
+///
+/// # Errors
+///
+/// The server's error; nothing was queued.
+pub fn enqueue_one(
+    client: &mut impl postgres::GenericClient,
+    schema: &Schema,
+    how: &Enqueue<'_>,
+    payload: &str,
+) -> Result<Enqueued, postgres::Error> {
+    let s = schema.name();
+    let row = client.query_typed_one(
+        &format!(
+            "SELECT job_id, created FROM {s}.enqueue_job($1, $2, $3,
+                 coalesce($4::text::timestamptz, now()) + make_interval(secs => $8), $5, $6, $7)"
+        ),
+        &[
+            (&how.queue, Type::TEXT),
+            (&payload, Type::TEXT),
+            (&how.max_attempts, Type::INT4),
+            (&how.run_at, Type::TEXT),
+            (&how.priority, Type::INT4),
+            (&how.unique_key, Type::TEXT),
+            (&how.timeout_secs(), Type::FLOAT8),
+            (&how.run_in_secs(), Type::FLOAT8),
+        ],
+    )?;
+    Ok(Enqueued {
+        id: row.get(0),
+        created: row.get(1),
+    })
 }
 
 /// Queues `payloads`, all or none: one transaction, committed once every
@@ -59,7 +142,9 @@ pub fn enqueue(
 /// Queues `payloads` inside the caller's transaction, so that jobs fed in
 /// pieces (a stream too big to hold, say) are queued together, or not at
 /// all when the transaction rolls back. Listening workers hear of them at
-/// its commit. Returns how many it inserted.
+/// its commit. Returns how many it inserted. With a unique key, each
+/// payload is enqueued as by [`enqueue_one`]: the first queues a job (if
+/// the key is free), the others find it.
 ///
 /// # Errors
 ///
@@ -71,9 +156,18 @@ pub fn enqueue_in(
     payloads: &[String],
 ) -> Result<u64, postgres::Error> {
     let s = schema.name();
+    if how.unique_key.is_some() {
+        let mut queued = 0;
+        for payload in payloads {
+            queued += u64::from(enqueue_one(tx, schema, how, payload)?.created);
+        }
+        return Ok(queued);
+    }
     let insert = format!(
-        "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at)
-         SELECT $1, p, $2, coalesce($3::text::timestamptz, now()) FROM unnest($4::text[]) AS p"
+        "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at, priority, timeout)
+         SELECT $1, p, $2, coalesce($3::text::timestamptz, now()) + make_interval(secs => $7),
+                $5, $6
+         FROM unnest($4::text[]) AS p"
     );
     let mut queued = 0;
     for batch in payloads.chunks(INSERT_BATCH) {
@@ -84,6 +178,9 @@ pub fn enqueue_in(
                 (&how.max_attempts, Type::INT4),
                 (&how.run_at, Type::TEXT),
                 (&batch, Type::TEXT_ARRAY),
+                (&how.priority, Type::INT4),
+                (&how.timeout_secs(), Type::FLOAT8),
+                (&how.run_in_secs(), Type::FLOAT8),
             ],
         )?;
     }
@@ -93,7 +190,8 @@ pub fn enqueue_in(
 
 /// Queues `count` copies of `payload` in one statement, the rows made on
 /// the server: nothing the size of `count` is held on this side. All or
-/// none, as [`enqueue`]. Returns how many were queued.
+/// none, as [`enqueue`]. Returns how many were queued (with a unique key,
+/// at most one).
 ///
 /// # Errors
 ///
@@ -106,12 +204,18 @@ pub fn enqueue_copies(
     count: u64,
 ) -> Result<u64, postgres::Error> {
     let s = schema.name();
+    if how.unique_key.is_some() {
+        return Ok(u64::from(
+            enqueue_one(client, schema, how, payload)?.created,
+        ));
+    }
     let count = i64::try_from(count).unwrap_or(i64::MAX);
     let mut tx = client.transaction()?;
     let queued = tx.execute_typed(
         &format!(
-            "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at)
-             SELECT $1, $4, $2, coalesce($3::text::timestamptz, now())
+            "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at, priority, timeout)
+             SELECT $1, $4, $2,
+                    coalesce($3::text::timestamptz, now()) + make_interval(secs => $8), $6, $7
              FROM generate_series(1::int8, $5::int8)"
         ),
         &[
@@ -120,6 +224,9 @@ pub fn enqueue_copies(
             (&how.run_at, Type::TEXT),
             (&payload, Type::TEXT),
             (&count, Type::INT8),
+            (&how.priority, Type::INT4),
+            (&how.timeout_secs(), Type::FLOAT8),
+            (&how.run_in_secs(), Type::FLOAT8),
         ],
     )?;
     notify(&mut tx, schema, how.queue)?;
@@ -153,9 +260,15 @@ pub struct Job {
     pub payload: String,
     /// This attempt's number, from 1.
     pub attempt: i32,
+    /// Its priority (smaller runs first).
+    pub priority: i32,
+    /// Its own time limit, if it has one (else the fleet's).
+    pub timeout: Option<Duration>,
 }
 
-/// Claims up to `limit` runnable jobs for `owner` with a lease of `lease`.
+/// Claims up to `limit` runnable jobs of `queues` (a job of the first
+/// before one of the second, and so on; by priority within a queue) for
+/// `owner` with a lease of `lease`, in the order they are to run.
 ///
 /// The claim commits without waiting for its WAL flush
 /// (`synchronous_commit = off` for this transaction only). That is safe:
@@ -170,7 +283,7 @@ pub struct Job {
 pub(crate) fn claim(
     client: &mut Client,
     schema: &Schema,
-    queue: &str,
+    queues: &[String],
     limit: i64,
     owner: &str,
     lease: Duration,
@@ -178,9 +291,12 @@ pub(crate) fn claim(
     let s = schema.name();
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let rows = client.query_typed(
-        &format!("SELECT job_id, job_payload, job_attempt FROM {s}.claim($1, $2, $3, $4)"),
+        &format!(
+            "SELECT job_id, job_payload, job_attempt, job_queue, job_priority, job_timeout
+             FROM {s}.claim($1, $2, $3, $4)"
+        ),
         &[
-            (&queue, Type::TEXT),
+            (&queues, Type::TEXT_ARRAY),
             (&limit, Type::INT4),
             (&owner, Type::TEXT),
             (&lease.as_secs_f64(), Type::FLOAT8),
@@ -190,9 +306,13 @@ pub(crate) fn claim(
         .iter()
         .map(|r| Job {
             id: r.get(0),
-            queue: queue.to_owned(),
             payload: r.get(1),
             attempt: r.get(2),
+            queue: r.get(3),
+            priority: r.get(4),
+            timeout: r
+                .get::<_, Option<f64>>(5)
+                .and_then(|t| Duration::try_from_secs_f64(t).ok()),
         })
         .collect())
 }
@@ -200,7 +320,7 @@ pub(crate) fn claim(
 /// What a child's periodic look at the queue found.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Probe {
-    /// `queue` has a job runnable now.
+    /// One of the queues has a job runnable now.
     pub(crate) runnable: bool,
     /// Dead row versions in the jobs table, as the statistics collector
     /// last counted them (0 if it does not count).
@@ -212,18 +332,17 @@ pub(crate) struct Probe {
     pub(crate) may_vacuum: bool,
 }
 
-/// Looks for a runnable job in `queue` (an index-only look) and at the
+/// Looks for a runnable job in `queues` (a few index descents) and at the
 /// jobs table's dead rows, in one round trip.
 pub(crate) fn probe(
     client: &mut Client,
     schema: &Schema,
-    queue: &str,
+    queues: &[String],
 ) -> Result<Probe, postgres::Error> {
     let s = schema.name();
     let row = client.query_typed_one(
         &format!(
-            "SELECT EXISTS (SELECT 1 FROM {s}.jobs_live
-                            WHERE queue = $1 AND state = 'queued' AND run_at <= now()),
+            "SELECT {s}.runnable($1),
                     coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
                               WHERE relid = '{s}.jobs_live'::regclass), 0),
                     coalesce((SELECT n_live_tup FROM pg_stat_user_tables
@@ -231,7 +350,7 @@ pub(crate) fn probe(
                     pg_has_role((SELECT relowner FROM pg_class
                                  WHERE oid = '{s}.jobs_live'::regclass), 'USAGE')"
         ),
-        &[(&queue, Type::TEXT)],
+        &[(&queues, Type::TEXT_ARRAY)],
     )?;
     Ok(Probe {
         runnable: row.get(0),
@@ -461,21 +580,31 @@ pub fn release(
                  ORDER BY id FOR UPDATE{wait}
              ), moved AS (
                  DELETE FROM {s}.jobs_live AS j USING target AS t
-                 WHERE j.id = t.id AND j.attempts >= j.max_attempts
+                 WHERE j.id = t.id AND (j.attempts >= j.max_attempts OR j.cancel_requested)
                  RETURNING j.*
              ), failed AS (
                  INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
-                                                run_at, result, last_error, created_at, finished_at)
-                 SELECT id, queue, payload, 'failed', attempts, max_attempts, run_at, result,
-                        '{INTERRUPTED}', created_at, now()
+                                                run_at, locked_by, result, last_error, created_at,
+                                                finished_at, priority, unique_key, timeout,
+                                                errors, cancel_requested)
+                 SELECT id, queue, payload,
+                        CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END,
+                        attempts, max_attempts, run_at, locked_by, result, '{INTERRUPTED}',
+                        created_at, now(), priority, unique_key, timeout,
+                        errors || jsonb_build_object('attempt', attempts, 'error', '{INTERRUPTED}',
+                                                     'at', now(), 'by', locked_by),
+                        cancel_requested
                  FROM moved
                  RETURNING 1
              ), requeued AS (
                  UPDATE {s}.jobs_live AS j
                  SET state = 'queued', last_error = '{INTERRUPTED}', run_at = now(),
+                     errors = j.errors || jsonb_build_object('attempt', j.attempts,
+                                                             'error', '{INTERRUPTED}',
+                                                             'at', now(), 'by', j.locked_by),
                      locked_by = NULL, locked_until = NULL
                  FROM target AS t
-                 WHERE j.id = t.id AND j.attempts < j.max_attempts
+                 WHERE j.id = t.id AND j.attempts < j.max_attempts AND NOT j.cancel_requested
                  RETURNING 1
              )
              SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM failed)"
@@ -534,13 +663,13 @@ pub fn release(
     Ok(released)
 }
 
-/// Deletes up to `limit` jobs of `queue` that finished (done or failed) more
-/// than `older_than` ago. Jobs another session is deleting are skipped, so
+/// Deletes up to `limit` jobs of `queues` that finished (done, failed or
+/// cancelled) more than `older_than` ago. Jobs another session is deleting are skipped, so
 /// several children can prune at once. Returns how many it deleted.
 pub(crate) fn prune(
     client: &mut Client,
     schema: &Schema,
-    queue: &str,
+    queues: &[String],
     older_than: Duration,
     limit: i64,
 ) -> Result<u64, postgres::Error> {
@@ -549,11 +678,11 @@ pub(crate) fn prune(
         &format!(
             "DELETE FROM {s}.jobs_finished WHERE id IN (
                  SELECT id FROM {s}.jobs_finished
-                 WHERE finished_at < now() - make_interval(secs => $2) AND queue = $1
+                 WHERE finished_at < now() - make_interval(secs => $2) AND queue = ANY($1)
                  LIMIT $3 FOR UPDATE SKIP LOCKED)"
         ),
         &[
-            (&queue, Type::TEXT),
+            (&queues, Type::TEXT_ARRAY),
             (&older_than.as_secs_f64(), Type::FLOAT8),
             (&limit, Type::INT8),
         ],
@@ -574,6 +703,8 @@ pub struct Counts {
     pub done: i64,
     /// Out of attempts.
     pub failed: i64,
+    /// Cancelled before they finished.
+    pub cancelled: i64,
 }
 
 impl Counts {
@@ -605,23 +736,24 @@ pub fn counts(
             "running" => counts.running = n,
             "done" => counts.done = n,
             "failed" => counts.failed = n,
+            "cancelled" => counts.cancelled = n,
             _ => {}
         }
     }
     Ok(counts)
 }
 
-/// Whether `queue` has a job queued (due or not) or running: what is left
-/// to drain. Looks at the live table only.
+/// Whether `queues` have a job queued (due or not) or running: what is
+/// left to drain. Looks at the live table only.
 pub(crate) fn pending(
     client: &mut Client,
     schema: &Schema,
-    queue: &str,
+    queues: &[String],
 ) -> Result<bool, postgres::Error> {
     let s = schema.name();
     let row = client.query_typed_one(
-        &format!("SELECT EXISTS (SELECT 1 FROM {s}.jobs_live WHERE queue = $1)"),
-        &[(&queue, Type::TEXT)],
+        &format!("SELECT EXISTS (SELECT 1 FROM {s}.jobs_live WHERE queue = ANY($1))"),
+        &[(&queues, Type::TEXT_ARRAY)],
     )?;
     Ok(row.get(0))
 }
@@ -643,13 +775,14 @@ pub struct ChildRow {
 
 /// Records the children of the master `master_pid` on `host`, and forgets
 /// its children that are gone. `rows` are (pid, start time in seconds since
-/// the epoch, jobs done).
+/// the epoch, jobs done); `queues` are the queues they work, comma
+/// separated.
 pub(crate) fn record_children(
     client: &mut Client,
     schema: &Schema,
     host: &str,
     master_pid: i32,
-    queue: &str,
+    queues: &str,
     rows: &[(i32, f64, i64)],
 ) -> Result<(), postgres::Error> {
     let s = schema.name();
@@ -677,7 +810,7 @@ pub(crate) fn record_children(
             &[
                 (&host, Type::TEXT),
                 (&master_pid, Type::INT4),
-                (&queue, Type::TEXT),
+                (&queues, Type::TEXT),
                 (&pids, Type::INT4_ARRAY),
                 (&since, Type::FLOAT8_ARRAY),
                 (&jobs, Type::INT8_ARRAY),
@@ -687,7 +820,8 @@ pub(crate) fn record_children(
     tx.commit()
 }
 
-/// Children whose master recorded them in the last 10 seconds.
+/// Children working `queue` (among others, perhaps) whose master recorded
+/// them in the last 10 seconds.
 ///
 /// # Errors
 ///
@@ -701,7 +835,8 @@ pub fn live_children(
     let rows = client.query_typed(
         &format!(
             "SELECT host, pid, master_pid, extract(epoch FROM since)::float8, jobs FROM {s}.children
-             WHERE queue = $1 AND seen_at > now() - interval '10 seconds' ORDER BY host, pid"
+             WHERE $1 = ANY(string_to_array(queue, ','))
+               AND seen_at > now() - interval '10 seconds' ORDER BY host, pid"
         ),
         &[(&queue, Type::TEXT)],
     )?;
@@ -740,14 +875,14 @@ mod tests {
         let how = Enqueue {
             queue: "q",
             max_attempts: 5,
-            run_at: None,
+            ..Enqueue::default()
         };
         let payloads: Vec<String> = (1..=3).map(|i| i.to_string()).collect();
         enqueue(&mut client, &schema, &how, &payloads).unwrap();
         let lost = claim(
             &mut client,
             &schema,
-            "q",
+            &["q".to_owned()],
             8,
             "a:1/0",
             Duration::from_millis(1),
@@ -760,7 +895,7 @@ mod tests {
         let taken = claim(
             &mut client,
             &schema,
-            "q",
+            &["q".to_owned()],
             8,
             "b:2/0",
             Duration::from_secs(60),
@@ -832,7 +967,7 @@ mod tests {
         let jobs = claim(
             &mut client,
             &schema,
-            "q",
+            &["q".to_owned()],
             8,
             "t:1/0",
             Duration::from_secs(60),
@@ -870,7 +1005,7 @@ mod tests {
                 failed: 0
             }
         );
-        assert!(pending(&mut client, &schema, "q").unwrap());
+        assert!(pending(&mut client, &schema, &["q".to_owned()]).unwrap());
         assert_eq!(
             count(
                 &mut client,

@@ -139,11 +139,7 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
     };
     let queued = fork_safe::with_client(|c| {
         queue::migrate(c, schema)?;
-        let how = queue::Enqueue {
-            queue: "default",
-            max_attempts: 3,
-            run_at: None,
-        };
+        let how = queue::Enqueue::default();
         let queued = queue::enqueue_copies(c, schema, &how, "1", args.jobs)?;
         c.batch_execute(&format!("VACUUM ANALYZE {}.jobs_live", schema.name()))?;
         Ok(queued)

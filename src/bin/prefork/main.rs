@@ -14,6 +14,7 @@ use fork_safe::{Database, MaxAge};
 use postgres::types::Type;
 
 mod bench;
+mod jobs;
 
 /// Exit status for bad usage (clap's convention).
 const USAGE: u8 = 2;
@@ -40,6 +41,8 @@ enum Command {
     Enqueue(EnqueueArgs),
     /// Jobs by state, and the fleet's backends.
     Status(StatusArgs),
+    /// List and show jobs; retry failed ones; cancel queued or running ones.
+    Jobs(jobs::JobsArgs),
     /// Measure the queue on this server: queue jobs in a scratch schema,
     /// drain them with a fleet of the shape given, print jobs/s, CPU per
     /// job, peak backends and latency, and drop the schema.
@@ -56,7 +59,8 @@ struct DbArgs {
     /// Schema holding the queue's tables.
     #[arg(long, env = "PREFORK_SCHEMA", default_value = "prefork", global = true)]
     schema: String,
-    /// The queue.
+    /// The queue; a fleet may work several, in order of preference
+    /// (`a,b,c`: a job of `a` before one of `b`).
     #[arg(long, env = "PREFORK_QUEUE", default_value = "default", global = true)]
     queue: String,
 }
@@ -163,8 +167,24 @@ struct EnqueueArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
     max_attempts: i32,
     /// When the jobs become runnable (a PostgreSQL timestamp).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "in_")]
     run_at: Option<String>,
+    /// Runnable this long from now.
+    #[arg(long = "in", id = "in_", value_parser = parse_duration)]
+    in_: Option<Duration>,
+    /// Smaller runs first (0, the default, is the most urgent); within a
+    /// priority, the oldest first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    priority: i32,
+    /// At most one unfinished (queued or running) job of the queue has
+    /// this key: another enqueue with it queues nothing and names the job
+    /// that holds it (with `-`, each line is such an enqueue).
+    #[arg(long)]
+    unique_key: Option<String>,
+    /// This job's time limit [default: the fleet's --timeout].
+    #[arg(long, value_parser = parse_positive_duration)]
+    timeout: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -208,6 +228,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Enqueue(args)) => enqueue_main(&cli.fleet.db, &args),
         Some(Command::Status(args)) => status_main(&cli.fleet.db, &args),
+        Some(Command::Jobs(args)) => jobs::jobs_main(&cli.fleet.db, &args),
         Some(Command::Bench(args)) => bench_main(&cli.fleet.db, &args),
         None => fleet_main(cli.fleet, exec),
     };
@@ -309,9 +330,30 @@ fn connection_string(db: &DbArgs) -> Option<String> {
     Some(parts.join(" "))
 }
 
+/// The schema, checking the one queue a command other than the fleet
+/// works on.
 fn schema(db: &DbArgs) -> Result<Schema, Fail> {
+    if db.queue.contains(',') {
+        return Err(usage(format!(
+            "--queue {:?}: one queue here (only a fleet works several)",
+            db.queue
+        )));
+    }
     queue::check_queue_name(&db.queue).map_err(usage)?;
     Schema::new(&db.schema).map_err(usage)
+}
+
+/// A fleet's queues, in order of preference: `a,b,c`.
+fn queues(db: &DbArgs) -> Result<Vec<String>, Fail> {
+    let mut queues: Vec<String> = Vec::new();
+    for name in db.queue.split(',') {
+        queue::check_queue_name(name).map_err(usage)?;
+        if queues.iter().any(|q| q == name) {
+            return Err(usage(format!("--queue: {name:?} is named twice")));
+        }
+        queues.push(name.to_owned());
+    }
+    Ok(queues)
 }
 
 /// Configures the registry and migrates the schema.
@@ -363,17 +405,42 @@ fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
         queue: &db.queue,
         max_attempts: args.max_attempts,
         run_at: args.run_at.as_deref(),
+        run_in: args.in_,
+        priority: args.priority,
+        unique_key: args.unique_key.as_deref(),
+        timeout: args.timeout,
     };
-    let queued = if stdin {
-        enqueue_lines(&schema, &how, std::io::stdin().lock())?
+    let nothing = |e: fork_safe::Error| runtime(format!("{e}; nothing was queued"));
+    if stdin {
+        let (lines, queued) = enqueue_lines(&schema, &how, std::io::stdin().lock())?;
+        match &args.unique_key {
+            Some(key) if lines > queued => println!(
+                "queued {queued} job(s) on {:?}; {} line(s) found unique key {key:?} held",
+                db.queue,
+                lines - queued
+            ),
+            _ => println!("queued {queued} job(s) on {:?}", db.queue),
+        }
+    } else if args.count == 1 {
+        let done = fork_safe::with_client(|c| queue::enqueue_one(c, &schema, &how, &args.payload))
+            .map_err(nothing)?;
+        match (done.created, &args.unique_key) {
+            (true, _) => println!("queued job {} on {:?}", done.id, db.queue),
+            (false, key) => println!(
+                "job {} on {:?} already holds unique key {:?}; nothing was queued",
+                done.id,
+                db.queue,
+                key.as_deref().unwrap_or_default()
+            ),
+        }
     } else {
-        fork_safe::with_client(|c| {
+        let queued = fork_safe::with_client(|c| {
             queue::enqueue_copies(c, &schema, &how, &args.payload, args.count)
         })
-        .map_err(|e| runtime(format!("{e}; nothing was queued")))?
-    };
+        .map_err(nothing)?;
+        println!("queued {queued} job(s) on {:?}", db.queue);
+    }
     fork_safe::close_all();
-    println!("queued {queued} job(s) on {:?}", db.queue);
     Ok(())
 }
 
@@ -383,12 +450,13 @@ const LINES_PER_INSERT: usize = 10_000;
 
 /// Queues one job per line of `input`, all in one transaction: a bad line
 /// (not UTF-8, a NUL byte), a read error or a server error queues nothing,
-/// and says which line.
+/// and says which line. Returns the lines read and the jobs queued (fewer
+/// when a unique key was held).
 fn enqueue_lines(
     schema: &Schema,
     how: &queue::Enqueue<'_>,
     mut input: impl BufRead,
-) -> Result<u64, Fail> {
+) -> Result<(u64, u64), Fail> {
     let streamed = fork_safe::with_client(|c| {
         let mut tx = c.transaction()?;
         let mut line = 0u64;
@@ -427,10 +495,10 @@ fn enqueue_lines(
             }
         }
         tx.commit()?;
-        Ok(Ok(queued))
+        Ok(Ok((line, queued)))
     });
     match streamed {
-        Ok(Ok(queued)) => Ok(queued),
+        Ok(Ok(done)) => Ok(done),
         Ok(Err(why)) => Err(runtime(format!("{why}; nothing was queued"))),
         Err(e) => Err(runtime(format!("{e}; nothing was queued"))),
     }
@@ -505,14 +573,15 @@ fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
             "running": counts.running,
             "done": counts.done,
             "failed": counts.failed,
+            "cancelled": counts.cancelled,
             "children": children,
             "backends": backends,
         });
         println!("{status}");
     } else {
         println!(
-            "queue {:?}: {} queued, {} running, {} done, {} failed",
-            db.queue, counts.queued, counts.running, counts.done, counts.failed
+            "queue {:?}: {} queued, {} running, {} done, {} failed, {} cancelled",
+            db.queue, counts.queued, counts.running, counts.done, counts.failed, counts.cancelled
         );
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -595,7 +664,8 @@ fn timeout(args: &FleetArgs) -> Option<Duration> {
 }
 
 fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
-    let schema = schema(&args.db)?;
+    let queues = queues(&args.db)?;
+    let schema = Schema::new(&args.db.schema).map_err(usage)?;
     let handler = match (&args.sql, exec) {
         (Some(_), Some(_)) => return Err(usage("give one handler: --sql or --exec, not both")),
         (None, None) => {
@@ -659,23 +729,22 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
     if let Some(n) = args.sample {
         let payloads: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
         let how = queue::Enqueue {
-            queue: &args.db.queue,
-            max_attempts: 3,
-            run_at: None,
+            queue: &queues[0],
+            ..queue::Enqueue::default()
         };
         let queued = fork_safe::with_client(|c| queue::enqueue(c, &schema, &how, &payloads))
             .map_err(runtime)?;
         fork_safe::close_all();
         eprintln!("prefork: queued {queued} sample job(s)");
     }
-    let before = counts(&schema, &args.db.queue)?;
+    let before = counts(&schema, &queues)?;
     let mut lease = args.lease;
     if let Some(timeout) = timeout(&args) {
         lease = lease.max(timeout + Duration::from_secs(60));
     }
     let config = QueueConfig {
         schema: schema.clone(),
-        queue: args.db.queue.clone(),
+        queues: queues.clone(),
         batch: args.batch,
         lease,
         timeout: timeout(&args),
@@ -709,7 +778,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
     let started = Instant::now();
     let report = fleet.run(app).map_err(runtime)?;
     let elapsed = started.elapsed();
-    let after = counts(&schema, &args.db.queue)?;
+    let after = counts(&schema, &queues)?;
     let done = after.done - before.done;
     let failed = after.failed - before.failed;
     let summary = format!(
@@ -822,8 +891,21 @@ fn leading_words(sql: &str, n: usize) -> Vec<String> {
     words
 }
 
-fn counts(schema: &Schema, queue: &str) -> Result<queue::Counts, Fail> {
-    let counts = fork_safe::with_client(|c| queue::counts(c, schema, queue)).map_err(runtime);
+/// Counts of `queues`, summed.
+fn counts(schema: &Schema, queues: &[String]) -> Result<queue::Counts, Fail> {
+    let counts = fork_safe::with_client(|c| {
+        let mut sum = queue::Counts::default();
+        for q in queues {
+            let n = queue::counts(c, schema, q)?;
+            sum.queued += n.queued;
+            sum.running += n.running;
+            sum.done += n.done;
+            sum.failed += n.failed;
+            sum.cancelled += n.cancelled;
+        }
+        Ok(sum)
+    })
+    .map_err(runtime);
     fork_safe::close_all();
     counts
 }

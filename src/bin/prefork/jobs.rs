@@ -1,0 +1,222 @@
+//! `prefork jobs`: list and show jobs, retry failed ones, cancel queued or
+//! running ones.
+
+use clap::{Args, Subcommand};
+use fork_safe::queue::admin::{self, JobInfo, JobsError, ListFilter, Which};
+
+use super::{DbArgs, Fail, connect, database, needs_database, runtime, schema};
+
+#[derive(Args, Debug)]
+pub(crate) struct JobsArgs {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Subcommand, Debug)]
+enum Action {
+    /// The queue's jobs, newest first.
+    List {
+        /// Only jobs in this state.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(admin::STATES))]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: payload, state, attempts and each failed attempt's error,
+    /// result, who ran it, timestamps.
+    Show {
+        /// The job's id.
+        id: i64,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue failed or cancelled jobs again, their attempts reset.
+    Retry {
+        /// The jobs (each must be failed or cancelled; otherwise nothing
+        /// changes).
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        ids: Vec<i64>,
+        /// Every failed or cancelled job of the queue.
+        #[arg(long)]
+        failed: bool,
+    },
+    /// Cancel jobs: a queued one at once; a running one is marked and
+    /// finishes as cancelled, never retried.
+    Cancel {
+        /// The jobs (each must be queued or running; otherwise nothing
+        /// changes).
+        #[arg(required_unless_present = "queued", conflicts_with = "queued")]
+        ids: Vec<i64>,
+        /// Every queued job of the queue.
+        #[arg(long)]
+        queued: bool,
+    },
+}
+
+pub(crate) fn jobs_main(db: &DbArgs, args: &JobsArgs) -> Result<(), Fail> {
+    let schema = schema(db)?;
+    let url = needs_database(db, "jobs")?;
+    let database = database(&url)?;
+    fork_safe::set_role("cli");
+    connect([database], &schema)?;
+    let queue = db.queue.as_str();
+    match &args.action {
+        Action::List { state, limit, json } => {
+            let filter = ListFilter {
+                queue: Some(queue),
+                state: state.as_deref(),
+                limit: *limit,
+            };
+            let jobs =
+                fork_safe::with_client(|c| admin::list(c, &schema, &filter)).map_err(runtime)?;
+            if *json {
+                let all: Vec<serde_json::Value> = jobs.iter().map(to_json).collect();
+                println!("{}", serde_json::Value::Array(all));
+            } else if jobs.is_empty() {
+                println!("no jobs on {queue:?}");
+            } else {
+                for j in &jobs {
+                    println!("{}", one_line(j));
+                }
+            }
+        }
+        Action::Show { id, json } => {
+            let job = fork_safe::with_client(|c| Ok(admin::show(c, &schema, *id)))
+                .map_err(runtime)?
+                .map_err(refused)?;
+            if *json {
+                println!("{}", to_json(&job));
+            } else {
+                print_job(&job);
+            }
+        }
+        Action::Retry { ids, failed } => {
+            let which = match failed {
+                true => Which::All { queue },
+                false => Which::Ids(ids),
+            };
+            let queued = fork_safe::with_client(|c| Ok(admin::retry(c, &schema, which)))
+                .map_err(runtime)?
+                .map_err(refused)?;
+            println!("queued {} job(s) again{}", queued.len(), id_list(&queued));
+        }
+        Action::Cancel { ids, queued } => {
+            let which = match queued {
+                true => Which::All { queue },
+                false => Which::Ids(ids),
+            };
+            let done = fork_safe::with_client(|c| Ok(admin::cancel(c, &schema, which)))
+                .map_err(runtime)?
+                .map_err(refused)?;
+            if !done.cancelled.is_empty() || done.stopping.is_empty() {
+                println!(
+                    "cancelled {} queued job(s){}",
+                    done.cancelled.len(),
+                    id_list(&done.cancelled)
+                );
+            }
+            if !done.stopping.is_empty() {
+                println!(
+                    "marked {} running job(s) to finish as cancelled{}",
+                    done.stopping.len(),
+                    id_list(&done.stopping)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A refused action (an unknown id, a job in the wrong state): exit 1.
+fn refused(e: JobsError) -> Fail {
+    runtime(format!("{e}; nothing was changed"))
+}
+
+/// `: 1, 2, 3` (at most 20 ids shown), or nothing.
+fn id_list(ids: &[i64]) -> String {
+    if ids.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = ids.iter().take(20).map(i64::to_string).collect();
+    let more = if ids.len() > 20 { ", ..." } else { "" };
+    format!(": {}{more}", shown.join(", "))
+}
+
+fn one_line(j: &JobInfo) -> String {
+    let mut payload: String = j.payload.chars().take(40).collect();
+    if payload.len() < j.payload.len() {
+        payload.push('…');
+    }
+    format!(
+        "{:>8}  {:<9}  p{:<3} attempt {}/{}  {}  {payload:?}",
+        j.id, j.state, j.priority, j.attempts, j.max_attempts, j.created_at
+    )
+}
+
+fn print_job(j: &JobInfo) {
+    println!("job {} on {:?}: {}", j.id, j.queue, j.state);
+    println!("  payload:   {:?}", j.payload);
+    println!(
+        "  priority:  {}   attempts: {} of {}",
+        j.priority, j.attempts, j.max_attempts
+    );
+    if let Some(key) = &j.unique_key {
+        println!("  unique key: {key:?}");
+    }
+    if let Some(t) = j.timeout {
+        println!("  timeout:   {t}s");
+    }
+    println!("  queued:    {}", j.created_at);
+    println!("  run at:    {}", j.run_at);
+    if let Some(at) = &j.finished_at {
+        println!("  finished:  {at}");
+    }
+    if let Some(by) = &j.locked_by {
+        println!("  ran by:    {by}");
+    }
+    if let Some(result) = &j.result {
+        println!("  result:    {result:?}");
+    }
+    if j.cancel_requested && j.state == "running" {
+        println!("  cancel requested: finishes as cancelled");
+    }
+    let errors: Vec<serde_json::Value> = serde_json::from_str(&j.errors).unwrap_or_default();
+    for e in &errors {
+        println!(
+            "  attempt {} failed at {} ({}): {}",
+            e["attempt"],
+            e["at"].as_str().unwrap_or("?"),
+            e["by"].as_str().unwrap_or("?"),
+            e["error"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+fn to_json(j: &JobInfo) -> serde_json::Value {
+    let errors: serde_json::Value =
+        serde_json::from_str(&j.errors).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "id": j.id,
+        "queue": j.queue,
+        "state": j.state,
+        "priority": j.priority,
+        "attempts": j.attempts,
+        "max_attempts": j.max_attempts,
+        "payload": j.payload,
+        "result": j.result,
+        "last_error": j.last_error,
+        "errors": errors,
+        "ran_by": j.locked_by,
+        "unique_key": j.unique_key,
+        "timeout": j.timeout,
+        "cancel_requested": j.cancel_requested,
+        "created_at": j.created_at,
+        "run_at": j.run_at,
+        "finished_at": j.finished_at,
+    })
+}

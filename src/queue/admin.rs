@@ -1,0 +1,421 @@
+//! Looking at jobs, retrying and cancelling them by hand: the statements
+//! behind `prefork jobs`.
+//!
+//! Acting on jobs named by id is all or nothing: every id is checked (it
+//! exists, and is in a state the action applies to) under a lock, in one
+//! transaction, before anything changes, so a typo in a list of ids changes
+//! nothing.
+
+use std::fmt;
+
+use postgres::Client;
+use postgres::types::Type;
+
+use super::Schema;
+
+/// A job as `prefork jobs` shows it, from the live or the finished table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobInfo {
+    /// Its id.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
+    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    /// Smaller runs first.
+    pub priority: i32,
+    /// Attempts made (the running one included).
+    pub attempts: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Its payload.
+    pub payload: String,
+    /// A done job's result.
+    pub result: Option<String>,
+    /// The last failed attempt's error.
+    pub last_error: Option<String>,
+    /// Every failed attempt: a JSON array of `{attempt, error, at, by}`.
+    pub errors: String,
+    /// The claim that runs (or last ran) it: `host:pid/worker.seq`.
+    pub locked_by: Option<String>,
+    /// Its unique key.
+    pub unique_key: Option<String>,
+    /// Its own time limit in seconds (none: the fleet's).
+    pub timeout: Option<f64>,
+    /// A cancel was asked for while it ran.
+    pub cancel_requested: bool,
+    /// When it was queued (UTC, ISO 8601).
+    pub created_at: String,
+    /// When it is (or was) runnable.
+    pub run_at: String,
+    /// When it finished, if it has.
+    pub finished_at: Option<String>,
+}
+
+/// What [`list`] shows.
+#[derive(Debug, Clone)]
+pub struct ListFilter<'a> {
+    /// Jobs of this queue only (`None`: every queue).
+    pub queue: Option<&'a str>,
+    /// Jobs in this state only.
+    pub state: Option<&'a str>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+/// The states a job can be in.
+pub const STATES: [&str; 5] = ["queued", "running", "done", "failed", "cancelled"];
+
+/// Why an action on jobs did nothing.
+#[derive(Debug)]
+pub enum JobsError {
+    /// The server's error.
+    Db(postgres::Error),
+    /// No job has this id.
+    NoSuchJob(i64),
+    /// The job is not in a state the action applies to.
+    WrongState {
+        /// The job.
+        id: i64,
+        /// Its state.
+        state: String,
+        /// What the action needs, for the message ("failed or cancelled").
+        wanted: &'static str,
+    },
+    /// Retrying would queue a second unfinished job with a unique key.
+    KeyHeld {
+        /// The job to retry.
+        id: i64,
+        /// Its key.
+        key: String,
+        /// The unfinished job holding the key.
+        holder: i64,
+    },
+}
+
+impl fmt::Display for JobsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobsError::Db(e) => write!(f, "{e}"),
+            JobsError::NoSuchJob(id) => write!(f, "no job {id}"),
+            JobsError::WrongState { id, state, wanted } => {
+                write!(f, "job {id} is {state}, not {wanted}")
+            }
+            JobsError::KeyHeld { id, key, holder } => write!(
+                f,
+                "job {id} cannot be queued again: job {holder} holds its unique key {key:?}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JobsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JobsError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<postgres::Error> for JobsError {
+    fn from(e: postgres::Error) -> JobsError {
+        JobsError::Db(e)
+    }
+}
+
+/// The columns of [`JobInfo`], in order, from the view `jobs` as `j`.
+const COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempts, j.max_attempts, j.payload,
+     j.result, j.last_error, j.errors::text, j.locked_by, j.unique_key, j.timeout,
+     j.cancel_requested,
+     to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+     to_char(j.run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+     to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+fn info(row: &postgres::Row) -> JobInfo {
+    JobInfo {
+        id: row.get(0),
+        queue: row.get(1),
+        state: row.get(2),
+        priority: row.get(3),
+        attempts: row.get(4),
+        max_attempts: row.get(5),
+        payload: row.get(6),
+        result: row.get(7),
+        last_error: row.get(8),
+        errors: row.get(9),
+        locked_by: row.get(10),
+        unique_key: row.get(11),
+        timeout: row.get(12),
+        cancel_requested: row.get(13),
+        created_at: row.get(14),
+        run_at: row.get(15),
+        finished_at: row.get(16),
+    }
+}
+
+/// Jobs, newest first.
+///
+/// # Errors
+///
+/// The server's error.
+pub fn list(
+    client: &mut Client,
+    schema: &Schema,
+    filter: &ListFilter<'_>,
+) -> Result<Vec<JobInfo>, postgres::Error> {
+    let s = schema.name();
+    // Newest first from each table by its primary key, then merged: the
+    // history can be millions of rows.
+    let rows = client.query_typed(
+        &format!(
+            "SELECT {COLUMNS} FROM (
+                 (SELECT * FROM {s}.jobs_live WHERE ($1::text IS NULL OR queue = $1)
+                    AND ($2::text IS NULL OR state = $2) ORDER BY id DESC LIMIT $3)
+                 UNION ALL
+                 (SELECT * FROM {s}.jobs_finished WHERE ($1::text IS NULL OR queue = $1)
+                    AND ($2::text IS NULL OR state = $2) ORDER BY id DESC LIMIT $3)
+             ) AS j ORDER BY j.id DESC LIMIT $3"
+        ),
+        &[
+            (&filter.queue, Type::TEXT),
+            (&filter.state, Type::TEXT),
+            (&filter.limit, Type::INT8),
+        ],
+    )?;
+    Ok(rows.iter().map(info).collect())
+}
+
+/// One job.
+///
+/// # Errors
+///
+/// [`JobsError::NoSuchJob`], or the server's error.
+pub fn show(client: &mut Client, schema: &Schema, id: i64) -> Result<JobInfo, JobsError> {
+    let s = schema.name();
+    let row = client.query_typed_opt(
+        &format!("SELECT {COLUMNS} FROM {s}.jobs AS j WHERE j.id = $1"),
+        &[(&id, Type::INT8)],
+    )?;
+    row.as_ref().map(info).ok_or(JobsError::NoSuchJob(id))
+}
+
+/// Which jobs an action applies to.
+#[derive(Debug, Clone, Copy)]
+pub enum Which<'a> {
+    /// These, every one of which must be in a state the action applies to.
+    Ids(&'a [i64]),
+    /// Every job of this queue the action applies to.
+    All {
+        /// The queue.
+        queue: &'a str,
+    },
+}
+
+/// Queues failed or cancelled jobs again, their attempts reset (their
+/// errors kept); returns the ids queued.
+///
+/// # Errors
+///
+/// For ids: [`JobsError::NoSuchJob`], [`JobsError::WrongState`] (not failed
+/// or cancelled), [`JobsError::KeyHeld`]; nothing is then changed. Or the
+/// server's error.
+pub fn retry(
+    client: &mut Client,
+    schema: &Schema,
+    which: Which<'_>,
+) -> Result<Vec<i64>, JobsError> {
+    let s = schema.name();
+    let mut tx = client.transaction()?;
+    let ids: Vec<i64> = match which {
+        Which::Ids(ids) => {
+            check(
+                &mut tx,
+                schema,
+                ids,
+                &["failed", "cancelled"],
+                "failed or cancelled",
+            )?;
+            ids.to_vec()
+        }
+        Which::All { queue } => tx
+            .query_typed(
+                &format!(
+                    "SELECT id FROM {s}.jobs_finished
+                     WHERE queue = $1 AND state IN ('failed', 'cancelled') ORDER BY id FOR UPDATE"
+                ),
+                &[(&queue, Type::TEXT)],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    };
+    if let Some(row) = tx.query_typed_opt(
+        &format!(
+            "SELECT f.id, f.unique_key, l.id FROM {s}.jobs_finished AS f
+             JOIN {s}.jobs_live AS l ON l.queue = f.queue AND l.unique_key = f.unique_key
+             WHERE f.id = ANY($1) ORDER BY f.id LIMIT 1"
+        ),
+        &[(&ids, Type::INT8_ARRAY)],
+    )? {
+        return Err(JobsError::KeyHeld {
+            id: row.get(0),
+            key: row.get(1),
+            holder: row.get(2),
+        });
+    }
+    let queued: Vec<i64> = tx
+        .query_typed(
+            &format!(
+                "WITH again AS (
+                     DELETE FROM {s}.jobs_finished WHERE id = ANY($1) RETURNING *
+                 )
+                 INSERT INTO {s}.jobs_live (id, queue, payload, state, attempts, max_attempts,
+                                            run_at, result, last_error, created_at, priority,
+                                            unique_key, timeout, errors)
+                 SELECT id, queue, payload, 'queued', 0, max_attempts, now(), NULL, last_error,
+                        created_at, priority, unique_key, timeout, errors
+                 FROM again ORDER BY id
+                 RETURNING id"
+            ),
+            &[(&ids, Type::INT8_ARRAY)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !queued.is_empty() {
+        tx.execute_typed(
+            "SELECT pg_notify($1, '')",
+            &[(&schema.channel(), Type::TEXT)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(queued)
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Queued jobs, now `cancelled`.
+    pub cancelled: Vec<i64>,
+    /// Running jobs, marked: each finishes as `cancelled` (never retried)
+    /// when its attempt ends.
+    pub stopping: Vec<i64>,
+}
+
+/// Cancels queued jobs at once, and marks running ones to finish as
+/// cancelled rather than be retried.
+///
+/// # Errors
+///
+/// For ids: [`JobsError::NoSuchJob`], [`JobsError::WrongState`] (already
+/// finished); nothing is then changed. Or the server's error.
+pub fn cancel(
+    client: &mut Client,
+    schema: &Schema,
+    which: Which<'_>,
+) -> Result<Cancelled, JobsError> {
+    let s = schema.name();
+    let mut tx = client.transaction()?;
+    let ids: Vec<i64> = match which {
+        Which::Ids(ids) => {
+            check(
+                &mut tx,
+                schema,
+                ids,
+                &["queued", "running"],
+                "queued or running",
+            )?;
+            ids.to_vec()
+        }
+        Which::All { queue } => tx
+            .query_typed(
+                &format!(
+                    "SELECT id FROM {s}.jobs_live WHERE queue = $1 AND state = 'queued'
+                     ORDER BY id FOR UPDATE"
+                ),
+                &[(&queue, Type::TEXT)],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    };
+    let cancelled: Vec<i64> = tx
+        .query_typed(
+            &format!(
+                "WITH gone AS (
+                     DELETE FROM {s}.jobs_live WHERE id = ANY($1) AND state = 'queued' RETURNING *
+                 )
+                 INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
+                                                run_at, result, last_error, created_at,
+                                                finished_at, priority, unique_key, timeout,
+                                                errors, cancel_requested)
+                 SELECT id, queue, payload, 'cancelled', attempts, max_attempts, run_at, result,
+                        last_error, created_at, now(), priority, unique_key, timeout, errors, true
+                 FROM gone ORDER BY id
+                 RETURNING id"
+            ),
+            &[(&ids, Type::INT8_ARRAY)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let stopping: Vec<i64> = tx
+        .query_typed(
+            &format!(
+                "UPDATE {s}.jobs_live SET cancel_requested = true
+                 WHERE id = ANY($1) AND state = 'running' RETURNING id"
+            ),
+            &[(&ids, Type::INT8_ARRAY)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.commit()?;
+    let mut stopping = stopping;
+    stopping.sort_unstable();
+    Ok(Cancelled {
+        cancelled,
+        stopping,
+    })
+}
+
+/// Locks the jobs `ids` (live ones; finished ones cannot change but by
+/// this module) and checks each exists and is in one of `states`.
+fn check(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    ids: &[i64],
+    states: &[&str],
+    wanted: &'static str,
+) -> Result<(), JobsError> {
+    let s = schema.name();
+    let rows = tx.query_typed(
+        &format!("SELECT id, state FROM {s}.jobs_live WHERE id = ANY($1) ORDER BY id FOR UPDATE;"),
+        &[(&ids, Type::INT8_ARRAY)],
+    )?;
+    let mut found: std::collections::HashMap<i64, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for r in tx.query_typed(
+        &format!(
+            "SELECT id, state FROM {s}.jobs_finished WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        ),
+        &[(&ids, Type::INT8_ARRAY)],
+    )? {
+        found.insert(r.get(0), r.get(1));
+    }
+    for &id in ids {
+        match found.get(&id) {
+            None => return Err(JobsError::NoSuchJob(id)),
+            Some(state) if !states.contains(&state.as_str()) => {
+                return Err(JobsError::WrongState {
+                    id,
+                    state: state.clone(),
+                    wanted,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}

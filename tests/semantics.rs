@@ -1,0 +1,403 @@
+//! Job semantics, from the command line and SQL, in real processes against
+//! a real server: priorities, several queues in order, unique keys under
+//! concurrent enqueuers, cancel and retry, a job's own timeout, and the bad
+//! input of `prefork jobs`.
+
+#[path = "common/cli.rs"]
+mod cli;
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use cli::{Master, count, prefork, reset};
+use common::{Ctx, Observer, wait_until};
+
+fn main() {
+    common::main(
+        fork_safe::cluster::Builder::new().max_connections(60),
+        |_| {},
+        &[
+            (
+                "priorities_then_queues_in_the_order_given",
+                priorities_and_queues,
+            ),
+            (
+                "a_unique_key_queues_one_job_under_eight_enqueuers",
+                unique_keys,
+            ),
+            ("cancel_a_queued_job_and_stop_a_running_program", cancel),
+            (
+                "an_urgent_job_overtakes_a_backlog_being_worked",
+                urgent_overtakes,
+            ),
+            ("retry_queues_failed_jobs_again", retry),
+            ("a_jobs_own_timeout_stops_it_alone", own_timeout),
+            (
+                "jobs_commands_refuse_bad_input_and_change_nothing",
+                bad_input,
+            ),
+        ],
+        &[],
+    )
+}
+
+/// Runs `prefork ARGS`; its output.
+fn run(ctx: &Ctx, args: &[&str]) -> Output {
+    prefork(&ctx.url, args).output().unwrap()
+}
+
+/// Runs `prefork ARGS`, which must succeed; its standard output.
+fn ok(ctx: &Ctx, args: &[&str]) -> String {
+    let out = run(ctx, args);
+    assert!(
+        out.status.success(),
+        "prefork {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn state(obs: &mut Observer, id: i64) -> String {
+    obs.client()
+        .query_one("SELECT state FROM prefork.jobs WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0)
+}
+
+fn priorities_and_queues(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    obs.client()
+        .batch_execute("DROP TABLE IF EXISTS ran; CREATE TABLE ran (n serial, v text NOT NULL)")
+        .unwrap();
+    // A deep low-priority backlog on `a`, urgent jobs behind it, and jobs
+    // of `b`, which come after everything of `a`.
+    let backlog: String = (1..=200).map(|i| format!("low{i}\n")).collect();
+    cli::enqueue_lines(&ctx.url, &backlog, &["--queue", "a", "--priority", "5"]);
+    for i in 1..=3 {
+        ok(ctx, &["enqueue", &format!("b{i}"), "--queue", "b"]);
+        ok(ctx, &["enqueue", &format!("urgent{i}"), "--queue", "a"]);
+        ok(
+            ctx,
+            &[
+                "enqueue",
+                &format!("mid{i}"),
+                "--queue",
+                "a",
+                "--priority",
+                "2",
+            ],
+        );
+    }
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--queue",
+            "a,b",
+            "--procs",
+            "1",
+            "--threads",
+            "1",
+            "--batch",
+            "1",
+            "--drain",
+            "--sql",
+            "INSERT INTO ran (v) VALUES ($1)",
+        ],
+    );
+    let (code, err) = master.wait(Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    let order: Vec<String> = obs
+        .client()
+        .query("SELECT v FROM ran ORDER BY n", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order.len(), 209);
+    assert_eq!(
+        order[..6],
+        ["urgent1", "urgent2", "urgent3", "mid1", "mid2", "mid3"]
+    );
+    assert!(
+        order[6..206].iter().all(|v| v.starts_with("low")),
+        "{order:?}"
+    );
+    assert_eq!(order[206..], ["b1", "b2", "b3"]);
+}
+
+/// A fleet already working a backlog of slow jobs: an urgent job queued
+/// now waits only for what its child claimed ahead (about a second of
+/// work), not for the backlog.
+fn urgent_overtakes(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    obs.client()
+        .batch_execute("DROP TABLE IF EXISTS ran; CREATE TABLE ran (n serial, v text NOT NULL)")
+        .unwrap();
+    let backlog: String = (1..=100).map(|i| format!("{i}\n")).collect();
+    cli::enqueue_lines(&ctx.url, &backlog, &["--priority", "5"]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--batch",
+            "8",
+            "--drain",
+            "--sql",
+            "INSERT INTO ran (v) SELECT $1 FROM pg_sleep(0.05)",
+        ],
+    );
+    wait_until(
+        "the backlog is being worked",
+        Duration::from_secs(10),
+        || count(&mut obs, "SELECT count(*) FROM ran") >= 10,
+    );
+    ok(ctx, &["enqueue", "urgent"]);
+    let at_enqueue = count(&mut obs, "SELECT count(*) FROM ran");
+    let (code, err) = master.wait(Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    let position = count(&mut obs, "SELECT n::int8 FROM ran WHERE v = 'urgent'");
+    // 2 workers x 1 s / 50 ms = 40 jobs claimed ahead at most, plus the
+    // ones running and the few done while the enqueue ran. (Claims of 8
+    // batches per worker, with no window, would take the whole backlog.)
+    assert!(
+        position < at_enqueue + 60,
+        "the urgent job ran {position}th of 101, queued after {at_enqueue}"
+    );
+}
+
+fn unique_keys(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    ok(ctx, &["status"]); // migrated before the race
+    let outputs: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let url = ctx.url.clone();
+                scope.spawn(move || {
+                    let out = prefork(
+                        &url,
+                        &["enqueue", &format!("p{i}"), "--unique-key", "nightly"],
+                    )
+                    .output()
+                    .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM prefork.jobs"), 1);
+    let id = count(&mut obs, "SELECT id FROM prefork.jobs");
+    let queued = outputs
+        .iter()
+        .filter(|o| o.starts_with("queued job"))
+        .count();
+    let held = outputs
+        .iter()
+        .filter(|o| o.contains(&format!("job {id} on \"default\" already holds unique key")))
+        .count();
+    assert_eq!((queued, held), (1, 7), "{outputs:?}");
+    // From SQL, the same key names the same job; another queue is free.
+    let again: i64 = obs
+        .client()
+        .query_one(
+            "SELECT prefork.enqueue('default', 'sql', p_unique_key => 'nightly')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(again, id);
+    ok(
+        ctx,
+        &[
+            "enqueue",
+            "other",
+            "--unique-key",
+            "nightly",
+            "--queue",
+            "other",
+        ],
+    );
+    assert_eq!(count(&mut obs, "SELECT count(*) FROM prefork.jobs"), 2);
+    // Once the job is finished the key is free again.
+    let mut master = Master::start(&ctx.url, &["--procs", "1", "--drain", "--sql", "SELECT $1"]);
+    assert_eq!(master.wait(Duration::from_secs(30)).0, 0);
+    let out = ok(ctx, &["enqueue", "p9", "--unique-key", "nightly"]);
+    assert!(out.starts_with("queued job"), "{out}");
+}
+
+fn cancel(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    ok(ctx, &["enqueue", "queued"]);
+    let queued = count(&mut obs, "SELECT max(id) FROM prefork.jobs");
+    let out = ok(ctx, &["jobs", "cancel", &queued.to_string()]);
+    assert!(out.contains("cancelled 1 queued job(s)"), "{out}");
+    assert_eq!(state(&mut obs, queued), "cancelled");
+    // A running program: stopped, and the job cancelled, not retried.
+    ok(ctx, &["enqueue", "long", "--max-attempts", "5"]);
+    let long = count(&mut obs, "SELECT max(id) FROM prefork.jobs");
+    let mut master = Master::start(&ctx.url, &["--procs", "1", "--exec", "sleep", "60"]);
+    wait_until("the program starts", Duration::from_secs(10), || {
+        state(&mut obs, long) == "running"
+    });
+    let out = ok(ctx, &["jobs", "cancel", &long.to_string()]);
+    assert!(out.contains("marked 1 running job(s)"), "{out}");
+    wait_until(
+        "the running job is cancelled",
+        Duration::from_secs(10),
+        || state(&mut obs, long) == "cancelled",
+    );
+    let attempts = count(
+        &mut obs,
+        &format!("SELECT attempts::int8 FROM prefork.jobs WHERE id = {long}"),
+    );
+    assert_eq!(attempts, 1, "a cancelled job is not retried");
+    let status = ok(ctx, &["status", "--json"]);
+    assert!(status.contains("\"cancelled\":2"), "{status}");
+    nix::sys::signal::kill(master.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(master.wait(Duration::from_secs(30)).0, 0);
+}
+
+fn retry(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    for i in 1..=3 {
+        ok(ctx, &["enqueue", &i.to_string(), "--max-attempts", "1"]);
+    }
+    // Jobs 1 and 2 fail (division by zero), job 3 succeeds.
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--drain",
+            "--sql",
+            "SELECT 1 / ($1::int / 3)",
+        ],
+    );
+    assert_eq!(master.wait(Duration::from_secs(30)).0, 0);
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'failed'"
+        ),
+        2
+    );
+    let shown = ok(ctx, &["jobs", "show", "1"]);
+    assert!(
+        shown.contains("attempt 1 failed") && shown.contains("division by zero"),
+        "{shown}"
+    );
+    let out = ok(ctx, &["jobs", "retry", "--failed"]);
+    assert!(out.starts_with("queued 2 job(s) again: 1, 2"), "{out}");
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'queued' AND attempts = 0"
+        ),
+        2
+    );
+    // They run again (and succeed now).
+    let mut master = Master::start(&ctx.url, &["--procs", "1", "--drain", "--sql", "SELECT $1"]);
+    assert_eq!(master.wait(Duration::from_secs(30)).0, 0);
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        3
+    );
+    let json = ok(ctx, &["jobs", "show", "1", "--json"]);
+    assert!(
+        json.contains("\"state\":\"done\"") && json.contains("division by zero"),
+        "{json}"
+    );
+}
+
+fn own_timeout(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    // No fleet timeout: only the job with its own is stopped.
+    ok(
+        ctx,
+        &["enqueue", "2", "--timeout", "500ms", "--max-attempts", "1"],
+    );
+    ok(ctx, &["enqueue", "1", "--max-attempts", "1"]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--drain",
+            "--sql",
+            "SELECT pg_sleep($1::float8)",
+        ],
+    );
+    assert_eq!(master.wait(Duration::from_secs(30)).0, 0);
+    let failed: String = obs
+        .client()
+        .query_one(
+            "SELECT last_error FROM prefork.jobs WHERE state = 'failed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(failed.contains("timed out after 500ms"), "{failed}");
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        1
+    );
+}
+
+fn bad_input(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    ok(ctx, &["enqueue", "a"]);
+    ok(ctx, &["enqueue", "b"]);
+    let refused = |args: &[&str], code: i32, says: &str| {
+        let out = run(ctx, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    refused(&["jobs", "show", "99"], 1, "no job 99");
+    refused(
+        &["jobs", "retry", "1"],
+        1,
+        "job 1 is queued, not failed or cancelled",
+    );
+    refused(
+        &["jobs", "cancel", "2", "99"],
+        1,
+        "no job 99; nothing was changed",
+    );
+    refused(&["jobs", "cancel"], 2, "required");
+    refused(&["jobs", "list", "--state", "lost"], 2, "invalid value");
+    refused(&["enqueue", "x", "--priority", "-1"], 2, "-1 is not in 0");
+    refused(
+        &["enqueue", "x", "--in", "5m", "--run-at", "2030-01-01"],
+        2,
+        "cannot be used",
+    );
+    refused(&["enqueue", "x", "--queue", "a,b"], 2, "one queue here");
+    refused(&["--queue", "a,a", "--sql", "SELECT $1"], 2, "named twice");
+    // Nothing changed.
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'queued'"
+        ),
+        2
+    );
+}
