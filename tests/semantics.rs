@@ -32,6 +32,7 @@ fn main() {
                 urgent_overtakes,
             ),
             ("retry_queues_failed_jobs_again", retry),
+            ("a_schedule_ticks_once_per_tick_with_two_masters", schedules),
             ("a_jobs_own_timeout_stops_it_alone", own_timeout),
             (
                 "jobs_commands_refuse_bad_input_and_change_nothing",
@@ -321,6 +322,53 @@ fn retry(ctx: &mut Ctx) {
     );
 }
 
+/// Two masters fire a schedule of every second: one job per tick, never
+/// two; ticks missed while no fleet ran are fired once, late.
+fn schedules(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let out = ok(
+        ctx,
+        &["schedule", "add", "tick", "--cron", "* * * * * *", "hello"],
+    );
+    assert!(out.starts_with("schedule \"tick\" added"), "{out}");
+    let fleet = ["--procs", "1", "--sql", "SELECT $1"];
+    let mut a = Master::start(&ctx.url, &fleet);
+    let mut b = Master::start(&ctx.url, &fleet);
+    std::thread::sleep(Duration::from_secs(6));
+    for m in [&mut a, &mut b] {
+        nix::sys::signal::kill(m.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert_eq!(m.wait(Duration::from_secs(30)).0, 0);
+    }
+    let jobs = count(&mut obs, "SELECT count(*) FROM prefork.jobs");
+    let seconds = count(
+        &mut obs,
+        "SELECT count(DISTINCT date_trunc('second', created_at)) FROM prefork.jobs",
+    );
+    assert!((4..=8).contains(&jobs), "{jobs} jobs in 6 s");
+    assert_eq!(jobs, seconds, "two jobs for one tick");
+    // Three seconds with no fleet, then one: the missed ticks make one job.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = jobs;
+    let mut c = Master::start(&ctx.url, &fleet);
+    wait_until("the late tick", Duration::from_secs(10), || {
+        count(&mut obs, "SELECT count(*) FROM prefork.jobs") > before
+    });
+    let late = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE created_at > (SELECT max(created_at) FROM prefork.jobs) - interval '0.5 s'",
+    );
+    assert_eq!(late, 1, "the missed ticks were fired more than once");
+    nix::sys::signal::kill(c.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(c.wait(Duration::from_secs(30)).0, 0);
+    let list = ok(ctx, &["schedule", "list", "--json"]);
+    assert!(
+        list.contains("\"name\":\"tick\"") && list.contains("\"last_job\""),
+        "{list}"
+    );
+    ok(ctx, &["schedule", "remove", "tick"]);
+    assert_eq!(ok(ctx, &["schedule", "list"]).trim(), "no schedules");
+}
+
 fn own_timeout(ctx: &mut Ctx) {
     let mut obs = reset(&ctx.url);
     // No fleet timeout: only the job with its own is stopped.
@@ -392,6 +440,37 @@ fn bad_input(ctx: &mut Ctx) {
     );
     refused(&["enqueue", "x", "--queue", "a,b"], 2, "one queue here");
     refused(&["--queue", "a,a", "--sql", "SELECT $1"], 2, "named twice");
+    refused(
+        &["schedule", "add", "s", "--cron", "* * *", "x"],
+        2,
+        "invalid cron expression",
+    );
+    refused(
+        &["schedule", "add", "s", "--cron", "61 * * * *", "x"],
+        2,
+        "invalid cron expression",
+    );
+    refused(
+        &[
+            "schedule",
+            "add",
+            "s",
+            "--cron",
+            "* * * * *",
+            "--timezone",
+            "Mars/Olympus",
+            "x",
+        ],
+        2,
+        "invalid time zone",
+    );
+    ok(ctx, &["schedule", "add", "s", "--cron", "0 * * * *", "x"]);
+    refused(
+        &["schedule", "add", "s", "--cron", "0 * * * *", "x"],
+        1,
+        "exists",
+    );
+    refused(&["schedule", "remove", "nope"], 1, "no schedule named");
     // Nothing changed.
     assert_eq!(
         count(

@@ -32,6 +32,8 @@ pub struct FleetStats {
     /// Programs of cancelled jobs sent TERM, by process group: when they
     /// get KILL if still there.
     cancelling: std::sync::Mutex<HashMap<Pid, Instant>>,
+    /// When the master next looks for due schedules.
+    next_schedules: std::sync::Mutex<Option<Instant>>,
 }
 
 /// A prefork app that works a job queue.
@@ -782,6 +784,7 @@ impl App for QueueApp {
         let check =
             !programs.is_empty() && due(&self.stats.last_cancel_check, Duration::from_secs(1));
         self.stop_cancelled(&programs, check);
+        self.fire_schedules();
         if !children.is_empty() && due(&self.stats.last_sample, Duration::from_millis(250)) {
             let mut names: Vec<String> = children
                 .iter()
@@ -992,6 +995,42 @@ impl QueueApp {
         }
     }
 }
+
+impl QueueApp {
+    /// In the master: fires the schedules that are due (see `schedule`),
+    /// then sleeps until the next is due, looking again at least every
+    /// [`SCHEDULE_LOOK`] for schedules added meanwhile.
+    fn fire_schedules(&self) {
+        let mut next = self
+            .stats
+            .next_schedules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if next.is_some_and(|at| now < at) {
+            return;
+        }
+        let fired = crate::with_client(|c| super::schedule::fire_due(c, &self.config.schema));
+        let wait = match fired {
+            Ok(fired) => {
+                for (name, job) in &fired.fired {
+                    log::info!("schedule {name:?} queued job {job}");
+                }
+                fired
+                    .next_due
+                    .map_or(SCHEDULE_LOOK, |d| d.min(SCHEDULE_LOOK))
+            }
+            Err(e) => {
+                log::debug!("firing schedules: {e}");
+                SCHEDULE_LOOK
+            }
+        };
+        *next = Some(now + wait);
+    }
+}
+
+/// How often a master looks for schedules added since it last looked.
+const SCHEDULE_LOOK: Duration = Duration::from_secs(5);
 
 /// How long a cancelled job's program has between TERM and KILL.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);

@@ -23,6 +23,7 @@
 //! |---|---|
 //! | `schema` | the schema's name, the queue names it accepts, the migrations |
 //! | [`admin`] | looking at jobs, retrying and cancelling them (`prefork jobs`) |
+//! | [`schedule`] | jobs queued on a cron expression, each tick exactly once |
 //! | `store` | every statement the queue runs |
 //! | `app` | [`QueueApp`]: what each worker thread does, and the master's accounting |
 //! | `idle` | the protocol of a child's idle workers (leader and followers) |
@@ -38,6 +39,7 @@ mod deadline;
 mod exec;
 mod idle;
 mod prefetch;
+pub mod schedule;
 mod schema;
 mod store;
 

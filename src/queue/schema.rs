@@ -966,6 +966,23 @@ const MIGRATIONS: &[&str] = &[
          SELECT e.job_id FROM {s}.enqueue_job(p_queue, p_payload, p_max_attempts, p_run_at,
                                           p_priority, p_unique_key, p_timeout) AS e
      $f$;"#,
+    // 12: schedules: jobs queued on a cron expression by whichever master
+    // runs (see schedule.rs for how each tick fires exactly once).
+    r#"CREATE TABLE {s}.schedules (
+         name text PRIMARY KEY,
+         cron text NOT NULL,
+         timezone text,
+         queue text NOT NULL,
+         payload text NOT NULL,
+         priority int NOT NULL DEFAULT 0 CHECK (priority >= 0),
+         max_attempts int NOT NULL DEFAULT 3,
+         timeout float8,
+         next_at timestamptz NOT NULL,
+         last_at timestamptz,
+         last_job int8,
+         created_at timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE INDEX schedules_next_at ON {s}.schedules (next_at);"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.

@@ -15,6 +15,7 @@ use postgres::types::Type;
 
 mod bench;
 mod jobs;
+mod schedule;
 
 /// Exit status for bad usage (clap's convention).
 const USAGE: u8 = 2;
@@ -43,6 +44,9 @@ enum Command {
     Status(StatusArgs),
     /// List and show jobs; retry failed ones; cancel queued or running ones.
     Jobs(jobs::JobsArgs),
+    /// Queue jobs on a cron expression: add, list, remove schedules (every
+    /// running fleet fires them, each tick once).
+    Schedule(schedule::ScheduleArgs),
     /// Measure the queue on this server: queue jobs in a scratch schema,
     /// drain them with a fleet of the shape given, print jobs/s, CPU per
     /// job, peak backends and latency, and drop the schema.
@@ -229,6 +233,7 @@ fn main() -> ExitCode {
         Some(Command::Enqueue(args)) => enqueue_main(&cli.fleet.db, &args),
         Some(Command::Status(args)) => status_main(&cli.fleet.db, &args),
         Some(Command::Jobs(args)) => jobs::jobs_main(&cli.fleet.db, &args),
+        Some(Command::Schedule(args)) => schedule::schedule_main(&cli.fleet.db, &args),
         Some(Command::Bench(args)) => bench_main(&cli.fleet.db, &args),
         None => fleet_main(cli.fleet, exec),
     };

@@ -1,0 +1,175 @@
+//! `prefork schedule`: jobs queued on a cron expression by whichever fleet
+//! runs.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use fork_safe::queue;
+use fork_safe::queue::schedule::{self, ScheduleError};
+
+use super::{
+    DbArgs, Fail, check_payload, connect, database, needs_database, parse_positive_duration,
+    runtime, schema, usage,
+};
+
+#[derive(Args, Debug)]
+pub(crate) struct ScheduleArgs {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Subcommand, Debug)]
+enum Action {
+    /// Add a schedule: every tick of --cron queues PAYLOAD on --queue.
+    Add {
+        /// The schedule's name.
+        name: String,
+        /// Five fields (minute hour day-of-month month day-of-week) or six
+        /// (seconds first), e.g. "*/5 * * * *" or "0 0 9 * * mon-fri".
+        #[arg(long)]
+        cron: String,
+        /// An IANA time zone, e.g. Europe/Paris [default: UTC].
+        #[arg(long)]
+        timezone: Option<String>,
+        /// The jobs' priority (0, the default, is the most urgent).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(i32).range(0..))]
+        priority: i32,
+        /// The jobs' attempts.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+        max_attempts: i32,
+        /// The jobs' own time limit [default: the fleet's --timeout].
+        #[arg(long, value_parser = parse_positive_duration)]
+        timeout: Option<Duration>,
+        /// The jobs' payload.
+        payload: String,
+    },
+    /// The schedules, by name.
+    List {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a schedule (the jobs it queued stay).
+    Remove {
+        /// The schedule's name.
+        name: String,
+    },
+}
+
+pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail> {
+    let schema = schema(db)?;
+    if let Action::Add {
+        name,
+        cron,
+        timezone,
+        payload,
+        ..
+    } = &args.action
+    {
+        // Bad input is refused before any connection.
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(usage(format!("invalid schedule name {name:?}")));
+        }
+        check_payload(payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
+        schedule::When::parse(cron, timezone.as_deref()).map_err(|e| usage(e.to_string()))?;
+    }
+    let url = needs_database(db, "schedule")?;
+    let database = database(&url)?;
+    fork_safe::set_role("cli");
+    connect([database], &schema)?;
+    match &args.action {
+        Action::Add {
+            name,
+            cron,
+            timezone,
+            priority,
+            max_attempts,
+            timeout,
+            payload,
+        } => {
+            let how = queue::Enqueue {
+                queue: &db.queue,
+                priority: *priority,
+                max_attempts: *max_attempts,
+                timeout: *timeout,
+                ..queue::Enqueue::default()
+            };
+            let next = fork_safe::with_client(|c| {
+                Ok(schedule::add(
+                    c,
+                    &schema,
+                    name,
+                    cron,
+                    timezone.as_deref(),
+                    &how,
+                    payload,
+                ))
+            })
+            .map_err(runtime)?
+            .map_err(refused)?;
+            println!(
+                "schedule {name:?} added: queues on {:?}, next at {}",
+                db.queue,
+                next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
+        }
+        Action::List { json } => {
+            let all = fork_safe::with_client(|c| schedule::list(c, &schema)).map_err(runtime)?;
+            if *json {
+                let rows: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "name": s.name,
+                            "cron": s.cron,
+                            "timezone": s.timezone,
+                            "queue": s.queue,
+                            "payload": s.payload,
+                            "priority": s.priority,
+                            "max_attempts": s.max_attempts,
+                            "timeout": s.timeout,
+                            "next_at": s.next_at.to_rfc3339(),
+                            "last_at": s.last.map(|(at, _)| at.to_rfc3339()),
+                            "last_job": s.last.map(|(_, job)| job),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else if all.is_empty() {
+                println!("no schedules");
+            } else {
+                for s in &all {
+                    let zone = s.timezone.as_deref().unwrap_or("UTC");
+                    let last = s.last.map_or(String::from("never fired"), |(at, job)| {
+                        format!("last {} (job {job})", at.format("%Y-%m-%dT%H:%M:%SZ"))
+                    });
+                    println!(
+                        "{:<20} {:<18} {zone:<14} queue {:?}  next {}  {last}",
+                        s.name,
+                        s.cron,
+                        s.queue,
+                        s.next_at.format("%Y-%m-%dT%H:%M:%SZ")
+                    );
+                }
+            }
+        }
+        Action::Remove { name } => {
+            fork_safe::with_client(|c| Ok(schedule::remove(c, &schema, name)))
+                .map_err(runtime)?
+                .map_err(refused)?;
+            println!("schedule {name:?} removed");
+        }
+    }
+    Ok(())
+}
+
+/// A refused action (a name taken or unknown): exit 1.
+fn refused(e: ScheduleError) -> Fail {
+    match e {
+        ScheduleError::Cron(_) | ScheduleError::TimeZone(_) | ScheduleError::Never(_) => {
+            usage(e.to_string())
+        }
+        _ => runtime(format!("{e}; nothing was changed")),
+    }
+}
