@@ -45,6 +45,7 @@ fn main() {
             ),
             ("strict_refuses_a_fleet_too_big_for_the_server", strict),
             ("quick_start_runs_on_an_embedded_database", quick_start),
+            ("a_hup_while_the_master_starts_waits_for_it", hup_at_startup),
         ],
         &[],
     )
@@ -750,4 +751,35 @@ fn quick_start(_: &mut Ctx) {
         .find_map(|l| l.strip_prefix("prefork: throwaway cluster at "))
         .expect("the cluster's directory is reported");
     assert!(!std::path::Path::new(dir).exists(), "{dir} was not removed");
+}
+
+/// A reload sent while the master still starts up (here: while it queues
+/// a big sample before forking) waits for it, rather than killing it with
+/// HUP's default action.
+fn hup_at_startup(ctx: &mut Ctx) {
+    use nix::sys::signal::{Signal, kill};
+    let mut obs = reset(&ctx.url);
+    let mut master = cli::Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--drain",
+            "--sample",
+            "20000",
+            "--sql",
+            "SELECT $1",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    kill(master.pid(), Signal::SIGHUP).unwrap();
+    let (code, err) = master.wait(std::time::Duration::from_secs(120));
+    assert_eq!(code, 0, "the master died of an early HUP: {err}");
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        20_000
+    );
 }

@@ -35,6 +35,10 @@ fn main() {
             ("a_schedule_ticks_once_per_tick_with_two_masters", schedules),
             ("a_jobs_own_timeout_stops_it_alone", own_timeout),
             (
+                "a_frozen_fleets_jobs_are_rescued_and_its_late_effects_refused",
+                rescue,
+            ),
+            (
                 "jobs_commands_refuse_bad_input_and_change_nothing",
                 bad_input,
             ),
@@ -405,6 +409,109 @@ fn own_timeout(ctx: &mut Ctx) {
             "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
         ),
         1
+    );
+}
+
+/// A whole fleet (master and child) frozen while its statements run on the
+/// server: a second fleet with `--rescue-after 3s` hands its jobs back and
+/// runs them within seconds; when the frozen statements end, their
+/// outcomes are refused and their effects rolled back with them; thawed,
+/// the first fleet runs nothing twice.
+fn rescue(ctx: &mut Ctx) {
+    use nix::sys::signal::{Signal, kill};
+    let mut obs = reset(&ctx.url);
+    obs.client()
+        .batch_execute(
+            "DROP TABLE IF EXISTS slow; CREATE TABLE slow (); INSERT INTO slow DEFAULT VALUES",
+        )
+        .unwrap();
+    let lines: String = (1..=6).map(|i| format!("{i}\n")).collect();
+    cli::enqueue_lines(&ctx.url, &lines, &[]);
+    // While `slow` has a row, a job takes 8 s on the server.
+    let effect = "INSERT INTO effects SELECT $1::int \
+                  FROM pg_sleep(CASE WHEN EXISTS (SELECT FROM slow) THEN 8 ELSE 0 END)";
+    let mut frozen = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--batch",
+            "1",
+            "--sql",
+            effect,
+        ],
+    );
+    wait_until("two statements running", Duration::from_secs(10), || {
+        count(
+            &mut obs,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE state = 'active' AND query LIKE '%run_sql%' AND pid <> pg_backend_pid()",
+        ) == 2
+    });
+    let mut stopped = vec![frozen.pid()];
+    stopped.extend(common::children_of(frozen.pid()));
+    for pid in &stopped {
+        kill(*pid, Signal::SIGSTOP).unwrap();
+    }
+    let froze = std::time::Instant::now();
+    obs.client().batch_execute("DELETE FROM slow").unwrap();
+    let mut rescuer = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--rescue-after",
+            "3s",
+            "--sql",
+            effect,
+        ],
+    );
+    wait_until(
+        "the frozen fleet's jobs run again",
+        Duration::from_secs(15),
+        || count(&mut obs, "SELECT count(DISTINCT v) FROM effects") == 6,
+    );
+    println!(
+        "    the frozen fleet's jobs done again {:.1?} after the freeze",
+        froze.elapsed()
+    );
+    // The frozen statements end on the server (8 s): their outcomes are
+    // refused, and their effects rolled back with them.
+    std::thread::sleep(
+        Duration::from_secs(8).saturating_sub(froze.elapsed()) + Duration::from_secs(1),
+    );
+    for pid in &stopped {
+        kill(*pid, Signal::SIGCONT).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for m in [&mut frozen, &mut rescuer] {
+        kill(m.pid(), Signal::SIGTERM).unwrap();
+        assert_eq!(m.wait(Duration::from_secs(30)).0, 0);
+    }
+    assert_eq!(
+        count(&mut obs, "SELECT count(*) FROM effects"),
+        6,
+        "an effect ran twice"
+    );
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        6
+    );
+    let interrupted = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE errors::text LIKE '%interrupted%'",
+    );
+    // The two running, and any the child had claimed ahead.
+    assert!(
+        (2..=6).contains(&interrupted),
+        "the rescued attempts are recorded: {interrupted}"
     );
 }
 

@@ -85,5 +85,6 @@ pub use builder::{ConnectionBounds, Prefork};
 pub use error::PreforkError;
 pub use program::Program;
 pub(crate) use program::kill_grace;
+pub use signals::hold_signals;
 pub(crate) use supervise::list;
 pub use worker::{Wake, Waker, Worker};

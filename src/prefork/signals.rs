@@ -120,6 +120,29 @@ impl Signals {
     }
 }
 
+/// Blocks, in the calling thread (and the threads it starts later), the
+/// master's signals whose default action would end or stop the process
+/// (HUP, TTIN, TTOU, USR1), so that one arriving before
+/// [`Prefork::run`](super::Prefork::run) (while the program connects and
+/// migrates, say, or while a deploy tool already sends its first reload)
+/// waits, pending, for the master to read it, instead of killing the
+/// process. TERM, INT and QUIT keep their default action until then: a
+/// program stuck starting up can still be stopped.
+///
+/// # Errors
+///
+/// The system's error from `pthread_sigmask`.
+pub fn hold_signals() -> io::Result<()> {
+    set_of(&[
+        Signal::SIGHUP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGUSR1,
+    ])
+    .thread_block()?;
+    Ok(())
+}
+
 /// The signals a child keeps blocked and reads from its own signalfd.
 pub(crate) fn child_mask() -> SigSet {
     set_of(&[Signal::SIGTERM, Signal::SIGQUIT])

@@ -34,6 +34,8 @@ pub struct FleetStats {
     cancelling: std::sync::Mutex<HashMap<Pid, Instant>>,
     /// When the master next looks for due schedules.
     next_schedules: std::sync::Mutex<Option<Instant>>,
+    /// The children last recorded with the heartbeat.
+    recorded: std::sync::Mutex<Vec<Pid>>,
 }
 
 /// A prefork app that works a job queue.
@@ -802,7 +804,16 @@ impl App for QueueApp {
                 self.stats.peak_backends.fetch_max(n, Ordering::Relaxed);
             }
         }
-        if due(&self.stats.last_record, Duration::from_secs(1)) {
+        // The heartbeat, with the children: every second, and at once when
+        // a child is new, so that its jobs can be rescued with it.
+        let pids: Vec<Pid> = children.iter().map(|c| c.pid).collect();
+        let changed = *self
+            .stats
+            .recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            != pids;
+        if due(&self.stats.last_record, Duration::from_secs(1)) || changed {
             let rows: Vec<(i32, f64, i64)> = children
                 .iter()
                 .map(|c| {
@@ -825,6 +836,15 @@ impl App for QueueApp {
                 )
             }) {
                 log::debug!("recording the children: {e}");
+            } else {
+                *self
+                    .stats
+                    .recorded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = pids;
+            }
+            if let Some(after) = c.rescue_after {
+                self.rescue(after, master);
             }
         }
     }
@@ -1026,6 +1046,32 @@ impl QueueApp {
             }
         };
         *next = Some(now + wait);
+    }
+}
+
+impl QueueApp {
+    /// In the master: hands back the running jobs of masters taken for
+    /// dead (see [`store::rescue`] for the rules).
+    fn rescue(&self, after: Duration, master: Pid) {
+        let c = &self.config;
+        match crate::with_client(|client| {
+            store::rescue(client, &c.schema, after, &hostname(), master.as_raw())
+        }) {
+            Ok(rescued) => {
+                for r in rescued {
+                    if r.released.is_empty() {
+                        log::info!("master {} stopped heartbeating; it held no jobs", r.master);
+                    } else {
+                        log::warn!(
+                            "master {} stopped heartbeating for {after:?}: {} of its children",
+                            r.master,
+                            r.released
+                        );
+                    }
+                }
+            }
+            Err(e) => log::debug!("looking for dead masters: {e}"),
+        }
     }
 }
 

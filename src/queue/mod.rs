@@ -134,6 +134,11 @@ pub struct QueueConfig {
     /// server a third less per job), a failed one is kept to be looked at
     /// (delete it by hand). Default: `None`.
     pub keep_finished: Option<Duration>,
+    /// How long a master's heartbeat (every second, from its loop) may be
+    /// missing before another master takes it for dead and hands its
+    /// children's running jobs back (attempt counted); `None`: only the
+    /// lease brings them back. Default: 15 seconds.
+    pub rescue_after: Option<Duration>,
 }
 
 impl QueueConfig {
@@ -156,6 +161,7 @@ impl Default for QueueConfig {
             poll: Duration::from_secs(1),
             listen: None,
             keep_finished: None,
+            rescue_after: Some(Duration::from_secs(15)),
         }
     }
 }

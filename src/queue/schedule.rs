@@ -274,6 +274,7 @@ pub struct Fired {
 pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres::Error> {
     let s = schema.name();
     let mut tx = client.transaction()?;
+    tx.batch_execute(super::store::MASTER_TX)?;
     let now: DateTime<Utc> = tx.query_one("SELECT now()", &[])?.get(0);
     let due = tx.query(
         &format!(

@@ -773,8 +773,9 @@ pub struct ChildRow {
     pub jobs: i64,
 }
 
-/// Records the children of the master `master_pid` on `host`, and forgets
-/// its children that are gone. `rows` are (pid, start time in seconds since
+/// Records the heartbeat of the master `master_pid` on `host` and its
+/// children, and forgets its children that are gone, in one transaction
+/// (so a master's heartbeat always comes with the children it had). `rows` are (pid, start time in seconds since
 /// the epoch, jobs done); `queues` are the queues they work, comma
 /// separated.
 pub(crate) fn record_children(
@@ -790,6 +791,22 @@ pub(crate) fn record_children(
     let since: Vec<f64> = rows.iter().map(|r| r.1).collect();
     let jobs: Vec<i64> = rows.iter().map(|r| r.2).collect();
     let mut tx = client.transaction()?;
+    // A master frozen inside this transaction would hold its heartbeat
+    // row locked, which no rescuer could then take: the server ends such a
+    // session after a moment.
+    tx.batch_execute(MASTER_TX)?;
+    tx.execute_typed(
+        &format!(
+            "INSERT INTO {s}.masters (host, pid, queues) VALUES ($1, $2, $3)
+             ON CONFLICT (host, pid) DO UPDATE
+             SET heartbeat_at = now(), queues = EXCLUDED.queues"
+        ),
+        &[
+            (&host, Type::TEXT),
+            (&master_pid, Type::INT4),
+            (&queues, Type::TEXT),
+        ],
+    )?;
     tx.execute_typed(
         &format!("DELETE FROM {s}.children WHERE host = $1 AND master_pid = $2 AND pid <> ALL($3)"),
         &[
@@ -819,6 +836,85 @@ pub(crate) fn record_children(
     }
     tx.commit()
 }
+
+/// A master taken for dead by [`rescue`], and what was done with its
+/// children's running jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rescued {
+    /// `host:pid` of the master.
+    pub(crate) master: String,
+    /// Its children's jobs handed back.
+    pub(crate) released: Released,
+}
+
+/// Hands back the running jobs of the children of every master (other than
+/// `me` on `host`) whose heartbeat is older than `after`: frozen or dead
+/// hosts' jobs run again within seconds rather than at lease expiry.
+///
+/// The rules: a master heartbeats every second from its loop, whatever its
+/// jobs do, so a master is taken for dead only when its loop stopped (the
+/// host froze, died or lost the database) for `after`; a master merely
+/// slow to finish jobs keeps them. A master taken for dead that wakes up
+/// loses nothing it has not already lost: its late outcomes are refused
+/// (the claim's owner and attempt no longer match), and with them the
+/// `--sql` effects committed in the same transaction. Each dead master is
+/// rescued once: its row is deleted by exactly one of the masters looking.
+pub(crate) fn rescue(
+    client: &mut Client,
+    schema: &Schema,
+    after: Duration,
+    host: &str,
+    me: i32,
+) -> Result<Vec<Rescued>, postgres::Error> {
+    let s = schema.name();
+    // A row locked is a master recording its heartbeat right now (or one
+    // frozen while it did, whose session the server ends soon): skipped,
+    // so that this master's loop never waits on it.
+    let dead = client.query_typed(
+        &format!(
+            "DELETE FROM {s}.masters AS m USING (
+                 SELECT host, pid FROM {s}.masters
+                 WHERE heartbeat_at < now() - make_interval(secs => $1)
+                   AND NOT (host = $2 AND pid = $3)
+                 FOR UPDATE SKIP LOCKED
+             ) AS d
+             WHERE m.host = d.host AND m.pid = d.pid
+             RETURNING m.host, m.pid"
+        ),
+        &[
+            (&after.as_secs_f64(), Type::FLOAT8),
+            (&host, Type::TEXT),
+            (&me, Type::INT4),
+        ],
+    )?;
+    let mut rescued = Vec::new();
+    for row in &dead {
+        let (host, pid): (String, i32) = (row.get(0), row.get(1));
+        let children: Vec<String> = client
+            .query_typed(
+                &format!(
+                    "DELETE FROM {s}.children WHERE host = $1 AND master_pid = $2 RETURNING pid"
+                ),
+                &[(&host, Type::TEXT), (&pid, Type::INT4)],
+            )?
+            .iter()
+            .map(|r| format!("{host}:{}", r.get::<_, i32>(0)))
+            .collect();
+        let released = release(client, schema, Release::Processes(&children))?;
+        rescued.push(Rescued {
+            master: format!("{host}:{pid}"),
+            released,
+        });
+    }
+    Ok(rescued)
+}
+
+/// Set first in a master's transactions: a master frozen (a host stopped,
+/// a VM paused) between two statements of one would hold its row locks
+/// indefinitely; the server ends the session instead once it sits idle in
+/// the transaction this long. `SET LOCAL`, so it holds behind PgBouncer in
+/// transaction mode, and ends with the transaction.
+pub(crate) const MASTER_TX: &str = "SET LOCAL idle_in_transaction_session_timeout = '2s'";
 
 /// Children working `queue` (among others, perhaps) whose master recorded
 /// them in the last 10 seconds.

@@ -152,6 +152,11 @@ struct FleetArgs {
     /// mode [default: the database URL].
     #[arg(long, env = "PREFORK_LISTEN_URL", hide_env_values = true)]
     listen_url: Option<String>,
+    /// How long a master's heartbeat (every second) may be missing before
+    /// another master takes it for dead and hands its children's running
+    /// jobs back: a duration, or "forever" to leave them to --lease.
+    #[arg(long, env = "PREFORK_RESCUE_AFTER", default_value = "15s", value_parser = parse_limit)]
+    rescue_after: Limit,
     /// How long a claim holds before a dead host's jobs are taken over.
     #[arg(long, env = "PREFORK_LEASE", default_value = "300s", value_parser = parse_duration)]
     lease: Duration,
@@ -669,6 +674,9 @@ fn timeout(args: &FleetArgs) -> Option<Duration> {
 }
 
 fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
+    // A reload or a scaling signal sent while the master still starts up
+    // waits for it.
+    fork_safe::prefork::hold_signals().map_err(runtime)?;
     let queues = queues(&args.db)?;
     let schema = Schema::new(&args.db.schema).map_err(usage)?;
     let handler = match (&args.sql, exec) {
@@ -757,6 +765,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         listen: listen_alias,
         poll: args.poll,
         keep_finished: args.keep_finished.0,
+        rescue_after: args.rescue_after.0,
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
