@@ -60,8 +60,13 @@ fn fleet(url: &str, procs: u32, threads: u32, drain: bool) -> std::process::Chil
     if drain {
         args.push("--drain");
     }
+    prefork(url, &args)
+}
+
+/// `prefork ARGS` on `url`, quiet.
+fn prefork(url: &str, args: &[&str]) -> std::process::Child {
     Command::new(BIN)
-        .args(&args)
+        .args(args)
         .env("DATABASE_URL", url)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -157,16 +162,7 @@ fn rescue_once(url: &str) -> f64 {
     use nix::unistd::Pid;
     reset(url);
     enqueue(1);
-    let start = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let start = |args: &[&str]| prefork(url, args);
     let mut c = client(url);
     let state = |c: &mut postgres::Client| -> String {
         c.query_one("SELECT state FROM prefork.jobs", &[])

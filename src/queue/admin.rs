@@ -227,29 +227,14 @@ pub fn retry(
 ) -> Result<Vec<i64>, JobsError> {
     let s = schema.name();
     let mut tx = client.transaction()?;
-    let ids: Vec<i64> = match which {
-        Which::Ids(ids) => {
-            check(
-                &mut tx,
-                schema,
-                ids,
-                &["failed", "cancelled"],
-                "failed or cancelled",
-            )?;
-            ids.to_vec()
-        }
-        Which::All { queue } => tx
-            .query_typed(
-                &format!(
-                    "SELECT id FROM {s}.jobs_finished
-                     WHERE queue = $1 AND state IN ('failed', 'cancelled') ORDER BY id FOR UPDATE"
-                ),
-                &[(&queue, Type::TEXT)],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
-    };
+    let ids = targets(
+        &mut tx,
+        schema,
+        which,
+        &["failed", "cancelled"],
+        "failed or cancelled",
+        "jobs_finished",
+    )?;
     if let Some(row) = tx.query_typed_opt(
         &format!(
             "SELECT f.id, f.unique_key, l.id FROM {s}.jobs_finished AS f
@@ -317,29 +302,19 @@ pub fn cancel(
 ) -> Result<Cancelled, JobsError> {
     let s = schema.name();
     let mut tx = client.transaction()?;
-    let ids: Vec<i64> = match which {
-        Which::Ids(ids) => {
-            check(
-                &mut tx,
-                schema,
-                ids,
-                &["queued", "running"],
-                "queued or running",
-            )?;
-            ids.to_vec()
-        }
-        Which::All { queue } => tx
-            .query_typed(
-                &format!(
-                    "SELECT id FROM {s}.jobs_live WHERE queue = $1 AND state = 'queued'
-                     ORDER BY id FOR UPDATE"
-                ),
-                &[(&queue, Type::TEXT)],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
+    // A whole queue: its queued jobs (running ones are cancelled by id).
+    let states: &[&str] = match which {
+        Which::Ids(_) => &["queued", "running"],
+        Which::All { .. } => &["queued"],
     };
+    let ids = targets(
+        &mut tx,
+        schema,
+        which,
+        states,
+        "queued or running",
+        "jobs_live",
+    )?;
     let cancelled: Vec<i64> = tx
         .query_typed(
             &format!(
@@ -378,6 +353,36 @@ pub fn cancel(
         cancelled,
         stopping,
     })
+}
+
+/// The jobs `which` names, locked: ids each checked to exist and be in one
+/// of `states` (`wanted` says which, for the message); a whole queue, its
+/// jobs in `states` in `table` (where jobs in those states are).
+fn targets(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    which: Which<'_>,
+    states: &[&str],
+    wanted: &'static str,
+    table: &str,
+) -> Result<Vec<i64>, JobsError> {
+    match which {
+        Which::Ids(ids) => {
+            check(tx, schema, ids, states, wanted)?;
+            Ok(ids.to_vec())
+        }
+        Which::All { queue } => {
+            let s = schema.name();
+            let rows = tx.query_typed(
+                &format!(
+                    "SELECT id FROM {s}.{table} WHERE queue = $1 AND state = ANY($2)
+                     ORDER BY id FOR UPDATE"
+                ),
+                &[(&queue, Type::TEXT), (&states, Type::TEXT_ARRAY)],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        }
+    }
 }
 
 /// Locks the jobs `ids` (live ones; finished ones cannot change but by
