@@ -40,6 +40,10 @@ fn main() {
             ("ttin_and_ttou_change_the_fleet_size", scale),
             ("max_requests_recycles_children", max_requests),
             ("timeout_kills_a_child_stuck_in_a_task", stuck),
+            (
+                "a_units_own_limit_kills_a_stuck_child_with_no_fleet_timeout",
+                stuck_own_limit,
+            ),
             ("boot_timeout_kills_a_hung_child", hung_boot),
             ("http_example_serves_through_a_reload", http_example),
             ("max_lifetime_recycles_children", max_lifetime),
@@ -59,6 +63,8 @@ fn env_u64(name: &str) -> Option<u64> {
 struct TestApp {
     task_ms: u64,
     stuck: bool,
+    /// The stuck job's own time limit (`Worker::jobs_within`).
+    stuck_limit: Option<Duration>,
     hang_boot: bool,
     fail_boot: bool,
     /// Start a thread in the master at its first tick, so that its next
@@ -91,7 +97,7 @@ impl App for TestApp {
         let secs = self.task_ms as f64 / 1000.0;
         while !worker.stopping() {
             if self.stuck {
-                worker.job("stuck job", || {
+                worker.jobs_within(1, "stuck job", self.stuck_limit, || {
                     std::thread::sleep(Duration::from_secs(3600))
                 });
             }
@@ -136,6 +142,7 @@ fn master_main(_url: &str) -> i32 {
     let app = TestApp {
         task_ms: env_u64("PF_TASK_MS").unwrap_or(100),
         stuck: std::env::var("PF_STUCK").is_ok(),
+        stuck_limit: env_u64("PF_STUCK_LIMIT_MS").map(Duration::from_millis),
         hang_boot: std::env::var("PF_HANG_BOOT").is_ok(),
         fail_boot: std::env::var("PF_FAIL_BOOT").is_ok(),
         thread_in_master: std::env::var("PF_THREAD_IN_MASTER").is_ok(),
@@ -652,6 +659,29 @@ fn stuck(ctx: &mut Ctx) {
     );
     let first = fleet.wait_children(1, Duration::from_secs(10));
     fleet.wait_log("stuck in \"stuck job\"", 1, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet.children().first() == first.first() {
+        assert!(Instant::now() < deadline, "stuck child not replaced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fleet.assert_no_zombies();
+    assert_eq!(fleet.quit(), Some(0));
+}
+
+/// A unit of work with a time limit of its own (a job's `--timeout`) is
+/// held to it by the master even when the fleet has none.
+fn stuck_own_limit(ctx: &mut Ctx) {
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "1"),
+            ("PF_THREADS", "1"),
+            ("PF_STUCK", "1"),
+            ("PF_STUCK_LIMIT_MS", "300"),
+        ],
+    );
+    let first = fleet.wait_children(1, Duration::from_secs(10));
+    fleet.wait_log("(timeout 300ms); killing", 1, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(5);
     while fleet.children().first() == first.first() {
         assert!(Instant::now() < deadline, "stuck child not replaced");

@@ -35,9 +35,12 @@ struct Slot {
     /// CLOCK_MONOTONIC nanoseconds when the current unit of work began; 0
     /// when idle.
     started: AtomicU64,
-    /// How many `--timeout`s the current unit may take: one per job it
+    /// How many time limits the current unit may take: one per job it
     /// covers, at least one.
     budget: AtomicU32,
+    /// The current unit's own time limit per job, in milliseconds; 0: the
+    /// fleet's `--timeout`.
+    limit_ms: AtomicU64,
     /// Odd while the label is being written (a sequence lock).
     seq: AtomicU32,
     label: [AtomicU8; LABEL],
@@ -53,8 +56,10 @@ pub(crate) struct Busy {
     pub(crate) worker: usize,
     /// How long it has been busy.
     pub(crate) nanos: u64,
-    /// How many timeouts the unit may take.
+    /// How many time limits the unit may take.
     pub(crate) budget: u32,
+    /// The time limit per job it was held to: its own, or the fleet's.
+    pub(crate) limit: Duration,
     pub(crate) label: String,
 }
 
@@ -76,15 +81,23 @@ pub(crate) fn monotonic_nanos() -> u64 {
 }
 
 impl Board {
-    /// Worker `worker` starts a unit of work that may take `budget`
-    /// timeouts (at least one).
-    pub(crate) fn begin(&self, worker: usize, label: &str, budget: u32) {
-        self.begin_at(worker, label, budget, monotonic_nanos());
+    /// Worker `worker` starts a unit of work that may take `budget` time
+    /// limits (at least one), each `limit` (`None`: the fleet's
+    /// `--timeout`).
+    pub(crate) fn begin(&self, worker: usize, label: &str, budget: u32, limit: Option<Duration>) {
+        self.begin_at(worker, label, budget, limit, monotonic_nanos());
     }
 
     /// [`Board::begin`] at a given time, for tests of the master's
     /// decisions with a clock of their own.
-    pub(crate) fn begin_at(&self, worker: usize, label: &str, budget: u32, nanos: u64) {
+    pub(crate) fn begin_at(
+        &self,
+        worker: usize,
+        label: &str,
+        budget: u32,
+        limit: Option<Duration>,
+        nanos: u64,
+    ) {
         let Some(slot) = self.workers.get(worker) else {
             return;
         };
@@ -95,6 +108,8 @@ impl Board {
         }
         slot.seq.fetch_add(1, Ordering::Release);
         slot.budget.store(budget.max(1), Ordering::Relaxed);
+        let limit_ms = limit.map_or(0, |l| (l.as_millis() as u64).max(1));
+        slot.limit_ms.store(limit_ms, Ordering::Relaxed);
         slot.started.store(nanos.max(1), Ordering::Release);
     }
 
@@ -144,21 +159,37 @@ impl Board {
         self.jobs.load(Ordering::Relaxed)
     }
 
-    /// The worker that has been in its current unit of work longest, as of
-    /// `now` (CLOCK_MONOTONIC nanoseconds), if any.
-    pub(crate) fn longest_busy(&self, threads: usize, now: u64) -> Option<Busy> {
-        let (worker, started) = self.workers[..threads.min(MAX_THREADS)]
+    /// A worker stuck in its current unit of work as of `now`
+    /// (CLOCK_MONOTONIC nanoseconds): busy for twice its budget of time
+    /// limits (its unit's own limit, or `fleet`), if any; the longest busy
+    /// of those.
+    pub(crate) fn stuck(&self, threads: usize, now: u64, fleet: Option<Duration>) -> Option<Busy> {
+        self.workers[..threads.min(MAX_THREADS)]
             .iter()
-            .map(|s| s.started.load(Ordering::Acquire))
             .enumerate()
-            .filter(|(_, started)| *started != 0)
-            .min_by_key(|(_, started)| *started)?;
-        Some(Busy {
-            worker,
-            nanos: now.saturating_sub(started),
-            budget: self.workers[worker].budget.load(Ordering::Relaxed).max(1),
-            label: self.label(worker),
-        })
+            .filter_map(|(worker, slot)| {
+                let started = slot.started.load(Ordering::Acquire);
+                if started == 0 {
+                    return None;
+                }
+                let limit = match slot.limit_ms.load(Ordering::Relaxed) {
+                    0 => fleet?,
+                    ms => Duration::from_millis(ms),
+                };
+                let busy = Busy {
+                    worker,
+                    nanos: now.saturating_sub(started),
+                    budget: slot.budget.load(Ordering::Relaxed).max(1),
+                    limit,
+                    label: String::new(),
+                };
+                (busy.elapsed() >= super::builder::stuck_after(limit, busy.budget)).then_some(busy)
+            })
+            .max_by_key(|busy| busy.nanos)
+            .map(|busy| Busy {
+                label: self.label(busy.worker),
+                ..busy
+            })
     }
 
     fn label(&self, worker: usize) -> String {
@@ -230,20 +261,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_the_longest_unit_and_counts_finished_jobs() {
+    fn finds_units_past_twice_their_limits_and_counts_finished_jobs() {
+        const MS: u64 = 1_000_000;
+        let fleet = Some(Duration::from_millis(10));
         let board = SharedBoard::new().unwrap();
-        assert_eq!(board.longest_busy(4, monotonic_nanos()), None);
-        board.begin_at(2, "job 17", 1, 1_000);
-        board.begin_at(1, "jobs 18..25", 8, 2_000);
-        let busy = board.longest_busy(4, 6_000).unwrap();
-        assert_eq!((busy.worker, busy.label.as_str()), (2, "job 17"));
-        assert_eq!((busy.nanos, busy.budget), (5_000, 1));
+        assert_eq!(board.stuck(4, monotonic_nanos(), fleet), None);
+        board.begin_at(2, "job 17", 1, None, 1);
+        board.begin_at(1, "jobs 18..25", 8, None, 1);
+        board.begin_at(3, "job 26", 1, Some(Duration::from_millis(100)), 1);
+        // 25 ms: job 17 is past twice the fleet's 10 ms; the batch has 8 x 2 x 10.
+        let stuck = board.stuck(4, 25 * MS, fleet).unwrap();
+        assert_eq!((stuck.worker, stuck.label.as_str()), (2, "job 17"));
+        assert_eq!((stuck.budget, stuck.limit), (1, Duration::from_millis(10)));
         board.end(2, 1);
-        let busy = board.longest_busy(4, 6_000).unwrap();
-        assert_eq!((busy.worker, busy.budget), (1, 8));
+        assert_eq!(board.stuck(4, 25 * MS, fleet), None);
+        // Job 26 has its own 100 ms: stuck at 200 ms, with or without a
+        // fleet timeout; the batch at 160 ms only with one.
+        assert_eq!(board.stuck(4, 190 * MS, None), None);
+        assert_eq!(board.stuck(4, 190 * MS, fleet).unwrap().worker, 1);
+        assert_eq!(board.stuck(4, 210 * MS, None).unwrap().worker, 3);
         board.end(1, 8);
-        assert_eq!(board.longest_busy(4, 6_000), None);
-        assert_eq!(board.jobs(), 9);
+        board.end(3, 1);
+        assert_eq!(board.stuck(4, 1_000 * MS, fleet), None);
+        assert_eq!(board.jobs(), 10);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use nix::sys::wait::WaitStatus;
 use super::app::{ChildStatus, Report};
 use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
-use super::builder::{Settings, stuck_after};
+use super::builder::Settings;
 use super::error::PreforkError;
 use super::program::kill_grace;
 use crate::Pid;
@@ -441,24 +441,24 @@ impl Fleet {
                     }
                 }
                 None => {
-                    let Some(timeout) = settings.timeout else {
+                    let Some(busy) =
+                        child
+                            .board
+                            .stuck(settings.threads, now.mono, settings.timeout)
+                    else {
                         continue;
                     };
-                    let Some(busy) = child.board.longest_busy(settings.threads, now.mono) else {
-                        continue;
-                    };
-                    if busy.elapsed() >= stuck_after(timeout, busy.budget) {
-                        log::warn!(
-                            "child {} (pid {}) worker {} stuck in {:?} for {:.1?} (timeout {timeout:?}); killing",
-                            child.index,
-                            child.pid,
-                            busy.worker,
-                            busy.label,
-                            busy.elapsed()
-                        );
-                        child.faulted = true;
-                        child.tell(fx, Signal::SIGKILL, now.at);
-                    }
+                    log::warn!(
+                        "child {} (pid {}) worker {} stuck in {:?} for {:.1?} (timeout {:?}); killing",
+                        child.index,
+                        child.pid,
+                        busy.worker,
+                        busy.label,
+                        busy.elapsed(),
+                        busy.limit
+                    );
+                    child.faulted = true;
+                    child.tell(fx, Signal::SIGKILL, now.at);
                 }
             }
         }
@@ -894,7 +894,9 @@ mod tests {
         // Child 1's worker 1 starts a batch of 3 jobs: it may take 3
         // timeouts, and the master kills it at twice that.
         let start = clock.now().mono;
-        fleet.children[0].board.begin_at(1, "jobs 1..3", 3, start);
+        fleet.children[0]
+            .board
+            .begin_at(1, "jobs 1..3", 3, None, start);
         fleet.turn(clock.advance(Duration::from_millis(5999)), &mut fx);
         assert!(fx.take().is_empty());
         fleet.turn(clock.advance(Duration::from_millis(1)), &mut fx);

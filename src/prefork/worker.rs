@@ -201,13 +201,27 @@ impl Worker {
     /// [`close_old`](crate::close_old) recycles the thread's connections, as
     /// at the end of a request; this also happens if `f` panics.
     pub fn job<T>(&self, label: &str, f: impl FnOnce() -> T) -> T {
-        self.jobs(1, label, f)
+        self.jobs_within(1, label, None, f)
     }
 
     /// Runs `count` jobs as one unit of work (a batch run in one statement,
     /// whose jobs cannot be told apart while it runs): like [`Worker::job`],
     /// but the unit may take `count` timeouts and counts as `count` jobs.
     pub fn jobs<T>(&self, count: u32, label: &str, f: impl FnOnce() -> T) -> T {
+        self.jobs_within(count, label, None, f)
+    }
+
+    /// [`Worker::jobs`] with a time limit per job of their own, in place of
+    /// [`Prefork::timeout`](super::Prefork::timeout) (`None`: that one):
+    /// the master kills the child if the unit is still running at twice
+    /// `count` such limits.
+    pub fn jobs_within<T>(
+        &self,
+        count: u32,
+        label: &str,
+        limit: Option<Duration>,
+        f: impl FnOnce() -> T,
+    ) -> T {
         struct End<'a>(&'a Worker, u32);
         impl Drop for End<'_> {
             fn drop(&mut self) {
@@ -215,7 +229,7 @@ impl Worker {
                 crate::close_old();
             }
         }
-        self.shared.board.begin(self.index, label, count);
+        self.shared.board.begin(self.index, label, count, limit);
         let _end = End(self, count);
         f()
     }
@@ -254,7 +268,7 @@ impl Worker {
                 self.0.shared.board.end(self.0.index, 0);
             }
         }
-        self.shared.board.begin(self.index, label, 1);
+        self.shared.board.begin(self.index, label, 1, None);
         let _end = End(self);
         f()
     }

@@ -374,7 +374,7 @@ impl QueueApp {
                 .jobs
                 .iter()
                 .map(|j| {
-                    worker.job(&job_label(j.id), || {
+                    worker.jobs_within(1, &job_label(j.id), j.timeout, || {
                         exec::run(worker, argv, self.limit(j), j)
                     })
                 })
@@ -383,7 +383,7 @@ impl QueueApp {
                 .jobs
                 .iter()
                 .map(|j| {
-                    let outcome = worker.job(&job_label(j.id), || {
+                    let outcome = worker.jobs_within(1, &job_label(j.id), j.timeout, || {
                         self.on_deadline(worker, self.limit(j), |client| Ok(f(j, client)))
                     })?;
                     Ok(outcome.unwrap_or_else(|| Err(timed_out(self.limit(j)))))
@@ -475,7 +475,11 @@ impl QueueApp {
             [one] => job_label(one.id),
             many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
         };
-        let ran = worker.jobs(jobs.len() as u32, &label, || {
+        // The master's backstop: the jobs' own limits if they all have one
+        // (the longest), else the fleet's.
+        let own = jobs.iter().map(|j| j.timeout).collect::<Option<Vec<_>>>();
+        let own = own.and_then(|limits| limits.into_iter().max());
+        let ran = worker.jobs_within(jobs.len() as u32, &label, own, || {
             self.on_deadline(worker, self.batch_limit(jobs), |client| {
                 store::run_sql(client, &c.schema, sql, owner, jobs, c.keeps_history())
             })
