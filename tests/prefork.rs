@@ -38,6 +38,10 @@ fn main() {
             ("sigkill_of_the_master_takes_the_fleet_down", master_killed),
             ("hup_replaces_every_child_without_failing_a_task", reload),
             ("ttin_and_ttou_change_the_fleet_size", scale),
+            (
+                "systemd_hears_ready_reloading_stopping_and_the_watchdog",
+                systemd_notify,
+            ),
             ("max_requests_recycles_children", max_requests),
             ("timeout_kills_a_child_stuck_in_a_task", stuck),
             (
@@ -689,6 +693,59 @@ fn stuck_own_limit(ctx: &mut Ctx) {
     }
     fleet.assert_no_zombies();
     assert_eq!(fleet.quit(), Some(0));
+}
+
+/// A fake systemd: the master, with `NOTIFY_SOCKET` and `WATCHDOG_USEC`
+/// set, says READY once its children are up, RELOADING then READY around a
+/// HUP, STOPPING on TERM, and WATCHDOG all along.
+fn systemd_notify(ctx: &mut Ctx) {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("prefork-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "2"),
+            ("PF_THREADS", "1"),
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut heard: Vec<String> = Vec::new();
+    let listen_until = |heard: &mut Vec<String>, want: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = message.lines().any(|l| l == want);
+                heard.push(message);
+                if found {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "no {want} in {heard:?}");
+        }
+    };
+    listen_until(&mut heard, "READY=1", Duration::from_secs(10));
+    assert_eq!(fleet.children().len(), 2, "READY before the children");
+    listen_until(&mut heard, "WATCHDOG=1", Duration::from_secs(2));
+    fleet.signal(Signal::SIGHUP);
+    listen_until(&mut heard, "RELOADING=1", Duration::from_secs(5));
+    listen_until(&mut heard, "READY=1", Duration::from_secs(15));
+    listen_until(&mut heard, "WATCHDOG=1", Duration::from_secs(2));
+    fleet.signal(Signal::SIGTERM);
+    listen_until(&mut heard, "STOPPING=1", Duration::from_secs(5));
+    let status = heard
+        .iter()
+        .any(|m| m.contains("STATUS=2/2 children ready"));
+    assert!(status, "no STATUS line: {heard:?}");
+    assert_eq!(fleet.stop(), Some(0));
+    let _ = std::fs::remove_file(&path);
 }
 
 fn hung_boot(ctx: &mut Ctx) {

@@ -23,6 +23,7 @@ use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
 use super::builder::Settings;
 use super::error::PreforkError;
+use super::notify::Health;
 use super::program::kill_grace;
 use crate::Pid;
 
@@ -637,6 +638,23 @@ impl Fleet {
     }
 
     /// The children's status, for [`App::master_tick`](super::App::master_tick).
+    /// What systemd hears of the fleet (see `notify`): children ready and
+    /// staying (not stopping, not retiring), whether a reload is under way
+    /// (a child still marked for it), whether the fleet stops.
+    pub(super) fn health(&self) -> Health {
+        Health {
+            ready: self
+                .children
+                .iter()
+                .filter(|c| c.stop.is_none() && c.ready_at.is_some() && c.retire.is_none())
+                .count(),
+            target: self.target,
+            reloading: self.children.iter().any(|c| c.retire == Some("reload")),
+            stopping: matches!(self.phase, Phase::Stopping { .. }),
+            jobs: self.children.iter().map(|c| c.board.jobs()).sum(),
+        }
+    }
+
     pub(super) fn statuses(&self) -> Vec<ChildStatus> {
         self.children
             .iter()

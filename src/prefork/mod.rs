@@ -72,6 +72,7 @@ mod builder;
 mod child;
 mod error;
 mod fleet;
+mod notify;
 mod pidfile;
 mod program;
 mod signals;

@@ -82,6 +82,11 @@ pub(super) fn spawn<'w>(command: &mut Command, record: &'w AtomicI32) -> io::Res
             "this worker already runs a program; finish it first",
         ));
     }
+    // systemd's notification socket and watchdog are the master's: a
+    // program must not speak for it (see `notify`).
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        command.env_remove(var);
+    }
     let parent = Pid::this();
     let address = record as *const AtomicI32 as usize;
     // SAFETY: `prepare` runs in the forked process before exec and makes

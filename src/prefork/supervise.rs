@@ -23,6 +23,7 @@ use super::builder::Settings;
 use super::child;
 use super::error::{PreforkError, io_error};
 use super::fleet::{Effects, Fleet, Now, SharedBoardPid, SpawnError};
+use super::notify::Notifier;
 use super::pidfile::Pidfile;
 use super::signals::Signals;
 use super::title;
@@ -58,6 +59,7 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, Pre
         },
         fleet: Fleet::new(settings),
         use_database,
+        notifier: Notifier::from_env(Instant::now()),
     };
     let result = master.supervise();
     if let Some(signals) = master.os.signals.take() {
@@ -74,6 +76,8 @@ struct Master<A: App> {
     fleet: Fleet,
     os: Os<A>,
     use_database: bool,
+    /// systemd's notifications, when it asked for them.
+    notifier: Option<Notifier>,
 }
 
 /// What the fleet's decisions are carried out with.
@@ -98,6 +102,9 @@ impl<A: App> Master<A> {
                 return self.fleet.take_outcome();
             }
             self.fleet.turn(now, &mut self.os);
+            if let Some(notifier) = self.notifier.as_mut() {
+                notifier.update(self.fleet.health(), now.at);
+            }
             self.end_leftovers(now.at);
             self.os.app.master_tick(&self.fleet.statuses());
             self.wait(now.at);
