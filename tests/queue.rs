@@ -61,6 +61,7 @@ fn main() {
             ),
             ("keep_finished_deletes_old_finished_jobs", keep_finished),
             ("sql_enqueue_in_the_application_transaction", sql_enqueue),
+            ("tstp_quiets_the_fleet_and_cont_resumes_it", quiet),
         ],
         &[],
     )
@@ -866,6 +867,47 @@ fn sql_enqueue(ctx: &mut Ctx) {
     }
     assert_eq!(count(&mut obs, "SELECT count(*) FROM prefork.jobs"), 1);
     assert_eq!(count(&mut obs, "SELECT count(*) FROM effects"), 2);
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    drained(&mut master, Duration::from_secs(30));
+}
+
+/// TSTP: the fleet takes no new jobs (the master stays up, the children
+/// stay connected to nothing new); CONT: it takes them again.
+fn quiet(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--poll",
+            "200ms",
+            "--sql",
+            EFFECT,
+        ],
+    );
+    common::wait_until("the children listen", Duration::from_secs(10), || {
+        count(
+            &mut obs,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:child:%'",
+        ) >= 2
+    });
+    kill(master.pid(), Signal::SIGTSTP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    enqueue(ctx, 10);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(master.running(), "TSTP stopped the master itself");
+    assert_eq!(
+        count(&mut obs, "SELECT count(*) FROM effects"),
+        0,
+        "a quiet fleet took jobs"
+    );
+    kill(master.pid(), Signal::SIGCONT).unwrap();
+    common::wait_until("the jobs run after CONT", Duration::from_secs(10), || {
+        count(&mut obs, "SELECT count(*) FROM effects") == 10
+    });
     kill(master.pid(), Signal::SIGTERM).unwrap();
     drained(&mut master, Duration::from_secs(30));
 }

@@ -9,7 +9,7 @@
 use std::io;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
@@ -27,6 +27,8 @@ pub(crate) struct Board {
     pub(crate) jobs: AtomicU64,
     /// Connections open in the child, refreshed by its main thread.
     pub(crate) open_connections: AtomicU32,
+    /// The fleet is quiet (TSTP): take no new work, finish what is in hand.
+    pub(crate) quiet: AtomicBool,
     workers: [Slot; MAX_THREADS],
 }
 

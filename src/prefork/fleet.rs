@@ -51,8 +51,9 @@ impl Now {
 
 /// What the fleet asks of the system.
 pub(super) trait Effects {
-    /// Forks a child for slot `index`.
-    fn spawn(&mut self, index: usize) -> Result<SharedBoardPid, SpawnError>;
+    /// Forks a child for slot `index`, its scoreboard saying whether the
+    /// fleet is `quiet` from its first instruction.
+    fn spawn(&mut self, index: usize, quiet: bool) -> Result<SharedBoardPid, SpawnError>;
     /// Sends `signal` to the child `pid`.
     fn signal(&mut self, pid: Pid, signal: Signal);
     /// The child's resident memory in bytes.
@@ -161,6 +162,8 @@ pub(super) struct Fleet {
     slots: Vec<Slot>,
     target: usize,
     phase: Phase,
+    /// Quiet (TSTP): children take no new work until CONT.
+    quiet: bool,
     /// Children that died abruptly, whose backends must be ended, and since
     /// when.
     leftovers: Vec<(Pid, Instant)>,
@@ -176,6 +179,7 @@ impl Fleet {
             children: Vec::new(),
             slots: Vec::new(),
             phase: Phase::Running,
+            quiet: false,
             leftovers: Vec::new(),
             outcome: Ok(()),
             report: Report::default(),
@@ -362,7 +366,27 @@ impl Fleet {
                 log::info!("SIGTTOU: {} children", self.target);
             }
             Signal::SIGUSR1 => self.log_status(now),
+            Signal::SIGTSTP if matches!(self.phase, Phase::Running) && !self.quiet => {
+                log::info!("SIGTSTP: quiet: children finish what they hold and take no new jobs");
+                self.set_quiet(true);
+            }
+            Signal::SIGCONT if self.quiet => {
+                log::info!("SIGCONT: taking jobs again");
+                self.set_quiet(false);
+            }
             _ => {}
+        }
+    }
+
+    /// Quiet (TSTP) or not: every child's scoreboard says it, and children
+    /// started meanwhile are born knowing it.
+    fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+        for child in &self.children {
+            child
+                .board
+                .quiet
+                .store(quiet, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -563,7 +587,7 @@ impl Fleet {
         now: Instant,
         fx: &mut impl Effects,
     ) -> Result<(), PreforkError> {
-        let (pid, board) = match fx.spawn(index) {
+        let (pid, board) = match fx.spawn(index, self.quiet) {
             Ok(spawned) => spawned,
             Err(SpawnError::Retry(e)) => {
                 log::error!("fork failed: {e}; retrying child {index} in 1 s");
@@ -643,6 +667,7 @@ impl Fleet {
     /// (a child still marked for it), whether the fleet stops.
     pub(super) fn health(&self) -> Health {
         Health {
+            quiet: self.quiet,
             ready: self
                 .children
                 .iter()
@@ -727,7 +752,7 @@ mod tests {
     }
 
     impl Effects for Fake {
-        fn spawn(&mut self, index: usize) -> Result<SharedBoardPid, SpawnError> {
+        fn spawn(&mut self, index: usize, _quiet: bool) -> Result<SharedBoardPid, SpawnError> {
             if self.refuse > 0 {
                 self.refuse -= 1;
                 self.log.push(format!("refused {index}"));

@@ -41,6 +41,8 @@ pub(crate) struct Health {
     pub(crate) reloading: bool,
     /// The fleet is stopping.
     pub(crate) stopping: bool,
+    /// The fleet is quiet (TSTP): it takes no new jobs.
+    pub(crate) quiet: bool,
     /// Jobs finished by the live children.
     pub(crate) jobs: u64,
 }
@@ -158,10 +160,11 @@ impl Notifier {
     }
 }
 
-/// `STATUS=4/4 children ready, 1234 jobs done`.
+/// `STATUS=4/4 children ready, 1234 jobs done` (and `, quiet`).
 fn status(health: Health) -> String {
+    let quiet = if health.quiet { ", quiet" } else { "" };
     format!(
-        "STATUS={}/{} children ready, {} jobs done",
+        "STATUS={}/{} children ready, {} jobs done{quiet}",
         health.ready, health.target, health.jobs
     )
 }

@@ -21,7 +21,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signa
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// The signals the master handles.
-pub(crate) const HANDLED: [Signal; 8] = [
+pub(crate) const HANDLED: [Signal; 10] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -30,6 +30,8 @@ pub(crate) const HANDLED: [Signal; 8] = [
     Signal::SIGTTOU,
     Signal::SIGUSR1,
     Signal::SIGCHLD,
+    Signal::SIGTSTP,
+    Signal::SIGCONT,
 ];
 
 fn set_of(signals: &[Signal]) -> SigSet {

@@ -224,7 +224,7 @@ impl<A: App> Master<A> {
 }
 
 impl<A: App> Effects for Os<A> {
-    fn spawn(&mut self, index: usize) -> Result<SharedBoardPid, SpawnError> {
+    fn spawn(&mut self, index: usize, quiet: bool) -> Result<SharedBoardPid, SpawnError> {
         let retry = |context: &str| {
             let context = context.to_owned();
             move |e: Errno| SpawnError::Retry(std::io::Error::other(format!("{context}: {e}")))
@@ -232,6 +232,10 @@ impl<A: App> Effects for Os<A> {
         let board = SharedBoard::new().map_err(|e| {
             SpawnError::Retry(std::io::Error::other(format!("mapping a scoreboard: {e}")))
         })?;
+        // Before the fork: a child of a quiet fleet never sees it otherwise.
+        board
+            .quiet
+            .store(quiet, std::sync::atomic::Ordering::Release);
         let (ready_read, ready_write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(retry("creating a ready pipe"))?;
         let master = Pid::this();

@@ -148,6 +148,12 @@ impl Worker {
         self.shared.stopping.load(Ordering::Acquire)
     }
 
+    /// Whether the fleet is quiet (the master got TSTP): take no new work,
+    /// finish what is in hand; until CONT.
+    pub fn quiet(&self) -> bool {
+        self.shared.board.quiet.load(Ordering::Acquire)
+    }
+
     /// A [`Waker`] for this worker's child.
     pub fn waker(&self) -> Waker {
         Waker(self.shared.clone())

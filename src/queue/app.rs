@@ -153,6 +153,7 @@ impl QueueApp {
             Some(batch) => batch,
             None => match self.state().prefetch.take(c.batch as usize) {
                 Take::Batch(batch, None) => batch,
+                Take::Batch(batch, Some(_)) if worker.quiet() => batch,
                 Take::Batch(batch, Some(ahead)) => {
                     // Claim ahead first, while the other workers still
                     // have jobs; this batch waits a round trip.
@@ -163,6 +164,9 @@ impl QueueApp {
                     batch
                 }
                 Take::Empty => return Ok(0),
+                // Quiet: what the local queue holds is run, nothing more
+                // is claimed (dropping the turn ends it like an empty claim).
+                Take::Claim(_) if worker.quiet() => return Ok(0),
                 Take::Claim(claiming) => match self.claim(worker, claiming, c.batch as usize)? {
                     Some(mine) => mine,
                     None => return Ok(0),
@@ -647,20 +651,23 @@ impl QueueApp {
             // Work queued before we listened.
             let mut look = true;
             while !worker.stopping() {
-                if look {
+                let quiet = worker.quiet();
+                if look && !quiet {
                     let (owner, jobs, _) =
                         worker.watched("claim", || self.claim_on(client, worker))?;
                     if !jobs.is_empty() {
                         return Ok(Some(self.bring_in(&owner, jobs, c.batch as usize, None)));
                     }
                 }
-                look = {
+                let notified = {
                     let mut notifications = client.notifications();
                     let notified = notifications.timeout_iter(SLICE).next()?.is_some();
                     // One claim answers any number of notifications.
                     while notifications.iter().next()?.is_some() {}
                     notified
                 };
+                // While quiet, what there was to look at still is.
+                look = notified || (look && quiet);
                 if let Some(probe) = self.housekeeping(client)? {
                     look |= probe.runnable;
                     self.stop_if_drained(client)?;
