@@ -78,6 +78,35 @@ pub(crate) fn fd_inode(fd: i32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// OOM kills counted in this process's memory cgroup and those below it:
+/// `oom_kill` in cgroup v2's `memory.events`, or in cgroup v1's
+/// `memory.oom_control`; `None` where neither can be read.
+pub(crate) fn cgroup_oom_kills() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let oom_kill = |file: String| -> Option<u64> {
+        std::fs::read_to_string(file)
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    // Lines are `id:controllers:path`: `0::path` for v2, `n:memory:path`
+    // for v1's memory controller.
+    cgroups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        match controllers {
+            "" => oom_kill(format!("/sys/fs/cgroup{path}/memory.events")),
+            c if c.split(',').any(|c| c == "memory") => {
+                oom_kill(format!("/sys/fs/cgroup/memory{path}/memory.oom_control"))
+            }
+            _ => None,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

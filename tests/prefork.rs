@@ -441,6 +441,11 @@ fn kill_child(ctx: &mut Ctx) {
         "the dead child's backend was ended"
     );
     fleet.wait_log("left by dead children", 1, Duration::from_secs(10));
+    fleet.wait_log(
+        "reason: signal (killed by SIGKILL)",
+        1,
+        Duration::from_secs(10),
+    );
     assert_eq!(fleet.quit(), Some(0));
 }
 
@@ -642,6 +647,7 @@ fn max_requests(ctx: &mut Ctx) {
     let first = fleet.wait_children(2, Duration::from_secs(10));
     fleet.wait_log("will be recycled: max requests", 2, Duration::from_secs(15));
     fleet.wait_log("replaced (max requests)", 2, Duration::from_secs(15));
+    fleet.wait_log("reason: recycled_requests", 2, Duration::from_secs(15));
     let later = fleet.children();
     assert!(
         later.iter().any(|pid| !first.contains(pid)),
@@ -663,6 +669,7 @@ fn stuck(ctx: &mut Ctx) {
     );
     let first = fleet.wait_children(1, Duration::from_secs(10));
     fleet.wait_log("stuck in \"stuck job\"", 1, Duration::from_secs(10));
+    fleet.wait_log("reason: stuck", 1, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(5);
     while fleet.children().first() == first.first() {
         assert!(Instant::now() < deadline, "stuck child not replaced");
@@ -759,6 +766,7 @@ fn hung_boot(ctx: &mut Ctx) {
     );
     let first = fleet.wait_children(1, Duration::from_secs(10));
     fleet.wait_log("boot timeout", 1, Duration::from_secs(10));
+    fleet.wait_log("reason: boot_timeout", 1, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(5);
     while fleet.children().first() == first.first() {
         assert!(Instant::now() < deadline, "hung child not replaced");

@@ -93,6 +93,8 @@ pub struct Report {
     /// Children that died without being asked to stop (killed, crashed,
     /// stuck or hung at boot) and were replaced.
     pub restarts: u64,
+    /// Every child's exit, counted by reason ([`ExitReason::label`](super::ExitReason::label)).
+    pub exits: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// About the child an [`App::init_child`] runs in.

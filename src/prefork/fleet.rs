@@ -23,6 +23,7 @@ use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
 use super::builder::Settings;
 use super::error::PreforkError;
+use super::exit::ExitReason;
 use super::notify::Health;
 use super::program::kill_grace;
 use crate::Pid;
@@ -61,6 +62,9 @@ pub(super) trait Effects {
     /// Sends `signal` to a process group a child's worker runs (a
     /// program).
     fn signal_group(&mut self, group: Pid, signal: Signal);
+    /// OOM kills the kernel counted in the master's cgroup (and those
+    /// below it), if it can tell.
+    fn oom_kills(&mut self) -> Option<u64>;
 }
 
 /// A new child: its pid and its scoreboard.
@@ -85,6 +89,8 @@ struct Child {
     stop: Option<Stop>,
     /// Why it should be replaced, if it should.
     retire: Option<&'static str>,
+    /// Why the master itself ends it, once it decided to.
+    why: Option<ExitReason>,
     /// The retiring child this one replaces, until it is ready.
     replaces: Option<Pid>,
     /// Killed for a fault (boot timeout, stuck job): its death counts.
@@ -164,6 +170,9 @@ pub(super) struct Fleet {
     phase: Phase,
     /// Quiet (TSTP): children take no new work until CONT.
     quiet: bool,
+    /// The cgroup's OOM kill count when last read (outer `None`: not yet
+    /// read; inner: unreadable).
+    oom_seen: Option<Option<u64>>,
     /// Children that died abruptly, whose backends must be ended, and since
     /// when.
     leftovers: Vec<(Pid, Instant)>,
@@ -180,6 +189,7 @@ impl Fleet {
             slots: Vec::new(),
             phase: Phase::Running,
             quiet: false,
+            oom_seen: None,
             leftovers: Vec::new(),
             outcome: Ok(()),
             report: Report::default(),
@@ -199,6 +209,9 @@ impl Fleet {
     /// One turn of the rules: deadlines, then (while running) recycling
     /// and the fleet's shape.
     pub(super) fn turn(&mut self, now: Now, fx: &mut impl Effects) {
+        if self.oom_seen.is_none() {
+            self.oom_seen = Some(fx.oom_kills());
+        }
         self.check_deadlines(now, fx);
         if let Phase::Running = self.phase {
             self.check_recycling(now, fx);
@@ -248,6 +261,15 @@ impl Fleet {
         let how = describe(&status);
         let lifetime = now.saturating_duration_since(child.born);
         let requested = child.stop.is_some() && !child.faulted;
+        let reason = match (&child.why, child.retire) {
+            (Some(why), _) => why.clone(),
+            (None, Some(retire)) if requested => retired(retire),
+            _ => {
+                let killed = matches!(status, WaitStatus::Signaled(_, Signal::SIGKILL, _));
+                ExitReason::of_status(&status, killed && self.oom_killed(fx))
+            }
+        };
+        *self.report.exits.entry(reason.label()).or_default() += 1;
         // Only a clean exit after a graceful stop means the child closed its
         // connections; after anything else a backend may still be busy (a
         // killed child's socket closes, but the server notices only when
@@ -257,16 +279,18 @@ impl Fleet {
         }
         if requested {
             log::info!(
-                "child {} (pid {}) stopped: {how} after {lifetime:.1?}",
+                "child {} (pid {}) stopped: {how} after {lifetime:.1?}; reason: {} ({reason})",
                 child.index,
-                child.pid
+                child.pid,
+                reason.label()
             );
             return true;
         }
         log::warn!(
-            "child {} (pid {}) died: {how} after {lifetime:.1?}",
+            "child {} (pid {}) died: {how} after {lifetime:.1?}; reason: {} ({reason})",
             child.index,
-            child.pid
+            child.pid,
+            reason.label()
         );
         self.report.restarts += 1;
         let Some(slot) = self.slots.get_mut(child.index - 1) else {
@@ -378,6 +402,16 @@ impl Fleet {
         }
     }
 
+    /// Whether the kernel's OOM killer struck since the master last looked
+    /// (the cgroup's count went up). Read at the first turn, then at each
+    /// SIGKILL death nobody in the fleet asked for.
+    fn oom_killed(&mut self, fx: &mut impl Effects) -> bool {
+        let before = self.oom_seen.flatten();
+        let now = fx.oom_kills();
+        self.oom_seen = Some(now);
+        matches!((before, now), (Some(a), Some(b)) if b > a)
+    }
+
     /// Quiet (TSTP) or not: every child's scoreboard says it, and children
     /// started meanwhile are born knowing it.
     fn set_quiet(&mut self, quiet: bool) {
@@ -462,6 +496,7 @@ impl Fleet {
                             settings.boot_timeout
                         );
                         child.faulted = true;
+                        child.why = Some(ExitReason::BootTimeout);
                         child.tell(fx, Signal::SIGKILL, now.at);
                     }
                 }
@@ -483,6 +518,7 @@ impl Fleet {
                         busy.limit
                     );
                     child.faulted = true;
+                    child.why = Some(ExitReason::Stuck);
                     child.tell(fx, Signal::SIGKILL, now.at);
                 }
             }
@@ -546,6 +582,7 @@ impl Fleet {
                     child.index,
                     child.pid
                 );
+                child.why = Some(ExitReason::ScaledDown);
                 child.tell(fx, Signal::SIGTERM, now);
             }
         }
@@ -620,6 +657,7 @@ impl Fleet {
             ready_at: None,
             stop: None,
             retire: None,
+            why: None,
             replaces,
             faulted: false,
             max_requests,
@@ -723,6 +761,16 @@ fn jitter(max: u64) -> u64 {
     if max == 0 { 0 } else { fastrand::u64(0..=max) }
 }
 
+/// The exit reason of a child retired for `why` (its retire mark).
+fn retired(why: &str) -> ExitReason {
+    match why {
+        "max requests" => ExitReason::RecycledRequests,
+        "max lifetime" => ExitReason::RecycledLifetime,
+        "memory over reload-on-rss" => ExitReason::RecycledMemory,
+        _ => ExitReason::Reload,
+    }
+}
+
 fn describe(status: &WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exit status {code}"),
@@ -749,9 +797,15 @@ mod tests {
         rss: Option<u64>,
         /// Fail the next spawns with a retryable error.
         refuse: usize,
+        /// The cgroup's OOM kill count.
+        oom: Option<u64>,
     }
 
     impl Effects for Fake {
+        fn oom_kills(&mut self) -> Option<u64> {
+            self.oom
+        }
+
         fn spawn(&mut self, index: usize, _quiet: bool) -> Result<SharedBoardPid, SpawnError> {
             if self.refuse > 0 {
                 self.refuse -= 1;
@@ -852,6 +906,48 @@ mod tests {
         assert_eq!(fleet.report.restarts, 3);
         // A pid that is not a child is a stranger.
         assert!(!fleet.on_exit(WaitStatus::Exited(pid(99), 0), clock.now().at, &mut fx));
+    }
+
+    #[test]
+    fn every_exit_has_a_reason() {
+        let (mut fx, clock) = (Fake::default(), Clock::new());
+        fx.oom = Some(3);
+        let mut fleet = fleet(|p| p.procs(3));
+        boot(&mut fleet, &mut fx, &clock);
+        let kill = |n| WaitStatus::Signaled(pid(n), Signal::SIGKILL, false);
+        // A SIGKILL while the cgroup's OOM count went up: the OOM killer.
+        fx.oom = Some(4);
+        fleet.on_exit(kill(1), clock.now().at, &mut fx);
+        // A SIGKILL with the count unchanged: someone's signal.
+        fleet.on_exit(kill(2), clock.now().at, &mut fx);
+        fleet.on_exit(WaitStatus::Exited(pid(3), 3), clock.now().at, &mut fx);
+        // A reload's replacement: the old child stops with its reason.
+        fleet.turn(clock.now(), &mut fx);
+        let pids: Vec<Pid> = fleet.children.iter().map(|c| c.pid).collect();
+        for p in &pids {
+            fleet.on_ready(*p, clock.now().at, &mut fx);
+        }
+        fleet.on_signal(Signal::SIGHUP, clock.now().at, &mut fx);
+        fleet.turn(clock.now(), &mut fx);
+        let new = fleet
+            .children
+            .iter()
+            .find(|c| c.replaces.is_some())
+            .unwrap()
+            .pid;
+        fleet.on_ready(new, clock.now().at, &mut fx);
+        let old = fleet
+            .children
+            .iter()
+            .find(|c| c.stop.is_some())
+            .unwrap()
+            .pid;
+        fleet.on_exit(WaitStatus::Exited(old, 0), clock.now().at, &mut fx);
+        let exits: Vec<(&str, u64)> = fleet.report.exits.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(
+            exits,
+            [("exited", 1), ("oom", 1), ("reload", 1), ("signal", 1)]
+        );
     }
 
     #[test]

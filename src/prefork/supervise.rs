@@ -286,6 +286,10 @@ impl<A: App> Effects for Os<A> {
         crate::procfs::resident_bytes(pid)
     }
 
+    fn oom_kills(&mut self) -> Option<u64> {
+        crate::procfs::cgroup_oom_kills()
+    }
+
     fn signal_group(&mut self, group: Pid, signal: Signal) {
         let _ = nix::sys::signal::killpg(group, signal);
     }
