@@ -658,41 +658,35 @@ fn max_requests(ctx: &mut Ctx) {
 }
 
 fn stuck(ctx: &mut Ctx) {
-    let fleet = Fleet::start(
-        ctx,
-        &[
-            ("PF_PROCS", "1"),
-            ("PF_THREADS", "2"),
-            ("PF_STUCK", "1"),
-            ("PF_TIMEOUT", "1"),
-        ],
-    );
-    let first = fleet.wait_children(1, Duration::from_secs(10));
-    fleet.wait_log("stuck in \"stuck job\"", 1, Duration::from_secs(10));
-    fleet.wait_log("reason: stuck", 1, Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while fleet.children().first() == first.first() {
-        assert!(Instant::now() < deadline, "stuck child not replaced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    fleet.assert_no_zombies();
-    assert_eq!(fleet.quit(), Some(0));
+    let env = [
+        ("PF_PROCS", "1"),
+        ("PF_THREADS", "2"),
+        ("PF_STUCK", "1"),
+        ("PF_TIMEOUT", "1"),
+    ];
+    stuck_child_replaced(ctx, &env, &["stuck in \"stuck job\"", "reason: stuck"]);
 }
 
 /// A unit of work with a time limit of its own (a job's `--timeout`) is
 /// held to it by the master even when the fleet has none.
 fn stuck_own_limit(ctx: &mut Ctx) {
-    let fleet = Fleet::start(
-        ctx,
-        &[
-            ("PF_PROCS", "1"),
-            ("PF_THREADS", "1"),
-            ("PF_STUCK", "1"),
-            ("PF_STUCK_LIMIT_MS", "300"),
-        ],
-    );
+    let env = [
+        ("PF_PROCS", "1"),
+        ("PF_THREADS", "1"),
+        ("PF_STUCK", "1"),
+        ("PF_STUCK_LIMIT_MS", "300"),
+    ];
+    stuck_child_replaced(ctx, &env, &["(timeout 300ms); killing"]);
+}
+
+/// Starts a fleet of one child that gets stuck; waits for the master's log
+/// lines `says` and for the child's replacement; no zombie is left.
+fn stuck_child_replaced(ctx: &mut Ctx, env: &[(&str, &str)], says: &[&str]) {
+    let fleet = Fleet::start(ctx, env);
     let first = fleet.wait_children(1, Duration::from_secs(10));
-    fleet.wait_log("(timeout 300ms); killing", 1, Duration::from_secs(10));
+    for line in says {
+        fleet.wait_log(line, 1, Duration::from_secs(10));
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while fleet.children().first() == first.first() {
         assert!(Instant::now() < deadline, "stuck child not replaced");
