@@ -995,6 +995,78 @@ const MIGRATIONS: &[&str] = &[
          heartbeat_at timestamptz NOT NULL DEFAULT now(),
          PRIMARY KEY (host, pid)
      );"#,
+    // 14: the next priority level as an ordered look-up. `min(priority)`
+    // was planned, on a table not yet analysed (a fleet started right
+    // after a bulk enqueue), as an aggregate over every queued job of the
+    // queue: each claim read the whole backlog's index (17,000 against
+    // 30,000 jobs/s on 100,000 fresh jobs). `ORDER BY priority LIMIT 1`
+    // stops at the first entry whatever the statistics.
+    r#"     CREATE OR REPLACE FUNCTION {s}.claim(p_queues text[], p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
+                    job_priority int, job_timeout float8)
+     LANGUAGE plpgsql AS $f$
+     DECLARE
+         picked tid[] := '{}';
+         q text;
+         level int;
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         FOR q IN SELECT DISTINCT u.q FROM unnest(p_queues) AS u(q) ORDER BY 1 LOOP
+             PERFORM pg_advisory_xact_lock(hashtext('{s}.claim'), hashtext(q));
+         END LOOP;
+         FOREACH q IN ARRAY p_queues LOOP
+             level := -1;
+             LOOP
+                 level := (SELECT k.priority FROM {s}.jobs_live AS k
+                           WHERE k.queue = q AND k.state = 'queued' AND k.priority > level
+                           ORDER BY k.priority LIMIT 1);
+                 EXIT WHEN level IS NULL;
+                 picked := picked || ARRAY(
+                     SELECT k.ctid FROM {s}.jobs_live AS k
+                     WHERE k.queue = q AND k.state = 'queued' AND k.priority = level
+                       AND k.run_at <= now()
+                     ORDER BY k.run_at, k.id LIMIT p_limit - cardinality(picked));
+                 EXIT WHEN cardinality(picked) >= p_limit;
+             END LOOP;
+             EXIT WHEN cardinality(picked) >= p_limit;
+         END LOOP;
+         RETURN QUERY
+         WITH claimed AS (
+             UPDATE {s}.jobs_live AS j
+             SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+                 locked_until = now() + make_interval(secs => p_lease)
+             WHERE j.ctid = ANY(picked) AND j.state = 'queued'
+             RETURNING j.id, j.payload, j.attempts, j.queue, j.priority, j.timeout, j.run_at
+         )
+         SELECT c.id, c.payload, c.attempts, c.queue, c.priority, c.timeout FROM claimed AS c
+         ORDER BY array_position(p_queues, c.queue), c.priority, c.run_at, c.id;
+     END $f$;
+
+     -- Whether one of the queues has a job runnable now: the claim's walk,
+     -- without claiming.
+     CREATE OR REPLACE FUNCTION {s}.runnable(p_queues text[]) RETURNS bool
+     LANGUAGE plpgsql STABLE AS $f$
+     DECLARE
+         q text;
+         level int;
+     BEGIN
+         FOREACH q IN ARRAY p_queues LOOP
+             level := -1;
+             LOOP
+                 level := (SELECT k.priority FROM {s}.jobs_live AS k
+                           WHERE k.queue = q AND k.state = 'queued' AND k.priority > level
+                           ORDER BY k.priority LIMIT 1);
+                 EXIT WHEN level IS NULL;
+                 IF EXISTS (SELECT 1 FROM {s}.jobs_live AS k
+                            WHERE k.queue = q AND k.state = 'queued' AND k.priority = level
+                              AND k.run_at <= now()) THEN
+                     RETURN true;
+                 END IF;
+             END LOOP;
+         END LOOP;
+         RETURN false;
+     END $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.
