@@ -40,6 +40,7 @@
 //! | QUIT | fast stop |
 //! | HUP | rolling reload: each child is replaced by a new one, which is ready before the old one stops |
 //! | TTIN, TTOU | one child more, one fewer |
+//! | TSTP, CONT | quiet (children take no new work, see [`Worker::quiet`]), and back |
 //! | USR1 | log a status line per child |
 //!
 //! The master reaps every child of its process (`waitpid(-1)`), so a program
@@ -58,6 +59,8 @@
 //! | `child` | what a child does after the fork |
 //! | `board` | the scoreboard each child's workers write and the master reads |
 //! | `signals` | the master's signals, read from a signalfd |
+//! | `exit` | why a child exited ([`ExitReason`]), counted in the [`Report`] |
+//! | `notify` | systemd's notifications (`READY`, `RELOADING`, `STOPPING`, `WATCHDOG`) |
 //! | `backoff` | when a slot's next child starts after its last one died |
 //! | `backends` | the master's database duties: the slot check, dead children's backends |
 //! | `pidfile` | the master's pidfile, held with `flock` |
