@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
 /// Why a child exited.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {
     /// It exited by itself, with this code.
     Exited(i32),

@@ -87,8 +87,9 @@ struct Child {
     ready_at: Option<Instant>,
     /// Set once the master told it to stop (TERM) or killed it.
     stop: Option<Stop>,
-    /// Why it should be replaced, if it should.
-    retire: Option<&'static str>,
+    /// Why it should be replaced, if it should: a reload, or one of the
+    /// recycling reasons (the reason its exit is counted under).
+    retire: Option<ExitReason>,
     /// Why the master itself ends it, once it decided to.
     why: Option<ExitReason>,
     /// The retiring child this one replaces, until it is ready.
@@ -261,9 +262,9 @@ impl Fleet {
         let how = describe(&status);
         let lifetime = now.saturating_duration_since(child.born);
         let requested = child.stop.is_some() && !child.faulted;
-        let reason = match (&child.why, child.retire) {
-            (Some(why), _) => why.clone(),
-            (None, Some(retire)) if requested => retired(retire),
+        let reason = match (&child.why, &child.retire) {
+            (Some(why), _) => *why,
+            (None, Some(retire)) if requested => *retire,
             _ => {
                 let killed = matches!(status, WaitStatus::Signaled(_, Signal::SIGKILL, _));
                 ExitReason::of_status(&status, killed && self.oom_killed(fx))
@@ -348,7 +349,7 @@ impl Fleet {
                     "child {} (pid {}) replaced ({}); stopping",
                     old.index,
                     old.pid,
-                    old.retire.unwrap_or("reload")
+                    old.retire.as_ref().map_or("reload", retire_text)
                 );
                 old.tell(fx, Signal::SIGTERM, now);
             }
@@ -376,7 +377,7 @@ impl Fleet {
             Signal::SIGHUP if matches!(self.phase, Phase::Running) => {
                 log::info!("SIGHUP: rolling reload of {} children", self.children.len());
                 for child in self.children.iter_mut().filter(|c| c.active()) {
-                    child.retire.get_or_insert("reload");
+                    child.retire.get_or_insert(ExitReason::Reload);
                 }
             }
             Signal::SIGTTIN if matches!(self.phase, Phase::Running) => {
@@ -545,21 +546,22 @@ impl Fleet {
                 continue;
             }
             child.retire = if child.max_requests.is_some_and(|max| jobs >= max) {
-                Some("max requests")
+                Some(ExitReason::RecycledRequests)
             } else if child.max_lifetime.is_some_and(|max| age >= max) {
-                Some("max lifetime")
+                Some(ExitReason::RecycledLifetime)
             } else if rss_limit
                 .is_some_and(|limit| fx.resident_bytes(child.pid).is_some_and(|r| r >= limit))
             {
-                Some("memory over reload-on-rss")
+                Some(ExitReason::RecycledMemory)
             } else {
                 None
             };
-            if let Some(reason) = child.retire {
+            if let Some(reason) = &child.retire {
                 log::info!(
-                    "child {} (pid {}) will be recycled: {reason} ({jobs} jobs)",
+                    "child {} (pid {}) will be recycled: {} ({jobs} jobs)",
                     child.index,
-                    child.pid
+                    child.pid,
+                    retire_text(reason)
                 );
             }
         }
@@ -712,7 +714,10 @@ impl Fleet {
                 .filter(|c| c.stop.is_none() && c.ready_at.is_some() && c.retire.is_none())
                 .count(),
             target: self.target,
-            reloading: self.children.iter().any(|c| c.retire == Some("reload")),
+            reloading: self
+                .children
+                .iter()
+                .any(|c| c.retire == Some(ExitReason::Reload)),
             stopping: matches!(self.phase, Phase::Stopping { .. }),
             jobs: self.children.iter().map(|c| c.board.jobs()).sum(),
         }
@@ -761,13 +766,13 @@ fn jitter(max: u64) -> u64 {
     if max == 0 { 0 } else { fastrand::u64(0..=max) }
 }
 
-/// The exit reason of a child retired for `why` (its retire mark).
-fn retired(why: &str) -> ExitReason {
-    match why {
-        "max requests" => ExitReason::RecycledRequests,
-        "max lifetime" => ExitReason::RecycledLifetime,
-        "memory over reload-on-rss" => ExitReason::RecycledMemory,
-        _ => ExitReason::Reload,
+/// Why a child is retired, as the master's log says it.
+fn retire_text(reason: &ExitReason) -> &'static str {
+    match reason {
+        ExitReason::RecycledRequests => "max requests",
+        ExitReason::RecycledLifetime => "max lifetime",
+        ExitReason::RecycledMemory => "memory over reload-on-rss",
+        _ => "reload",
     }
 }
 
@@ -1132,7 +1137,7 @@ mod tests {
         assert!(fx.take().is_empty());
         fleet.children[0].board.end(0, 1);
         fleet.turn(clock.now(), &mut fx);
-        assert_eq!(fleet.children[0].retire, Some("max requests"));
+        assert_eq!(fleet.children[0].retire, Some(ExitReason::RecycledRequests));
         assert_eq!(fx.take(), ["spawn 1 -> 102"]);
 
         let mut fleet = fleet_with_one(&mut fx, &clock, |p| {
@@ -1141,7 +1146,7 @@ mod tests {
         fleet.turn(clock.advance(Duration::from_secs(59)), &mut fx);
         assert!(fx.take().is_empty());
         fleet.turn(clock.advance(Duration::from_secs(1)), &mut fx);
-        assert_eq!(fleet.children[0].retire, Some("max lifetime"));
+        assert_eq!(fleet.children[0].retire, Some(ExitReason::RecycledLifetime));
 
         let mut fleet = fleet_with_one(&mut fx, &clock, |p| p.reload_on_rss(Some(100)));
         fx.rss = Some(99 * 1024 * 1024);
@@ -1149,7 +1154,7 @@ mod tests {
         assert!(fleet.children[0].retire.is_none());
         fx.rss = Some(100 * 1024 * 1024);
         fleet.turn(clock.now(), &mut fx);
-        assert_eq!(fleet.children[0].retire, Some("memory over reload-on-rss"));
+        assert_eq!(fleet.children[0].retire, Some(ExitReason::RecycledMemory));
     }
 
     fn fleet_with_one(
