@@ -367,12 +367,13 @@ impl QueueApp {
         let outcomes: Result<Vec<store::Outcome>, crate::Error> = match &self.handler {
             Handler::Sql(sql) => {
                 let ran = self.run_sql(worker, &batch.jobs, &batch.owner, sql);
-                self.let_go(&batch.owner, batch.jobs.len());
-                if let Err(e) = ran {
-                    stranded.push(Stranded::Batch(batch));
-                    return Err(e);
-                }
-                return Ok(());
+                return match ran {
+                    Ok(()) => {
+                        self.let_go(&batch.owner, batch.jobs.len());
+                        Ok(())
+                    }
+                    Err(e) => Err(self.strand(batch, stranded, e)),
+                };
             }
             Handler::Exec { argv } => Ok(batch
                 .jobs
@@ -396,11 +397,7 @@ impl QueueApp {
         };
         let outcomes = match outcomes {
             Ok(outcomes) => outcomes,
-            Err(e) => {
-                self.let_go(&batch.owner, batch.jobs.len());
-                stranded.push(Stranded::Batch(batch));
-                return Err(e);
-            }
+            Err(e) => return Err(self.strand(batch, stranded, e)),
         };
         let Batch { owner, jobs } = batch;
         let finished = jobs
@@ -416,6 +413,14 @@ impl QueueApp {
             Some(turn) => self.record(worker, turn, stranded),
             None => Ok(()),
         }
+    }
+
+    /// A batch whose run failed with `e`: it leaves the child's hands and
+    /// is stranded whole, to be handed back; `e` to return.
+    fn strand(&self, batch: Batch, stranded: &mut Vec<Stranded>, e: crate::Error) -> crate::Error {
+        self.let_go(&batch.owner, batch.jobs.len());
+        stranded.push(Stranded::Batch(batch));
+        e
     }
 
     /// Records, in this worker's turn, the child's waiting outcomes until
