@@ -35,10 +35,6 @@ use std::time::Duration;
 
 use super::Job;
 
-/// Most jobs a worker takes at once from a deep local queue: past this, a
-/// bigger batch saves little and holds its row locks longer.
-const MAX_TAKE: usize = 64;
-
 /// Longest a worker waits for another worker's claim.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
 
@@ -67,6 +63,22 @@ struct State {
     full: bool,
 }
 
+/// How many jobs a worker takes from the local queue.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Size {
+    /// At least this many, if they wait (fewer wait: all of them), and the
+    /// local queue runs low below this many per worker.
+    pub(super) min: usize,
+    /// At most this many (never under `min`).
+    pub(super) most: usize,
+    /// Whether a worker takes only its fair share of what waits (its
+    /// length over the workers), so a deep queue is worked in bigger
+    /// batches (fewer commits) and a shallow one spreads over the workers;
+    /// else up to `most`, for batches that run as one statement on the
+    /// server however many workers share them.
+    pub(super) share: bool,
+}
+
 /// What [`Prefetch::take`] found.
 pub(super) enum Take<'a> {
     /// A batch to run, and, when what is left here runs low while the last
@@ -92,16 +104,16 @@ impl Prefetch {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A batch of one claim: `min` jobs, or a fair share of what waits
-    /// (its length over the workers, at most [`MAX_TAKE`]) if that is
-    /// more, so a deep queue is worked in bigger batches (fewer commits)
-    /// and a shallow one spreads over the workers. Or the right to claim,
-    /// or the news that a claim just found nothing.
-    pub(super) fn take(&self, min: usize) -> Take<'_> {
+    /// A batch of one claim, sized by `size` (see [`Size`]); or the right
+    /// to claim, or the news that a claim just found nothing.
+    pub(super) fn take(&self, size: Size) -> Take<'_> {
         let mut state = self.lock();
-        let max = min
-            .max(state.jobs.len() / self.workers)
-            .min(MAX_TAKE.max(min));
+        let min = size.min;
+        let max = match size.share {
+            true => min.max(state.jobs.len() / self.workers),
+            false => usize::MAX,
+        }
+        .min(size.most.max(min));
         if state.jobs.is_empty() && state.claiming {
             let seen = state.claims;
             state = self
@@ -224,6 +236,14 @@ impl Drop for Claiming<'_> {
 mod tests {
     use super::*;
 
+    fn shared(min: usize) -> Size {
+        Size {
+            min,
+            most: 64,
+            share: true,
+        }
+    }
+
     fn job(id: i64) -> Job {
         Job {
             id,
@@ -238,7 +258,7 @@ mod tests {
     #[test]
     fn the_claimer_keeps_a_batch_and_the_rest_is_taken_in_batches() {
         let prefetch = Prefetch::new(8);
-        let Take::Claim(claiming) = prefetch.take(2) else {
+        let Take::Claim(claiming) = prefetch.take(shared(2)) else {
             panic!("an empty queue makes the first worker the claimer");
         };
         let a: Arc<str> = Arc::from("h:1/0.1");
@@ -248,20 +268,23 @@ mod tests {
             Take::Batch(b, _) => b.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
             _ => panic!("a batch was expected"),
         };
-        assert_eq!(ids(prefetch.take(2)), [3, 4]);
-        assert_eq!(ids(prefetch.take(2)), [5]);
-        assert!(matches!(prefetch.take(2), Take::Claim(_)), "empty again");
+        assert_eq!(ids(prefetch.take(shared(2))), [3, 4]);
+        assert_eq!(ids(prefetch.take(shared(2))), [5]);
+        assert!(
+            matches!(prefetch.take(shared(2)), Take::Claim(_)),
+            "empty again"
+        );
     }
 
     #[test]
     fn a_deep_queue_is_taken_in_fair_shares() {
         let prefetch = Prefetch::new(2);
-        let Take::Claim(claiming) = prefetch.take(2) else {
+        let Take::Claim(claiming) = prefetch.take(shared(2)) else {
             panic!("the first worker claims");
         };
         let owner: Arc<str> = Arc::from("h:1/0.1");
         let _ = claiming.fill(&owner, (1..=300).map(job).collect(), 0, false);
-        let sizes: Vec<usize> = std::iter::from_fn(|| match prefetch.take(2) {
+        let sizes: Vec<usize> = std::iter::from_fn(|| match prefetch.take(shared(2)) {
             Take::Batch(b, ahead) => {
                 assert!(ahead.is_none(), "the claim was not full: no claim ahead");
                 Some(b.jobs.len())
@@ -269,28 +292,50 @@ mod tests {
             _ => None,
         })
         .collect();
-        // Half of what waits, at most MAX_TAKE, never under the minimum.
-        assert_eq!(sizes[..5], [MAX_TAKE, MAX_TAKE, MAX_TAKE, 54, 27]);
+        // Half of what waits, at most 64, never under the minimum.
+        assert_eq!(sizes[..5], [64, 64, 64, 54, 27]);
         assert_eq!(sizes.iter().sum::<usize>(), 300);
         assert!(sizes.iter().all(|n| *n >= 1));
     }
 
     #[test]
+    fn a_statement_batch_takes_up_to_its_most_whatever_the_share() {
+        let prefetch = Prefetch::new(8);
+        let whole = Size {
+            min: 8,
+            most: 256,
+            share: false,
+        };
+        let Take::Claim(claiming) = prefetch.take(whole) else {
+            panic!("the first worker claims");
+        };
+        let owner: Arc<str> = Arc::from("h:1/0.1");
+        let _ = claiming.fill(&owner, (1..=300).map(job).collect(), 8, false);
+        let sizes: Vec<usize> = std::iter::from_fn(|| match prefetch.take(whole) {
+            Take::Batch(b, _) => Some(b.jobs.len()),
+            _ => None,
+        })
+        .collect();
+        // A fair share would be 292 / 8 = 36.
+        assert_eq!(sizes, [256, 36]);
+    }
+
+    #[test]
     fn a_full_claim_running_low_claims_ahead_once() {
         let prefetch = Prefetch::new(2);
-        let Take::Claim(claiming) = prefetch.take(2) else {
+        let Take::Claim(claiming) = prefetch.take(shared(2)) else {
             panic!("the first worker claims");
         };
         let owner: Arc<str> = Arc::from("h:1/0.1");
         let _ = claiming.fill(&owner, (1..=8).map(job).collect(), 0, true);
         // 8 waiting, low water 2 x 2 = 4: the first take leaves 4.
-        let Take::Batch(_, None) = prefetch.take(2) else {
+        let Take::Batch(_, None) = prefetch.take(shared(2)) else {
             panic!("not low yet");
         };
-        let Take::Batch(_, Some(ahead)) = prefetch.take(2) else {
+        let Take::Batch(_, Some(ahead)) = prefetch.take(shared(2)) else {
             panic!("low after a full claim: claim ahead");
         };
-        let Take::Batch(_, None) = prefetch.take(2) else {
+        let Take::Batch(_, None) = prefetch.take(shared(2)) else {
             panic!("one claim ahead at a time");
         };
         drop(ahead);
@@ -315,12 +360,12 @@ mod tests {
     #[test]
     fn a_claim_that_found_nothing_sends_the_waiters_idle() {
         let prefetch = Arc::new(Prefetch::new(1));
-        let Take::Claim(claiming) = prefetch.take(8) else {
+        let Take::Claim(claiming) = prefetch.take(shared(8)) else {
             panic!("the first worker claims");
         };
         let waiter = {
             let prefetch = prefetch.clone();
-            std::thread::spawn(move || matches!(prefetch.take(8), Take::Empty))
+            std::thread::spawn(move || matches!(prefetch.take(shared(8)), Take::Empty))
         };
         std::thread::sleep(Duration::from_millis(50));
         drop(claiming);
