@@ -55,6 +55,17 @@ pub(crate) fn resident_bytes(pid: Pid) -> Option<u64> {
     Some(pages * page)
 }
 
+/// Proportional memory of process `pid` in bytes (`smaps_rollup`'s `Pss`):
+/// each page shared with N processes counts 1/N, so the fleet's sum is its
+/// real footprint (resident memory counts pages shared with the master
+/// once in every child).
+pub(crate) fn proportional_bytes(pid: Pid) -> Option<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The sockets open in this process, as (fd, inode) pairs.
 pub(crate) fn sockets() -> Vec<(i32, u64)> {
     let Ok(dir) = fs::read_dir("/proc/self/fd") else {

@@ -46,6 +46,24 @@ pub trait App: Send + Sync + 'static {
         let _ = children;
     }
 
+    /// The counters and histograms the app's workers keep (see
+    /// [`Metrics`](super::Metrics)), served summed over the fleet by the
+    /// status endpoint ([`Prefork::status_addr`](super::Prefork::status_addr)).
+    /// Called in the master and in each child; it must return the same
+    /// declarations every time (declare them before
+    /// [`Prefork::run`](super::Prefork::run)).
+    fn metrics(&self) -> Option<&super::Metrics> {
+        None
+    }
+
+    /// Gauges the master reads for the status endpoint (a job queue's
+    /// counts by state), served as they are. Runs in the master's loop
+    /// when it answers a request: return what is at hand (a cache
+    /// [`App::master_tick`] refreshes), never wait for the database here.
+    fn gauges(&self) -> Vec<Gauge> {
+        Vec::new()
+    }
+
     /// The body of each worker thread: take work until
     /// [`Worker::stopping`], running each job in [`Worker::job`] (or a
     /// batch of jobs in [`Worker::jobs`]).
@@ -71,6 +89,19 @@ pub struct ChildStatus {
     /// The programs its workers run now (see
     /// [`Worker::spawn`](super::Worker::spawn)).
     pub programs: Vec<RunningProgram>,
+}
+
+/// One gauge sample for the status endpoint (see [`App::gauges`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gauge {
+    /// The metric's name (`prefork_queue_jobs`).
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// Its labels, as name and value.
+    pub labels: Vec<(&'static str, String)>,
+    /// The value.
+    pub value: f64,
 }
 
 /// A program a worker runs, as the master sees it on the scoreboard.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
 use super::app::RunningProgram;
+use super::metrics::MAX_COUNTERS;
 use crate::Pid;
 
 /// Most threads a child may run (`--threads`).
@@ -30,6 +31,9 @@ pub(crate) struct Board {
     /// The fleet is quiet (TSTP): take no new work, finish what is in hand.
     pub(crate) quiet: AtomicBool,
     workers: [Slot; MAX_THREADS],
+    /// The app's metrics (see `metrics`): added to by the workers, summed
+    /// by the master.
+    counters: [AtomicU64; MAX_COUNTERS],
 }
 
 #[repr(C)]
@@ -122,6 +126,37 @@ impl Board {
             slot.started.store(0, Ordering::Release);
         }
         self.jobs.fetch_add(jobs, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to the app's metric slot `slot` (out of range: nothing).
+    pub(crate) fn add(&self, slot: usize, n: u64) {
+        if let Some(counter) = self.counters.get(slot) {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds the app's metric slots to `sums`, slot by slot.
+    pub(crate) fn add_counters_to(&self, sums: &mut [u64]) {
+        for (sum, counter) in sums.iter_mut().zip(&self.counters) {
+            *sum = sum.wrapping_add(counter.load(Ordering::Relaxed));
+        }
+    }
+
+    /// How many of the first `threads` workers are inside a unit of work,
+    /// and the longest such unit as of `now`: its label and how long.
+    pub(crate) fn busy(&self, threads: usize, now: u64) -> (usize, Option<(String, Duration)>) {
+        let busy: Vec<(usize, u64)> = self.workers[..threads.min(MAX_THREADS)]
+            .iter()
+            .enumerate()
+            .filter_map(|(worker, slot)| {
+                let started = slot.started.load(Ordering::Acquire);
+                (started != 0).then(|| (worker, now.saturating_sub(started)))
+            })
+            .collect();
+        let longest = busy.iter().max_by_key(|(_, nanos)| *nanos);
+        let longest =
+            longest.map(|(worker, nanos)| (self.label(*worker), Duration::from_nanos(*nanos)));
+        (busy.len(), longest)
     }
 
     /// Where worker `worker` records the process group of the program it

@@ -48,9 +48,28 @@ pub(crate) struct Settings {
     pub(crate) crash_limit: Option<u32>,
     pub(crate) strict: bool,
     pub(crate) pidfile: Option<PathBuf>,
+    pub(crate) status_addr: Option<super::StatusAddr>,
 }
 
 impl Settings {
+    /// The settings as the status endpoint's `/status` shows them.
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        serde_json::json!({
+            "name": self.name,
+            "procs": self.procs,
+            "threads": self.threads,
+            "timeout_seconds": secs(self.timeout),
+            "boot_timeout_seconds": self.boot_timeout.as_secs_f64(),
+            "graceful_timeout_seconds": self.graceful_timeout.as_secs_f64(),
+            "max_requests": self.max_requests,
+            "max_lifetime_seconds": secs(self.max_lifetime),
+            "reload_on_rss_bytes": self.reload_on_rss,
+            "crash_limit": self.crash_limit,
+            "status_addr": self.status_addr.as_ref().map(ToString::to_string),
+        })
+    }
+
     pub(crate) fn connection_bounds(&self) -> ConnectionBounds {
         ConnectionBounds {
             steady: self.procs * self.threads + 1,
@@ -90,6 +109,7 @@ impl Prefork {
                 crash_limit: None,
                 strict: false,
                 pidfile: None,
+                status_addr: None,
             },
         }
     }
@@ -196,6 +216,17 @@ impl Prefork {
     /// slots, instead of warning. Default: warn.
     pub fn strict(mut self, strict: bool) -> Prefork {
         self.settings.strict = strict;
+        self
+    }
+
+    /// Serve the fleet's status from the master at this address: `GET
+    /// /metrics` (Prometheus), `/status` (JSON), `/livez` and `/readyz`
+    /// (see the `status` module). Default: none.
+    ///
+    /// The address is bound before the first fork; a loopback address
+    /// (`127.0.0.1:9187`) or a Unix socket path keeps it off the network.
+    pub fn status_addr(mut self, addr: Option<super::StatusAddr>) -> Prefork {
+        self.settings.status_addr = addr;
         self
     }
 

@@ -40,6 +40,20 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// Every [`ExitReason::label`], so a metric can show each from zero.
+    pub const LABELS: [&'static str; 10] = [
+        "exited",
+        "signal",
+        "oom",
+        "stuck",
+        "boot_timeout",
+        "recycled_requests",
+        "recycled_lifetime",
+        "recycled_memory",
+        "scaled_down",
+        "reload",
+    ];
+
     /// The reason as a metrics label: `exited`, `signal`, `oom`, `stuck`,
     /// `boot_timeout`, `recycled_requests`, `recycled_lifetime`,
     /// `recycled_memory`, `scaled_down` or `reload`.

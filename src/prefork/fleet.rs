@@ -24,8 +24,10 @@ use super::board::SharedBoard;
 use super::builder::Settings;
 use super::error::PreforkError;
 use super::exit::ExitReason;
+use super::metrics::MAX_COUNTERS;
 use super::notify::Health;
 use super::program::kill_grace;
+use super::status::{ChildView, FleetView, MasterView};
 use crate::Pid;
 
 /// The master's turn of its loop never sleeps longer than this, so
@@ -155,6 +157,10 @@ impl Child {
 struct Slot {
     backoff: Backoff,
     next_start: Instant,
+    /// Its children that died unasked and were replaced.
+    restarts: u64,
+    /// How its last child ended.
+    last_exit: Option<ExitReason>,
 }
 
 enum Phase {
@@ -179,6 +185,9 @@ pub(super) struct Fleet {
     leftovers: Vec<(Pid, Instant)>,
     outcome: Result<(), PreforkError>,
     pub(super) report: Report,
+    /// What the children that exited had added to the app's metrics (see
+    /// `metrics`), so the fleet's sums never go back.
+    retired: Vec<u64>,
 }
 
 impl Fleet {
@@ -194,6 +203,7 @@ impl Fleet {
             leftovers: Vec::new(),
             outcome: Ok(()),
             report: Report::default(),
+            retired: vec![0; MAX_COUNTERS],
         }
     }
 
@@ -271,6 +281,11 @@ impl Fleet {
             }
         };
         *self.report.exits.entry(reason.label()).or_default() += 1;
+        child.board.add_counters_to(&mut self.retired);
+        if let Some(slot) = self.slots.get_mut(child.index - 1) {
+            slot.last_exit = Some(reason);
+            slot.restarts += u64::from(!requested);
+        }
         // Only a clean exit after a graceful stop means the child closed its
         // connections; after anything else a backend may still be busy (a
         // killed child's socket closes, but the server notices only when
@@ -574,6 +589,8 @@ impl Fleet {
             self.slots.push(Slot {
                 backoff: Backoff::default(),
                 next_start: now,
+                restarts: 0,
+                last_exit: None,
             });
         }
         // Slots above the target (after TTOU): stop their children.
@@ -701,7 +718,6 @@ impl Fleet {
         self.leftovers.drain(..).map(|(pid, _)| pid).collect()
     }
 
-    /// The children's status, for [`App::master_tick`](super::App::master_tick).
     /// What systemd hears of the fleet (see `notify`): children ready and
     /// staying (not stopping, not retiring), whether a reload is under way
     /// (a child still marked for it), whether the fleet stops.
@@ -723,6 +739,7 @@ impl Fleet {
         }
     }
 
+    /// The children's status, for [`App::master_tick`](super::App::master_tick).
     pub(super) fn statuses(&self) -> Vec<ChildStatus> {
         self.children
             .iter()
@@ -735,6 +752,65 @@ impl Fleet {
                 programs: c.board.running(self.settings.threads),
             })
             .collect()
+    }
+
+    /// The app's metric slots summed over the fleet: the live children's
+    /// boards and what the exited ones had counted.
+    pub(super) fn counters(&self) -> Vec<u64> {
+        let mut sums = self.retired.clone();
+        for child in &self.children {
+            child.board.add_counters_to(&mut sums);
+        }
+        sums
+    }
+
+    /// A snapshot for the status endpoint, with the master's part given
+    /// and the parts that need system calls or the app (memory, the app's
+    /// metrics) left for the caller to fill in.
+    pub(super) fn view(&self, now: Now, master: MasterView) -> FleetView {
+        let children = self
+            .children
+            .iter()
+            .map(|c| {
+                let (busy, current) = c.board.busy(self.settings.threads, now.mono);
+                let slot = self.slots.get(c.index - 1);
+                ChildView {
+                    index: c.index,
+                    pid: c.pid,
+                    state: c.state(),
+                    age: now.at.saturating_duration_since(c.born),
+                    jobs: c.board.jobs(),
+                    busy,
+                    current,
+                    open_connections: c
+                        .board
+                        .open_connections
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    rss: None,
+                    pss: None,
+                    restarts: slot.map_or(0, |s| s.restarts),
+                    last_exit: slot.and_then(|s| s.last_exit),
+                }
+            })
+            .collect();
+        let stuck = self
+            .children
+            .iter()
+            .find(|c| c.why == Some(ExitReason::Stuck))
+            .map(|c| format!("child {} (pid {})", c.index, c.pid));
+        FleetView {
+            master,
+            children,
+            target: self.target,
+            stopping: matches!(self.phase, Phase::Stopping { .. }),
+            quiet: self.quiet,
+            stuck,
+            exits: self.report.exits.clone(),
+            restarts: self.report.restarts,
+            master_connections: 0,
+            app_metrics: String::new(),
+            gauges: Vec::new(),
+        }
     }
 
     fn log_status(&self, now: Instant) {

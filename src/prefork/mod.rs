@@ -60,6 +60,8 @@
 //! | `board` | the scoreboard each child's workers write and the master reads |
 //! | `signals` | the master's signals, read from a signalfd |
 //! | `exit` | why a child exited ([`ExitReason`]), counted in the [`Report`] |
+//! | `status` | the status endpoint: `/metrics`, `/status`, `/livez`, `/readyz`, served from the master's loop |
+//! | `metrics` | the app's counters and histograms ([`Metrics`]), kept on the scoreboards and summed by the master |
 //! | `notify` | systemd's notifications (`READY`, `RELOADING`, `STOPPING`, `WATCHDOG`) |
 //! | `backoff` | when a slot's next child starts after its last one died |
 //! | `backends` | the master's database duties: the slot check, dead children's backends |
@@ -76,21 +78,25 @@ mod child;
 mod error;
 mod exit;
 mod fleet;
+mod metrics;
 mod notify;
 mod pidfile;
 mod program;
 mod signals;
+mod status;
 mod supervise;
 mod title;
 mod worker;
 
-pub use app::{App, BoxError, ChildInfo, ChildStatus, Report, RunningProgram};
+pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, Report, RunningProgram};
 pub use board::MAX_THREADS;
 pub use builder::{ConnectionBounds, Prefork};
 pub use error::PreforkError;
 pub use exit::ExitReason;
+pub use metrics::{Counter, Histogram, MAX_COUNTERS, Metrics};
 pub use program::Program;
 pub(crate) use program::kill_grace;
 pub use signals::hold_signals;
+pub use status::StatusAddr;
 pub(crate) use supervise::list;
 pub use worker::{Wake, Waker, Worker};

@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -26,6 +26,7 @@ use super::fleet::{Effects, Fleet, Now, SharedBoardPid, SpawnError};
 use super::notify::Notifier;
 use super::pidfile::Pidfile;
 use super::signals::Signals;
+use super::status::{FleetView, MasterView, StatusServer};
 use super::title;
 use crate::Pid;
 use crate::fork::{Fork, ForkError};
@@ -40,6 +41,19 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, Pre
     let use_database = crate::is_configured();
     if use_database {
         backends::check_slots(&settings)?;
+    }
+    let status = settings
+        .status_addr
+        .as_ref()
+        .map(|addr| {
+            StatusServer::bind(addr).map_err(|e| PreforkError::Io {
+                context: format!("binding the status endpoint {addr}"),
+                source: e,
+            })
+        })
+        .transpose()?;
+    if let Some(addr) = &settings.status_addr {
+        log::info!("status endpoint at {addr} (/metrics, /status, /livez, /readyz)");
     }
     let signals = Signals::install().map_err(io_error("setting up the master's signals"))?;
     title::set(&format!("{}: master", settings.name));
@@ -56,10 +70,14 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, Pre
             signals: Some(signals),
             pidfile,
             ready: Vec::new(),
+            status,
         },
         fleet: Fleet::new(settings),
         use_database,
         notifier: Notifier::from_env(Instant::now()),
+        started: Instant::now(),
+        lag: Duration::ZERO,
+        wake_at: None,
     };
     let result = master.supervise();
     if let Some(signals) = master.os.signals.take() {
@@ -78,6 +96,12 @@ struct Master<A: App> {
     use_database: bool,
     /// systemd's notifications, when it asked for them.
     notifier: Option<Notifier>,
+    started: Instant,
+    /// How long the last turn took past its planned wake-up (see
+    /// `status`'s `prefork_master_loop_lag_seconds`).
+    lag: Duration,
+    /// When the loop planned to wake, if a timeout (not an event) woke it.
+    wake_at: Option<Instant>,
 }
 
 /// What the fleet's decisions are carried out with.
@@ -89,6 +113,8 @@ struct Os<A: App> {
     pidfile: Option<Pidfile>,
     /// The read ends of booting children's ready pipes.
     ready: Vec<(Pid, OwnedFd)>,
+    /// The status endpoint, if asked for.
+    status: Option<StatusServer>,
 }
 
 impl<A: App> Master<A> {
@@ -107,6 +133,8 @@ impl<A: App> Master<A> {
             }
             self.end_leftovers(now.at);
             self.os.app.master_tick(&self.fleet.statuses());
+            let planned = self.wake_at.take().unwrap_or(now.at);
+            self.lag = Instant::now().saturating_duration_since(planned);
             self.wait(now.at);
         }
     }
@@ -160,33 +188,51 @@ impl<A: App> Master<A> {
         crate::close_all();
     }
 
-    /// Sleeps until a signal, a ready child, or the next tick.
+    /// Sleeps until a signal, a ready child, a status request, or the next
+    /// tick; serves the status endpoint's connections that are ready.
     fn wait(&mut self, now: Instant) {
-        let timeout = self.fleet.sleep_for(now);
+        let mut timeout = self.fleet.sleep_for(now);
+        if let Some(deadline) = self
+            .os
+            .status
+            .as_ref()
+            .and_then(StatusServer::next_deadline)
+        {
+            timeout = timeout.min(deadline.saturating_duration_since(now));
+        }
         let Some(signals) = self.os.signals.as_mut() else {
             return;
         };
-        let (ready, signalled) = {
+        let (ready, signalled, served) = {
             let mut fds = Vec::with_capacity(1 + self.os.ready.len());
             fds.push(PollFd::new(signals.fd(), PollFlags::POLLIN));
             for (_, pipe) in &self.os.ready {
                 fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
             }
-            let millis = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
-            match poll(&mut fds, millis) {
-                // EINTR: a signal not in the signalfd's set; look again.
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            let interests = self.os.status.as_ref().map(StatusServer::interests);
+            for (fd, flags) in interests.iter().flatten() {
+                fds.push(PollFd::new(*fd, *flags));
             }
+            let millis = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+            let polled = poll(&mut fds, millis);
             let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            let ready: Vec<Pid> = fds[1..]
+            let pipes = 1 + self.os.ready.len();
+            let served: Vec<bool> = fds[pipes..].iter().map(hit).collect();
+            match polled {
+                Ok(0) => self.wake_at = Some(now + timeout),
+                Ok(_) => {}
+                // EINTR: a signal not in the signalfd's set; look again.
+                Err(_) => return,
+            }
+            let ready: Vec<Pid> = fds[1..pipes]
                 .iter()
                 .zip(&self.os.ready)
                 .filter(|(fd, _)| hit(fd))
                 .map(|(_, (pid, _))| *pid)
                 .collect();
-            (ready, hit(&fds[0]))
+            (ready, hit(&fds[0]), served)
         };
+        self.serve_status(&served);
         for pid in ready {
             self.on_ready_pipe(pid);
         }
@@ -201,6 +247,40 @@ impl<A: App> Master<A> {
                 self.fleet.on_signal(signal, Instant::now(), &mut self.os);
             }
         }
+    }
+
+    /// Serves the status endpoint's connections poll found ready (`ready`:
+    /// one flag per [`StatusServer::interests`] entry) and closes those
+    /// done or out of time.
+    fn serve_status(&mut self, ready: &[bool]) {
+        let Some(mut status) = self.os.status.take() else {
+            return;
+        };
+        let now = Instant::now();
+        status.turn(ready, now, || self.view());
+        self.os.status = Some(status);
+    }
+
+    /// A snapshot of the fleet for the status endpoint.
+    fn view(&self) -> FleetView {
+        let now = Now::read();
+        let master = MasterView {
+            pid: Pid::this(),
+            uptime: now.at.saturating_duration_since(self.started),
+            loop_lag: self.lag,
+            settings: self.os.settings.describe(),
+        };
+        let mut view = self.fleet.view(now, master);
+        for child in &mut view.children {
+            child.rss = crate::procfs::resident_bytes(child.pid);
+            child.pss = crate::procfs::proportional_bytes(child.pid);
+        }
+        view.master_connections = crate::conn::registry::open_count() as u32;
+        if let Some(metrics) = self.os.app.metrics() {
+            metrics.render(&self.fleet.counters(), &mut view.app_metrics);
+        }
+        view.gauges = self.os.app.gauges();
+        view
     }
 
     /// A booting child wrote its ready byte, or closed the pipe by dying.
@@ -248,6 +328,9 @@ impl<A: App> Effects for Os<A> {
                 // children's scoreboards stay mapped, unused, until this
                 // child exits.)
                 self.ready.clear();
+                if let Some(status) = self.status.take() {
+                    status.forget_in_child();
+                }
                 if let Some(signals) = self.signals.take() {
                     signals.reset_in_child();
                 }

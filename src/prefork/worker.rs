@@ -263,6 +263,22 @@ impl Worker {
         super::program::spawn(command, record)
     }
 
+    /// Adds `n` to one of the app's counters (see [`Metrics`]), in this
+    /// child's share of the fleet's sum.
+    ///
+    /// [`Metrics`]: super::Metrics
+    pub fn count(&self, counter: super::Counter, n: u64) {
+        self.shared.board.add(counter.0, n);
+    }
+
+    /// Records `value` (seconds, say) in one of the app's histograms (see
+    /// [`Metrics`](super::Metrics)).
+    pub fn observe(&self, histogram: super::Histogram, value: f64) {
+        for (slot, n) in histogram.slots(value) {
+            self.shared.board.add(slot, n);
+        }
+    }
+
     /// Runs work that is not a job but must not hang either (claiming jobs,
     /// recording their outcomes): the master sees it as one job's worth of
     /// work, for status and `--timeout`, but it is not counted and the

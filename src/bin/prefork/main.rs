@@ -128,6 +128,11 @@ struct FleetArgs {
     /// Write the master's pid here.
     #[arg(long, env = "PREFORK_PIDFILE")]
     pidfile: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /status (JSON), /livez and /readyz from
+    /// the master at IP:PORT (127.0.0.1:9187, [::1]:9187) or a Unix socket
+    /// path. Off by default; keep it on loopback unless a scraper needs it.
+    #[arg(long, env = "PREFORK_STATUS_ADDR", value_name = "ADDR")]
+    status_addr: Option<fork_safe::prefork::StatusAddr>,
     /// Exit 0 once nothing is queued or running.
     #[arg(long, env = "PREFORK_DRAIN")]
     drain: bool,
@@ -785,7 +790,8 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         .reload_on_rss(args.reload_on_rss)
         .crash_limit(args.crash_limit)
         .strict(args.strict)
-        .pidfile(args.pidfile.clone());
+        .pidfile(args.pidfile.clone())
+        .status_addr(args.status_addr.clone());
     let bounds = fleet.connection_bounds();
     let app = QueueApp::new(config, handler);
     let stats = app.stats();
