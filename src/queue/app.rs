@@ -14,6 +14,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use super::completions::{Completions, Recording};
 use super::deadline::Deadlines;
 use super::idle::{Idle, Leadership, Woken};
+use super::metrics::{QueueMetrics, Verdict};
 use super::prefetch::{Batch, Claiming, Prefetch, Size, Take};
 use super::store::Finished;
 use super::{Handler, Job, QueueConfig, exec, store};
@@ -43,6 +44,8 @@ pub struct QueueApp {
     config: QueueConfig,
     handler: Handler,
     stats: Arc<FleetStats>,
+    /// What the status endpoint serves of the queue.
+    metrics: QueueMetrics,
     /// Per-child state, set in `init_child` (each child has its own copy of
     /// the app, so this is per process).
     child: OnceLock<ChildState>,
@@ -106,6 +109,7 @@ impl QueueApp {
             config.batch = 1;
         }
         QueueApp {
+            metrics: QueueMetrics::new(&config.queues),
             config,
             handler,
             stats: Arc::default(),
@@ -411,18 +415,34 @@ impl QueueApp {
                 .jobs
                 .iter()
                 .map(|j| {
-                    worker.jobs_within(1, &job_label(j.id), j.timeout, || {
+                    let started = Instant::now();
+                    let ran = worker.jobs_within(1, &job_label(j.id), j.timeout, || {
                         exec::run(worker, argv, self.limit(j), j)
-                    })
+                    });
+                    let verdict = match ran.ending {
+                        exec::Ending::TimedOut => Verdict::TimedOut,
+                        exec::Ending::Signalled if self.cancelled(j) => Verdict::Cancelled,
+                        _ => Verdict::of(ran.outcome.is_ok(), j.attempt, j.max_attempts),
+                    };
+                    self.metrics
+                        .count(worker, &j.queue, verdict, started.elapsed());
+                    ran.outcome
                 })
                 .collect()),
             Handler::Rust(f) => batch
                 .jobs
                 .iter()
                 .map(|j| {
+                    let started = Instant::now();
                     let outcome = worker.jobs_within(1, &job_label(j.id), j.timeout, || {
                         self.on_deadline(worker, self.limit(j), |client| Ok(f(j, client)))
                     })?;
+                    let verdict = match &outcome {
+                        None => Verdict::TimedOut,
+                        Some(o) => Verdict::of(o.is_ok(), j.attempt, j.max_attempts),
+                    };
+                    self.metrics
+                        .count(worker, &j.queue, verdict, started.elapsed());
                     Ok(outcome.unwrap_or_else(|| Err(timed_out(self.limit(j)))))
                 })
                 .collect(),
@@ -520,14 +540,16 @@ impl QueueApp {
         // (the longest), else the fleet's.
         let own = jobs.iter().map(|j| j.timeout).collect::<Option<Vec<_>>>();
         let own = own.and_then(|limits| limits.into_iter().max());
+        let started = Instant::now();
         let ran = worker.jobs_within(jobs.len() as u32, &label, own, || {
             self.on_deadline(worker, self.batch_limit(jobs), |client| {
                 store::run_sql(client, &c.schema, sql, owner, jobs, c.keeps_history())
             })
         })?;
         match ran {
-            Some(recorded) => {
-                let lost = jobs.len() as i64 - recorded;
+            Some(ran) => {
+                self.count_sql(worker, jobs, &ran, started.elapsed());
+                let lost = jobs.len() as i64 - ran.recorded;
                 if lost > 0 {
                     log::warn!(
                         "skipped {lost} job(s) of {label}: their lease was taken over by another worker"
@@ -547,12 +569,42 @@ impl QueueApp {
                     job: jobs[0].clone(),
                     outcome: Err(timed_out(self.limit(&jobs[0]))),
                 }];
+                let job = &jobs[0];
+                self.metrics
+                    .count(worker, &job.queue, Verdict::TimedOut, started.elapsed());
                 self.record_now(worker, &finished)
             }
         }
     }
 
     /// A job's time limit: its own, or else the fleet's.
+    /// Counts a `--sql` batch's jobs for the status endpoint: each took the
+    /// batch's time over its size. Jobs whose claim was lost ran nothing
+    /// and are not counted (they are the batch's last, as far as the count
+    /// goes: which ones is not known, and they are rare).
+    fn count_sql(&self, worker: &Worker, jobs: &[Job], ran: &store::SqlRan, took: Duration) {
+        let each = took / jobs.len().max(1) as u32;
+        let mut done = ran.recorded - ran.failed.len() as i64;
+        for job in jobs {
+            let verdict = if ran.failed.contains(&job.id) {
+                Verdict::of(false, job.attempt, job.max_attempts)
+            } else if done > 0 {
+                done -= 1;
+                Verdict::Done
+            } else {
+                continue;
+            };
+            self.metrics.count(worker, &job.queue, verdict, each);
+        }
+    }
+
+    /// Whether `job` was cancelled while it ran (its program was stopped
+    /// for it, or ended by a signal at the same time).
+    fn cancelled(&self, job: &Job) -> bool {
+        crate::with_client(|client| store::cancel_requested(client, &self.config.schema, job.id))
+            .unwrap_or(false)
+    }
+
     fn limit(&self, job: &Job) -> Option<Duration> {
         job.timeout.or(self.config.timeout)
     }
@@ -776,6 +828,14 @@ fn sweep_every(lease: Duration) -> Duration {
 }
 
 impl App for QueueApp {
+    fn metrics(&self) -> Option<&crate::prefork::Metrics> {
+        Some(self.metrics.declared())
+    }
+
+    fn gauges(&self) -> Vec<crate::prefork::Gauge> {
+        self.metrics.gauges()
+    }
+
     fn init_child(&self, child: &ChildInfo) -> Result<(), BoxError> {
         let now = Instant::now();
         let state = ChildState {
@@ -895,6 +955,7 @@ impl App for QueueApp {
                 self.rescue(after, master);
             }
         }
+        self.metrics.refresh(&self.config.schema);
     }
 
     fn run_worker(&self, worker: &Worker) {

@@ -147,6 +147,7 @@ mod tests {
                 attempt: 1,
                 priority: 0,
                 timeout: None,
+                max_attempts: 5,
             },
             outcome: Ok(String::new()),
         })

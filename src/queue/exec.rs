@@ -30,12 +30,37 @@ const OUTPUT_CAP: usize = 64 * 1024;
 /// What of standard error is kept for a failed attempt's error.
 const ERROR_TAIL: usize = 4 * 1024;
 
+/// How a job's program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// It exited (with any code), or could not start.
+    Exited,
+    /// A signal ended it, not this worker's time limit: perhaps the master
+    /// stopping a cancelled job.
+    Signalled,
+    /// It ran past its time limit and was stopped.
+    TimedOut,
+}
+
+/// What one job's program did: the job's outcome, and how it ended.
+pub(super) struct Ran {
+    pub(super) outcome: Result<String, String>,
+    pub(super) ending: Ending,
+}
+
 /// Runs one job through an external program.
-pub(super) fn run(
+pub(super) fn run(worker: &Worker, argv: &[String], timeout: Option<Duration>, job: &Job) -> Ran {
+    let mut ending = Ending::Exited;
+    let outcome = run_program(worker, argv, timeout, job, &mut ending);
+    Ran { outcome, ending }
+}
+
+fn run_program(
     worker: &Worker,
     argv: &[String],
     timeout: Option<Duration>,
     job: &Job,
+    ending: &mut Ending,
 ) -> Result<String, String> {
     let (program, args) = argv.split_first().ok_or("no program given")?;
     let mut command = Command::new(program);
@@ -73,9 +98,13 @@ pub(super) fn run(
     let out = out.join().unwrap_or_default();
     let err = err.join().unwrap_or_default();
     if !exited {
+        *ending = Ending::TimedOut;
         return Err(format!("timed out after {:?}", timeout.unwrap_or_default()));
     }
     let status = status.map_err(|e| format!("waiting for {program:?}: {e}"))?;
+    if std::os::unix::process::ExitStatusExt::signal(&status).is_some() {
+        *ending = Ending::Signalled;
+    }
     if status.success() {
         Ok(String::from_utf8_lossy(&out).into_owned())
     } else {

@@ -38,6 +38,7 @@ mod completions;
 mod deadline;
 mod exec;
 mod idle;
+mod metrics;
 mod prefetch;
 pub mod schedule;
 mod schema;

@@ -252,6 +252,7 @@ mod tests {
             attempt: 1,
             priority: 0,
             timeout: None,
+            max_attempts: 5,
         }
     }
 

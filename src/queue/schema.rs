@@ -1127,6 +1127,153 @@ const MIGRATIONS: &[&str] = &[
          END LOOP;
          RETURN QUERY SELECT * FROM {s}.take_picked(picked, p_queues, p_owner, p_lease);
      END $f$;"#,
+    // 16: the claim returns each job's max_attempts too, so a worker can
+    // tell a failure that will be retried from a final one (the status
+    // endpoint's `prefork_jobs_total{outcome}`). A column more in the
+    // result: a fleet of the previous version names the columns it reads
+    // and runs on unchanged.
+    r#"     DROP FUNCTION {s}.claim(text[], int, text, float8);
+     DROP FUNCTION {s}.take_picked(tid[], text[], text, float8);
+     CREATE FUNCTION {s}.take_picked(p_picked tid[], p_queues text[],
+                                                  p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
+                    job_priority int, job_timeout float8, job_max_attempts int)
+     LANGUAGE sql
+     SET enable_seqscan = off SET enable_bitmapscan = off SET enable_indexscan = off
+     AS $f$
+         WITH claimed AS (
+             UPDATE {s}.jobs_live AS j
+             SET state = 'running', attempts = j.attempts + 1, locked_by = p_owner,
+                 locked_until = now() + make_interval(secs => p_lease)
+             WHERE j.ctid = ANY(p_picked) AND j.state = 'queued'
+             RETURNING j.id, j.payload, j.attempts, j.queue, j.priority, j.timeout, j.run_at,
+                       j.max_attempts
+         )
+         SELECT c.id, c.payload, c.attempts, c.queue, c.priority, c.timeout, c.max_attempts
+         FROM claimed AS c
+         ORDER BY array_position(p_queues, c.queue), c.priority, c.run_at, c.id
+     $f$;
+
+     CREATE FUNCTION {s}.claim(p_queues text[], p_limit int, p_owner text, p_lease float8)
+     RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
+                    job_priority int, job_timeout float8, job_max_attempts int)
+     LANGUAGE plpgsql AS $f$
+     DECLARE
+         picked tid[] := '{}';
+         q text;
+         level int;
+     BEGIN
+         -- Commit without waiting for the WAL flush: see claim() in store.rs.
+         PERFORM set_config('synchronous_commit', 'off', true);
+         FOR q IN SELECT DISTINCT u.q FROM unnest(p_queues) AS u(q) ORDER BY 1 LOOP
+             PERFORM pg_advisory_xact_lock(hashtext('{s}.claim'), hashtext(q));
+         END LOOP;
+         FOREACH q IN ARRAY p_queues LOOP
+             level := -1;
+             LOOP
+                 level := (SELECT k.priority FROM {s}.jobs_live AS k
+                           WHERE k.queue = q AND k.state = 'queued' AND k.priority > level
+                           ORDER BY k.priority LIMIT 1);
+                 EXIT WHEN level IS NULL;
+                 picked := picked || ARRAY(
+                     SELECT k.ctid FROM {s}.jobs_live AS k
+                     WHERE k.queue = q AND k.state = 'queued' AND k.priority = level
+                       AND k.run_at <= now()
+                     ORDER BY k.run_at, k.id LIMIT p_limit - cardinality(picked));
+                 EXIT WHEN cardinality(picked) >= p_limit;
+             END LOOP;
+             EXIT WHEN cardinality(picked) >= p_limit;
+         END LOOP;
+         RETURN QUERY SELECT * FROM {s}.take_picked(picked, p_queues, p_owner, p_lease);
+     END $f$;"#,
+    // 17: `--sql` batches say which of their jobs failed, for the status
+    // endpoint's counts: `run_sql_outcomes` is `run_sql` returning the
+    // failed ids beside the count recorded. `run_sql` stays, for fleets of
+    // the previous version, as its first column.
+    r#"CREATE FUNCTION {s}.run_sql_outcomes(p_sql text, p_owner text, p_ids int8[],
+                                          p_attempts int[], p_payloads text[], p_keep bool,
+                                          OUT recorded int8, OUT failed int8[])
+     LANGUAGE plpgsql AS $f$
+     DECLARE
+         n int := coalesce(cardinality(p_ids), 0);
+         held int8[];
+         ids int8[];
+         attempts int[];
+         payloads text[];
+         oks bool[];
+         texts text[];
+         affected int8;
+         message text;
+         code text;
+     BEGIN
+         failed := '{}';
+         recorded := 0;
+         IF n = 0 THEN
+             RETURN;
+         END IF;
+         -- The common path: the batch and its completion in one
+         -- subtransaction, standing only if every job was still held.
+         BEGIN
+             texts := array_fill(NULL::text, ARRAY[n]);
+             FOR i IN 1..n LOOP
+                 EXECUTE p_sql USING p_payloads[i];
+                 GET DIAGNOSTICS affected = ROW_COUNT;
+                 texts[i] := affected || ' row(s)';
+             END LOOP;
+             recorded := {s}.complete(p_owner, p_ids, p_attempts, array_fill(true, ARRAY[n]),
+                                      texts, p_keep);
+             IF recorded = n THEN
+                 RETURN;
+             END IF;
+             RAISE EXCEPTION USING ERRCODE = 'PF001', MESSAGE = 'a claim was lost';
+         EXCEPTION WHEN OTHERS THEN
+             NULL;
+         END;
+         -- The slow path: lock what this owner still holds at this attempt,
+         -- in id order (as release() does, so the two never deadlock), and
+         -- run those, each job in a subtransaction of its own, so that only
+         -- the failing jobs fail.
+         SELECT array_agg(h.id) INTO held FROM (
+             SELECT j.id FROM {s}.jobs_live AS j
+             JOIN unnest(p_ids, p_attempts) AS c(id, attempt)
+               ON j.id = c.id AND j.attempts = c.attempt
+             WHERE j.id = ANY(p_ids) AND j.state = 'running' AND j.locked_by = p_owner
+             ORDER BY j.id FOR UPDATE OF j
+         ) AS h;
+         SELECT coalesce(array_agg(o.id ORDER BY o.i), '{}'),
+                coalesce(array_agg(o.attempt ORDER BY o.i), '{}'),
+                coalesce(array_agg(o.payload ORDER BY o.i), '{}')
+         INTO ids, attempts, payloads
+         FROM unnest(p_ids, p_attempts, p_payloads) WITH ORDINALITY AS o(id, attempt, payload, i)
+         WHERE o.id = ANY(held);
+         n := cardinality(ids);
+         recorded := 0;
+         IF n = 0 THEN
+             RETURN;
+         END IF;
+         oks := array_fill(true, ARRAY[n]);
+         texts := array_fill(NULL::text, ARRAY[n]);
+         FOR i IN 1..n LOOP
+             BEGIN
+                 EXECUTE p_sql USING payloads[i];
+                 GET DIAGNOSTICS affected = ROW_COUNT;
+                 texts[i] := affected || ' row(s)';
+             EXCEPTION WHEN OTHERS THEN
+                 GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+                 oks[i] := false;
+                 failed := failed || ids[i];
+                 texts[i] := 'ERROR: ' || message || ' (SQLSTATE ' || code || ')';
+             END;
+         END LOOP;
+         recorded := {s}.complete(p_owner, ids, attempts, oks, texts, p_keep);
+     END $f$;
+
+     CREATE OR REPLACE FUNCTION {s}.run_sql(p_sql text, p_owner text, p_ids int8[], p_attempts int[],
+                                 p_payloads text[], p_keep bool)
+     RETURNS int8 LANGUAGE sql AS $f$
+         SELECT (o).recorded FROM (SELECT {s}.run_sql_outcomes(p_sql, p_owner, p_ids, p_attempts,
+                                                               p_payloads, p_keep) AS o) AS r
+     $f$;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.

@@ -264,6 +264,8 @@ pub struct Job {
     pub priority: i32,
     /// Its own time limit, if it has one (else the fleet's).
     pub timeout: Option<Duration>,
+    /// Attempts it may take: a failure of the last one is final.
+    pub max_attempts: i32,
 }
 
 /// Claims up to `limit` runnable jobs of `queues` (a job of the first
@@ -292,7 +294,8 @@ pub(crate) fn claim(
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let rows = client.query_typed(
         &format!(
-            "SELECT job_id, job_payload, job_attempt, job_queue, job_priority, job_timeout
+            "SELECT job_id, job_payload, job_attempt, job_queue, job_priority, job_timeout,
+                    job_max_attempts
              FROM {s}.claim($1, $2, $3, $4)"
         ),
         &[
@@ -313,6 +316,7 @@ pub(crate) fn claim(
             timeout: r
                 .get::<_, Option<f64>>(5)
                 .and_then(|t| Duration::try_from_secs_f64(t).ok()),
+            max_attempts: r.get(6),
         })
         .collect())
 }
@@ -440,7 +444,7 @@ pub(crate) fn complete(
 /// The claim fences the effect: only jobs `owner` still holds at the
 /// attempt it claimed run, and they stay locked until the commit (see
 /// migration 7). A job whose lease was taken over while this worker was
-/// away runs nothing here. Returns how many jobs ran and were recorded.
+/// away runs nothing here. Returns how many jobs ran and were recorded, and which of them failed.
 pub(crate) fn run_sql(
     client: &mut Client,
     schema: &Schema,
@@ -448,13 +452,13 @@ pub(crate) fn run_sql(
     owner: &str,
     jobs: &[Job],
     keep: bool,
-) -> Result<i64, postgres::Error> {
+) -> Result<SqlRan, postgres::Error> {
     let s = schema.name();
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
     let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
     let payloads: Vec<&str> = jobs.iter().map(|j| j.payload.as_str()).collect();
     let row = client.query_typed_one(
-        &format!("SELECT {s}.run_sql($1, $2, $3, $4, $5, $6)"),
+        &format!("SELECT recorded, failed FROM {s}.run_sql_outcomes($1, $2, $3, $4, $5, $6)"),
         &[
             (&sql, Type::TEXT),
             (&owner, Type::TEXT),
@@ -464,7 +468,19 @@ pub(crate) fn run_sql(
             (&keep, Type::BOOL),
         ],
     )?;
-    Ok(row.get(0))
+    Ok(SqlRan {
+        recorded: row.get(0),
+        failed: row.get(1),
+    })
+}
+
+/// What [`run_sql`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SqlRan {
+    /// Jobs that ran and were recorded (the others' claims were lost).
+    pub(crate) recorded: i64,
+    /// Of those, the ones whose statement failed.
+    pub(crate) failed: Vec<i64>,
 }
 
 /// Which running jobs [`release`] gives back.
@@ -916,6 +932,24 @@ pub(crate) fn rescue(
 /// transaction mode, and ends with the transaction.
 pub(crate) const MASTER_TX: &str = "SET LOCAL idle_in_transaction_session_timeout = '2s'";
 
+/// Whether job `id` is live and was asked to be cancelled.
+///
+/// # Errors
+///
+/// The server's error.
+pub(crate) fn cancel_requested(
+    client: &mut Client,
+    schema: &Schema,
+    id: i64,
+) -> Result<bool, postgres::Error> {
+    let s = schema.name();
+    let row = client.query_typed_one(
+        &format!("SELECT EXISTS (SELECT 1 FROM {s}.jobs_live WHERE id = $1 AND cancel_requested)"),
+        &[(&id, Type::INT8)],
+    )?;
+    Ok(row.get(0))
+}
+
 /// Children working `queue` (among others, perhaps) whose master recorded
 /// them in the last 10 seconds.
 ///
@@ -1000,7 +1034,9 @@ mod tests {
         assert_eq!(taken.len(), 3);
         let effect = "INSERT INTO res VALUES ($1::int)";
         assert_eq!(
-            run_sql(&mut client, &schema, effect, "a:1/0", &lost, true).unwrap(),
+            run_sql(&mut client, &schema, effect, "a:1/0", &lost, true)
+                .unwrap()
+                .recorded,
             0
         );
         assert_eq!(count(&mut client, "SELECT count(*) FROM res"), 0);
@@ -1013,12 +1049,16 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            run_sql(&mut client, &schema, effect, "b:2/0", &stale, true).unwrap(),
+            run_sql(&mut client, &schema, effect, "b:2/0", &stale, true)
+                .unwrap()
+                .recorded,
             0
         );
         assert_eq!(count(&mut client, "SELECT count(*) FROM res"), 0);
         assert_eq!(
-            run_sql(&mut client, &schema, effect, "b:2/0", &taken, true).unwrap(),
+            run_sql(&mut client, &schema, effect, "b:2/0", &taken, true)
+                .unwrap()
+                .recorded,
             3
         );
         assert_eq!(count(&mut client, "SELECT count(DISTINCT k) FROM res"), 3);

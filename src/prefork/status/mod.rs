@@ -19,11 +19,14 @@
 //!    as long again to take its answer; then it is closed, whatever it sent.
 //! 3. **Huge or endless headers.** Past [`http::MAX_REQUEST`] bytes, or 32
 //!    headers, it gets 431 and is closed: a connection never holds more.
-//! 4. **Many connections.** At most [`MAX_CONNECTIONS`] are open; one more
-//!    is accepted and closed at once, so the kernel's backlog does not fill
-//!    with clients the master would never read. Each poll of the loop
-//!    accepts at most [`ACCEPTS_PER_TURN`], so a flood cannot keep the
-//!    loop from its children.
+//! 4. **Many connections.** At most [`MAX_CONNECTIONS`] are open. One more
+//!    is still accepted, and its request answered at once if it came whole
+//!    with the connection (as a scraper's does); to make room, the oldest
+//!    connection still reading is closed. So clients holding connections
+//!    open without a request (slowloris) cannot lock a scraper out, and
+//!    the kernel's backlog does not fill. Each poll of the loop accepts at
+//!    most [`ACCEPTS_PER_TURN`], so a flood cannot keep the loop from its
+//!    children.
 //! 5. **A client that never reads its answer.** The answer is written as
 //!    far as the socket takes it; the rest waits for the socket to be
 //!    writable, within the connection's time.
@@ -227,8 +230,11 @@ impl StatusServer {
         if ready.first().copied().unwrap_or(false) {
             self.accept(now, &mut answer);
         }
-        self.conns.retain(|c| {
+        self.conns.retain_mut(|c| {
             let done = matches!(&c.state, State::Writing { out, at } if *at >= out.len());
+            if done {
+                c.discard_input();
+            }
             !done && c.deadline > now
         });
     }
@@ -247,8 +253,18 @@ impl StatusServer {
                 Err(_) => return,
             };
             if self.conns.len() >= MAX_CONNECTIONS {
-                drop(stream); // closed at once: see scenario 4
-                continue;
+                // Scenario 4: the oldest connection still reading goes.
+                let oldest = self
+                    .conns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| matches!(c.state, State::Reading(_)))
+                    .min_by_key(|(_, c)| c.deadline)
+                    .map(|(i, _)| i);
+                match oldest {
+                    Some(i) => drop(self.conns.swap_remove(i)),
+                    None => continue, // all writing: this one is dropped
+                }
             }
             let nonblocking = match &stream {
                 Stream::Tcp(s) => s.set_nonblocking(true),
@@ -292,6 +308,21 @@ impl Drop for StatusServer {
 }
 
 impl Conn {
+    /// Reads and drops what the client sent past its request (the rest of
+    /// an oversized header, say), as far as it is there: a socket closed
+    /// with unread input resets the connection, and the client would lose
+    /// the answer it was sent.
+    fn discard_input(&mut self) {
+        let mut chunk = [0u8; 8192];
+        for _ in 0..8 {
+            match self.stream.read(&mut chunk) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Reads what the client sent, answers once the request is whole, and
     /// writes as much of the answer as the socket takes.
     fn advance(&mut self, answer: &mut impl FnMut(&str) -> Response, now: Instant) {

@@ -1,0 +1,213 @@
+//! What the queue tells the status endpoint: jobs by queue and outcome, and
+//! how long they took, counted by the workers (see `prefork::Metrics`);
+//! and the queues' jobs by state, read by the master.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postgres::types::Type;
+
+use super::Schema;
+use crate::prefork::{Counter, Gauge, Histogram, Metrics, Worker};
+
+/// Queues with series of their own; a fleet working more counts the rest
+/// under `queue="other"` (each queue takes 19 of the scoreboard's slots).
+const NAMED_QUEUES: usize = 16;
+
+/// `prefork_job_duration_seconds`' buckets: a millisecond to five minutes.
+const BOUNDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Least time between two reads of the queues' counts: a scrape more
+/// often than this gets the last read.
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
+
+/// How a job's attempt ended, as `prefork_jobs_total`'s `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// It succeeded.
+    Done,
+    /// It failed for good: its last attempt.
+    Failed,
+    /// It failed and will run again.
+    Retried,
+    /// It ran past its time limit (and is retried if attempts are left).
+    TimedOut,
+    /// It was cancelled while it ran, and its program stopped.
+    Cancelled,
+}
+
+impl Verdict {
+    const ALL: [Verdict; 5] = [
+        Verdict::Done,
+        Verdict::Failed,
+        Verdict::Retried,
+        Verdict::TimedOut,
+        Verdict::Cancelled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Done => "done",
+            Verdict::Failed => "failed",
+            Verdict::Retried => "retried",
+            Verdict::TimedOut => "timed_out",
+            Verdict::Cancelled => "cancelled",
+        }
+    }
+
+    /// A finished attempt's verdict: `ok`, else by whether it was the last.
+    pub(super) fn of(ok: bool, attempt: i32, max_attempts: i32) -> Verdict {
+        match (ok, attempt >= max_attempts) {
+            (true, _) => Verdict::Done,
+            (false, true) => Verdict::Failed,
+            (false, false) => Verdict::Retried,
+        }
+    }
+}
+
+/// The queue's metrics: declared once in the master, counted in the
+/// children (the handles are plain indices, valid in every fork).
+pub(super) struct QueueMetrics {
+    declared: Metrics,
+    queues: Vec<String>,
+    /// Per named queue (and `other` last): a counter per verdict, and the
+    /// duration histogram.
+    series: Vec<([Counter; 5], Histogram)>,
+    /// The master's last read of the queues' counts, when, and whether a
+    /// scrape asked for a newer one.
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    gauges: Vec<Gauge>,
+    read_at: Option<Instant>,
+    wanted: bool,
+}
+
+impl QueueMetrics {
+    /// Declares the series of `queues`.
+    pub(super) fn new(queues: &[String]) -> QueueMetrics {
+        let mut declared = Metrics::new();
+        let mut names: Vec<&str> = queues
+            .iter()
+            .take(NAMED_QUEUES)
+            .map(String::as_str)
+            .collect();
+        if queues.len() > NAMED_QUEUES {
+            names.push("other");
+        }
+        let series = names
+            .iter()
+            .map(|queue| {
+                let counters = Verdict::ALL.map(|v| {
+                    declared.counter(
+                        "prefork_jobs_total",
+                        "Job attempts finished, by queue and outcome.",
+                        &[("queue", queue), ("outcome", v.label())],
+                    )
+                });
+                let took = declared.histogram(
+                    "prefork_job_duration_seconds",
+                    "How long jobs ran (a --sql batch's jobs: its time over its size).",
+                    &[("queue", queue)],
+                    BOUNDS,
+                );
+                (counters, took)
+            })
+            .collect();
+        QueueMetrics {
+            declared,
+            queues: queues.to_vec(),
+            series,
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    pub(super) fn declared(&self) -> &Metrics {
+        &self.declared
+    }
+
+    /// Counts one job of `queue` that ended as `verdict` after `took`.
+    pub(super) fn count(&self, worker: &Worker, queue: &str, verdict: Verdict, took: Duration) {
+        let named = self
+            .queues
+            .iter()
+            .take(NAMED_QUEUES)
+            .position(|q| q == queue);
+        let Some((counters, histogram)) = self
+            .series
+            .get(named.unwrap_or(NAMED_QUEUES))
+            .or_else(|| self.series.last())
+        else {
+            return;
+        };
+        let i = Verdict::ALL.iter().position(|v| *v == verdict).unwrap_or(0);
+        worker.count(counters[i], 1);
+        worker.observe(*histogram, took.as_secs_f64());
+    }
+
+    /// The last read of the queues' counts, for the status endpoint; asks
+    /// the master's next turn for a newer one.
+    pub(super) fn gauges(&self) -> Vec<Gauge> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.wanted = true;
+        counts.gauges.clone()
+    }
+
+    /// In the master's turn: reads the queues' jobs by state if a scrape
+    /// asked since the last read and that was [`COUNTS_EVERY`] ago. Reads
+    /// only the live table (the finished ones are counters), bounded by a
+    /// statement timeout so a slow read never holds the master long.
+    pub(super) fn refresh(&self, schema: &Schema) {
+        {
+            let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            if !counts.wanted || counts.read_at.is_some_and(|t| t.elapsed() < COUNTS_EVERY) {
+                return;
+            }
+        }
+        let s = schema.name();
+        let read = crate::with_client(|client| {
+            let mut tx = client.transaction()?;
+            tx.batch_execute("SET LOCAL statement_timeout = '500ms'")?;
+            let rows = tx.query_typed(
+                &format!(
+                    "SELECT queue, state, count(*) FROM {s}.jobs_live
+                     WHERE queue = ANY($1) GROUP BY 1, 2"
+                ),
+                &[(&self.queues, Type::TEXT_ARRAY)],
+            )?;
+            tx.commit()?;
+            Ok(rows)
+        });
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.read_at = Some(Instant::now());
+        counts.wanted = false;
+        let rows = match read {
+            Ok(rows) => rows,
+            Err(e) => {
+                log::debug!("reading the queues' counts for the status endpoint: {e}");
+                return;
+            }
+        };
+        let mut gauges = Vec::new();
+        for queue in &self.queues {
+            for state in ["queued", "running"] {
+                let n: i64 = rows
+                    .iter()
+                    .filter(|r| r.get::<_, &str>(0) == queue && r.get::<_, &str>(1) == state)
+                    .map(|r| r.get::<_, i64>(2))
+                    .sum();
+                gauges.push(Gauge {
+                    name: "prefork_queue_jobs",
+                    help: "Jobs in the queue by state, read from the database.",
+                    labels: vec![("queue", queue.clone()), ("state", state.to_owned())],
+                    value: n as f64,
+                });
+            }
+        }
+        counts.gauges = gauges;
+    }
+}
