@@ -43,6 +43,10 @@ fn main() {
                 stop_hands_back,
             ),
             (
+                "term_past_the_graceful_timeout_hands_back_unfinished_jobs_uncounted",
+                term_interrupts,
+            ),
+            (
                 "drain_ends_when_someone_else_finishes_the_last_job",
                 drain_by_others,
             ),
@@ -378,6 +382,67 @@ fn stop_hands_back(ctx: &mut Ctx) {
         count(&mut obs, "SELECT count(DISTINCT v) FROM effects"),
         done
     );
+}
+
+/// TERM with jobs longer than the graceful timeout, Kubernetes style: the
+/// fleet exits 0 soon after the timeout, and every job it had not finished
+/// is queued again at once with its attempt given back: a program that
+/// takes TERM (handed back by its worker), a program that ignores it and a
+/// statement (their child killed, handed back by the master).
+fn term_interrupts(ctx: &mut Ctx) {
+    for handler in [
+        ["--exec", "sleep 30"],
+        ["--exec", "trap '' TERM; sleep 30"],
+        ["--sql", "SELECT pg_sleep(30)"],
+    ] {
+        let mut obs = reset(&ctx.url);
+        enqueue_lines(&ctx.url, "1\n2\n3\n4\n5\n6\n", &["--max-attempts", "1"]);
+        let command = handler[1].to_owned();
+        let exec = ["sh".to_owned(), "-c".to_owned(), command.clone()];
+        let mut args: Vec<&str> =
+            vec!["--procs", "2", "--threads", "2", "--graceful-timeout", "1s"];
+        match handler[0] {
+            "--exec" => {
+                args.push("--exec");
+                args.extend(exec.iter().map(String::as_str));
+            }
+            _ => args.extend(handler),
+        }
+        let mut master = Master::start(&ctx.url, &args);
+        // Four running, one per worker (a --sql child claims the rest for
+        // its local queue too).
+        common::wait_until("four jobs running", Duration::from_secs(20), || {
+            count(
+                &mut obs,
+                "SELECT count(*) FROM prefork.jobs WHERE state = 'running'",
+            ) >= 4
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let termed = Instant::now();
+        kill(master.pid(), Signal::SIGTERM).unwrap();
+        drained(&mut master, Duration::from_secs(20));
+        let took = termed.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "{command}: the stop took {took:?} with a 1 s graceful timeout"
+        );
+        let queued = count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'queued' AND attempts = 0",
+        );
+        assert_eq!(
+            queued, 6,
+            "{command}: not every job is queued again with its attempt given back"
+        );
+        assert_eq!(
+            count(
+                &mut obs,
+                "SELECT count(*) FROM prefork.jobs_live WHERE last_error IS NOT NULL"
+            ),
+            0,
+            "{command}: an interrupted job was marked with an error"
+        );
+    }
 }
 
 /// A draining fleet whose last job is held elsewhere (another fleet's

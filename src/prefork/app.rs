@@ -29,13 +29,15 @@ pub trait App: Send + Sync + 'static {
     }
 
     /// Runs in the master after children died abruptly (killed, crashed, or
-    /// stopped fast), with their pids, once their leftover backends have
-    /// been ended. A job queue requeues their claimed jobs here.
+    /// stopped fast), once their leftover backends have been ended. A job
+    /// queue requeues their claimed jobs here: as failed attempts, or, for
+    /// children the master itself stopped ([`LostChild::interrupted`]), as
+    /// attempts that never happened.
     ///
     /// It may use the database: the master's connections are closed again
     /// before its next fork.
-    fn children_lost(&self, pids: &[Pid]) {
-        let _ = pids;
+    fn children_lost(&self, lost: &[LostChild]) {
+        let _ = lost;
     }
 
     /// Runs in the master on every turn of its loop (at least every 100 ms)
@@ -71,6 +73,17 @@ pub trait App: Send + Sync + 'static {
     /// Returning (or panicking) before the child is told to stop is treated
     /// as a fault: the child stops and the master replaces it.
     fn run_worker(&self, worker: &Worker);
+}
+
+/// A child that died with work perhaps in hand, for [`App::children_lost`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostChild {
+    /// Its pid.
+    pub pid: Pid,
+    /// The master had told it to stop (a graceful stop, reload or recycle
+    /// that ran past the graceful timeout, or a fast stop): what it had in
+    /// hand was interrupted by the operator, not failed by the work.
+    pub interrupted: bool,
 }
 
 /// A child as the master sees it, for [`App::master_tick`].

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::app::{ChildStatus, Report};
+use super::app::{ChildStatus, LostChild, Report};
 use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
 use super::builder::Settings;
@@ -182,7 +182,7 @@ pub(super) struct Fleet {
     oom_seen: Option<Option<u64>>,
     /// Children that died abruptly, whose backends must be ended, and since
     /// when.
-    leftovers: Vec<(Pid, Instant)>,
+    leftovers: Vec<(LostChild, Instant)>,
     outcome: Result<(), PreforkError>,
     pub(super) report: Report,
     /// What the children that exited had added to the app's metrics (see
@@ -291,7 +291,11 @@ impl Fleet {
         // killed child's socket closes, but the server notices only when
         // the running statement ends).
         if !(clean && child.stop.is_some_and(|s| !s.abrupt)) {
-            self.leftovers.push((child.pid, now));
+            let lost = LostChild {
+                pid: child.pid,
+                interrupted: requested,
+            };
+            self.leftovers.push((lost, now));
         }
         if requested {
             log::info!(
@@ -704,7 +708,7 @@ impl Fleet {
     /// now. Not while a replacement boots (up to 100 ms): the master's
     /// connect and query would compete with it for the CPU and delay the
     /// respawn. Everything once the fleet has stopped.
-    pub(super) fn take_leftovers(&mut self, now: Instant) -> Vec<Pid> {
+    pub(super) fn take_leftovers(&mut self, now: Instant) -> Vec<LostChild> {
         let Some(&(_, oldest)) = self.leftovers.first() else {
             return Vec::new();
         };
@@ -715,7 +719,7 @@ impl Fleet {
         if booting && !self.finished() && now.saturating_duration_since(oldest) < TICK {
             return Vec::new();
         }
-        self.leftovers.drain(..).map(|(pid, _)| pid).collect()
+        self.leftovers.drain(..).map(|(lost, _)| lost).collect()
     }
 
     /// What systemd hears of the fleet (see `notify`): children ready and
@@ -1156,7 +1160,22 @@ mod tests {
         // killed (an exit status of 0 after SIGKILL was sent proves
         // nothing), so each one's backends are ended.
         assert_eq!(fleet.report.restarts, 2);
-        assert_eq!(fleet.take_leftovers(now), [pid(2), pid(1), pid(3), pid(4)]);
+        // The two killed for faults failed their work; the two stopped past
+        // the graceful timeout were interrupted.
+        let lost: Vec<(Pid, bool)> = fleet
+            .take_leftovers(now)
+            .iter()
+            .map(|l| (l.pid, l.interrupted))
+            .collect();
+        assert_eq!(
+            lost,
+            [
+                (pid(2), false),
+                (pid(1), false),
+                (pid(3), true),
+                (pid(4), true)
+            ]
+        );
     }
 
     #[test]

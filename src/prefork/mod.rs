@@ -88,7 +88,7 @@ mod supervise;
 mod title;
 mod worker;
 
-pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, Report, RunningProgram};
+pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, LostChild, Report, RunningProgram};
 pub use board::MAX_THREADS;
 pub use builder::{ConnectionBounds, Prefork};
 pub use error::PreforkError;

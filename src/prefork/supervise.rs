@@ -168,10 +168,11 @@ impl<A: App> Master<A> {
     /// Ends the backends of children that died abruptly, when the fleet
     /// says it is time, then lets the app requeue their work.
     fn end_leftovers(&mut self, now: Instant) {
-        let pids = self.fleet.take_leftovers(now);
-        if pids.is_empty() {
+        let lost = self.fleet.take_leftovers(now);
+        if lost.is_empty() {
             return;
         }
+        let pids: Vec<Pid> = lost.iter().map(|l| l.pid).collect();
         if self.use_database {
             let started = Instant::now();
             match backends::end_leftovers(&pids) {
@@ -184,7 +185,7 @@ impl<A: App> Master<A> {
             }
             log::debug!("leftover backend check took {:?}", started.elapsed());
         }
-        self.os.app.children_lost(&pids);
+        self.os.app.children_lost(&lost);
         crate::close_all();
     }
 

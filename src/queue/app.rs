@@ -18,7 +18,7 @@ use super::metrics::{QueueMetrics, Verdict};
 use super::prefetch::{Batch, Claiming, Prefetch, Size, Take};
 use super::store::Finished;
 use super::{Handler, Job, QueueConfig, exec, store};
-use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Worker};
+use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, LostChild, Worker};
 use crate::{Pid, application_name};
 
 /// What the master observed of its fleet, for a summary.
@@ -411,10 +411,9 @@ impl QueueApp {
                     Err(e) => Err(self.strand(batch, stranded, e)),
                 };
             }
-            Handler::Exec { argv } => Ok(batch
-                .jobs
-                .iter()
-                .map(|j| {
+            Handler::Exec { argv } => {
+                let mut outcomes = Vec::new();
+                for j in &batch.jobs {
                     let started = Instant::now();
                     let ran = worker.jobs_within(1, &job_label(j.id), j.timeout, || {
                         exec::run(worker, argv, self.limit(j), j)
@@ -422,13 +421,18 @@ impl QueueApp {
                     let verdict = match ran.ending {
                         exec::Ending::TimedOut => Verdict::TimedOut,
                         exec::Ending::Signalled if self.cancelled(j) => Verdict::Cancelled,
+                        // The master ended the program because the child's
+                        // graceful stop ran out: interrupted, not failed.
+                        // It and the rest of the batch are handed back.
+                        exec::Ending::Signalled if worker.stopping() => break,
                         _ => Verdict::of(ran.outcome.is_ok(), j.attempt, j.max_attempts),
                     };
                     self.metrics
                         .count(worker, &j.queue, verdict, started.elapsed());
-                    ran.outcome
-                })
-                .collect()),
+                    outcomes.push(ran.outcome);
+                }
+                Ok(outcomes)
+            }
             Handler::Rust(f) => batch
                 .jobs
                 .iter()
@@ -451,7 +455,15 @@ impl QueueApp {
             Ok(outcomes) => outcomes,
             Err(e) => return Err(self.strand(batch, stranded, e)),
         };
-        let Batch { owner, jobs } = batch;
+        let Batch { owner, mut jobs } = batch;
+        if outcomes.len() < jobs.len() {
+            let rest = jobs.split_off(outcomes.len());
+            self.let_go(&owner, rest.len());
+            stranded.push(Stranded::Unstarted(Batch {
+                owner: owner.clone(),
+                jobs: rest,
+            }));
+        }
         let finished = jobs
             .into_iter()
             .zip(outcomes)
@@ -865,14 +877,30 @@ impl App for QueueApp {
         Ok(())
     }
 
-    fn children_lost(&self, pids: &[Pid]) {
-        let processes: Vec<String> = pids.iter().map(|pid| process_of(*pid)).collect();
-        let which = store::Release::Processes(&processes);
-        let list = crate::prefork::list(pids);
-        match crate::with_client(|c| store::release(c, &self.config.schema, which)) {
-            Ok(released) if released.is_empty() => {}
-            Ok(released) => log::warn!("{released} of dead children {list}"),
-            Err(e) => log::warn!("releasing the jobs of dead children {list}: {e}"),
+    fn children_lost(&self, lost: &[LostChild]) {
+        for interrupted in [false, true] {
+            let pids: Vec<Pid> = lost
+                .iter()
+                .filter(|l| l.interrupted == interrupted)
+                .map(|l| l.pid)
+                .collect();
+            if pids.is_empty() {
+                continue;
+            }
+            let processes: Vec<String> = pids.iter().map(|pid| process_of(*pid)).collect();
+            let which = match interrupted {
+                false => store::Release::Processes(&processes),
+                true => store::Release::Interrupted(&processes),
+            };
+            let list = crate::prefork::list(&pids);
+            match crate::with_client(|c| store::release(c, &self.config.schema, which)) {
+                Ok(released) if released.is_empty() => {}
+                Ok(released) if interrupted => {
+                    log::info!("{released} of children stopped before they finished ({list})");
+                }
+                Ok(released) => log::warn!("{released} of dead children {list}"),
+                Err(e) => log::warn!("releasing the jobs of dead children {list}: {e}"),
+            }
         }
     }
 

@@ -488,6 +488,10 @@ pub(crate) struct SqlRan {
 pub enum Release<'a> {
     /// Those of these processes (`host:pid` prefixes): children that died.
     Processes(&'a [String]),
+    /// Those of these processes, which the master stopped before they
+    /// finished (a graceful stop past its timeout): queued again at once,
+    /// their attempt given back, as if never started.
+    Interrupted(&'a [String]),
     /// Those one claim stamped with `owner`.
     Owner(&'a str),
     /// Those stamped by one worker's claims (`prefix` is
@@ -582,6 +586,29 @@ pub fn release(
             failed: 0,
         });
     }
+    if let Release::Interrupted(processes) = which {
+        let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
+        // Locked in id order, as everywhere (see below).
+        let requeued = client.execute_typed(
+            &format!(
+                "UPDATE {s}.jobs_live AS j
+                 SET state = 'queued', attempts = j.attempts - 1,
+                     locked_by = NULL, locked_until = NULL
+                 FROM (SELECT id FROM {s}.jobs_live
+                       WHERE state = 'running' AND locked_by LIKE ANY($1)
+                       ORDER BY id FOR UPDATE) AS t
+                 WHERE j.id = t.id"
+            ),
+            &[(&patterns, Type::TEXT_ARRAY)],
+        )?;
+        if requeued > 0 {
+            notify(client, schema, "")?;
+        }
+        return Ok(Released {
+            requeued,
+            failed: 0,
+        });
+    }
     // The running jobs that match, locked; those out of attempts move to
     // jobs_finished as failed, the others are queued again at once.
     // Rows are locked in id order, as run_sql's fence locks them, so the
@@ -650,7 +677,7 @@ pub fn release(
                 &[(&pattern, Type::TEXT), (&live, Type::TEXT_ARRAY)],
             )?
         }
-        Release::Unstarted { .. } => unreachable!("handled above"),
+        Release::Unstarted { .. } | Release::Interrupted(_) => unreachable!("handled above"),
         Release::Jobs { owner, jobs } => {
             let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
             let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
