@@ -172,3 +172,8 @@ where
 pub fn set_role(role: &str) {
     conn::registry::set_role(role);
 }
+
+/// The role [`set_role`] set (`master`, `child`, ...), `app` by default.
+pub fn role() -> String {
+    conn::registry::role()
+}

@@ -263,6 +263,7 @@ impl Fleet {
         // jobs are handed back (see `program`).
         for group in child.board.programs(self.settings.threads) {
             log::warn!(
+                child = child.index, pid = child.pid.as_raw();
                 "child {} (pid {}) left program group {group} running; killing it",
                 child.index,
                 child.pid
@@ -299,6 +300,7 @@ impl Fleet {
         }
         if requested {
             log::info!(
+                child = child.index, pid = child.pid.as_raw(), reason = reason.label();
                 "child {} (pid {}) stopped: {how} after {lifetime:.1?}; reason: {} ({reason})",
                 child.index,
                 child.pid,
@@ -307,6 +309,7 @@ impl Fleet {
             return true;
         }
         log::warn!(
+            child = child.index, pid = child.pid.as_raw(), reason = reason.label();
             "child {} (pid {}) died: {how} after {lifetime:.1?}; reason: {} ({reason})",
             child.index,
             child.pid,
@@ -354,6 +357,7 @@ impl Fleet {
         };
         child.ready_at = Some(now);
         log::info!(
+            child = child.index, pid = child.pid.as_raw();
             "child {} (pid {}) ready in {:.1?}",
             child.index,
             child.pid,
@@ -485,6 +489,7 @@ impl Fleet {
                     match stop.programs_told {
                         None if !programs.is_empty() => {
                             log::warn!(
+                                child = child.index, pid = child.pid.as_raw();
                                 "child {} (pid {}) still running after the graceful timeout; \
                                  sending its programs TERM",
                                 child.index,
@@ -500,6 +505,7 @@ impl Fleet {
                         _ => {}
                     }
                     log::warn!(
+                        child = child.index, pid = child.pid.as_raw();
                         "child {} (pid {}) still running after the graceful timeout; killing",
                         child.index,
                         child.pid
@@ -510,6 +516,7 @@ impl Fleet {
                 None if child.ready_at.is_none() => {
                     if now.at.saturating_duration_since(child.born) >= settings.boot_timeout {
                         log::warn!(
+                            child = child.index, pid = child.pid.as_raw();
                             "child {} (pid {}) not ready after {:?} (boot timeout); killing",
                             child.index,
                             child.pid,
@@ -529,6 +536,7 @@ impl Fleet {
                         continue;
                     };
                     log::warn!(
+                        child = child.index, pid = child.pid.as_raw(), job = busy.label.as_str();
                         "child {} (pid {}) worker {} stuck in {:?} for {:.1?} (timeout {:?}); killing",
                         child.index,
                         child.pid,
@@ -577,6 +585,7 @@ impl Fleet {
             };
             if let Some(reason) = &child.retire {
                 log::info!(
+                    child = child.index, pid = child.pid.as_raw();
                     "child {} (pid {}) will be recycled: {} ({jobs} jobs)",
                     child.index,
                     child.pid,
@@ -601,6 +610,7 @@ impl Fleet {
         for child in &mut self.children {
             if child.index > self.target && child.stop.is_none() {
                 log::info!(
+                    child = child.index, pid = child.pid.as_raw();
                     "child {} (pid {}): fleet shrinks; stopping",
                     child.index,
                     child.pid
@@ -659,6 +669,7 @@ impl Fleet {
             Err(SpawnError::Fatal(e)) => return Err(e),
         };
         log::info!(
+            child = index, pid = pid.as_raw();
             "child {index} started: pid {pid}{}",
             replaces.map_or(String::new(), |old| format!(" (replacing pid {old})"))
         );

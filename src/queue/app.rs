@@ -575,7 +575,7 @@ impl QueueApp {
                     .try_for_each(|job| self.run_sql(worker, std::slice::from_ref(job), owner, sql))
             }
             None => {
-                log::warn!("{label} timed out; its statement was cancelled");
+                log::warn!(job = jobs[0].id; "{label} timed out; its statement was cancelled");
                 let finished = [Finished {
                     owner: Arc::from(owner),
                     job: jobs[0].clone(),

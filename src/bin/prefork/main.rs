@@ -15,6 +15,7 @@ use postgres::types::Type;
 
 mod bench;
 mod jobs;
+mod logging;
 mod schedule;
 
 /// Exit status for bad usage (clap's convention).
@@ -31,6 +32,17 @@ const USAGE: u8 = 2;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// How log lines are written: text, or one JSON object per line (time,
+    /// level, target, message, process, role, and fields such as child,
+    /// pid, reason and job) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PREFORK_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: logging::LogFormat,
     #[command(flatten)]
     fleet: FleetArgs,
 }
@@ -238,7 +250,7 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    logging::init(cli.log_format);
     let result = match cli.command {
         Some(Command::Enqueue(args)) => enqueue_main(&cli.fleet.db, &args),
         Some(Command::Status(args)) => status_main(&cli.fleet.db, &args),
