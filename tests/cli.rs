@@ -46,6 +46,10 @@ fn main() {
             ("strict_refuses_a_fleet_too_big_for_the_server", strict),
             ("quick_start_runs_on_an_embedded_database", quick_start),
             ("a_hup_while_the_master_starts_waits_for_it", hup_at_startup),
+            (
+                "as_pid_1_the_master_reaps_orphans_as_strangers",
+                pid_1_reaps_strangers,
+            ),
         ],
         &[],
     )
@@ -783,5 +787,85 @@ fn hup_at_startup(ctx: &mut Ctx) {
             "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
         ),
         20_000
+    );
+}
+
+/// The master as PID 1 of a new PID namespace (a container's init): a
+/// program's daemonised grandchild (`setsid`, so outside the program's
+/// group) is re-parented to it when the program exits; the master reaps
+/// it, logs it as a stranger, and neither counts it as a child nor
+/// restarts anything for it.
+fn pid_1_reaps_strangers(ctx: &mut Ctx) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    reset(&ctx.url);
+    enqueue_lines(&ctx.url, "1\n2\n", &[]);
+    let mut unshare = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child=SIGTERM",
+            cli::BIN,
+            "--procs",
+            "1",
+            "--threads",
+            "1",
+            "--exec",
+            "sh",
+            "-c",
+            "setsid sleep 0.3 & exit 0",
+        ])
+        .env("DATABASE_URL", &ctx.url)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) runs");
+    let mut pipe = unshare.stderr.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let log = || seen.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log().matches("reaped a stranger").count() < 2 {
+        if let Ok(Some(status)) = unshare.try_wait() {
+            panic!("the master in a PID namespace ended ({status}):\n{}", log());
+        }
+        assert!(Instant::now() < deadline, "no stranger reaped:\n{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // unshare ignores TERM while it waits: the master, its child, gets it.
+    let master = cli::first_child(nix::unistd::Pid::from_raw(unshare.id() as i32))
+        .expect("the master under unshare");
+    nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = unshare.wait().unwrap();
+    reader.join().unwrap();
+    let log = log();
+    assert!(
+        log.contains("master 1 starting"),
+        "the master was not PID 1:\n{log}"
+    );
+    assert!(
+        log.contains("0 restart(s)"),
+        "a stranger counted as a child:\n{log}"
+    );
+    assert!(
+        !log.contains("died:"),
+        "a stranger was taken for a dying child:\n{log}"
+    );
+    assert!(
+        status.success() || status.code().is_none(),
+        "{status}: {log}"
     );
 }

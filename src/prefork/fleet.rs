@@ -867,7 +867,7 @@ fn retire_text(reason: &ExitReason) -> &'static str {
     }
 }
 
-fn describe(status: &WaitStatus) -> String {
+pub(super) fn describe(status: &WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exit status {code}"),
         WaitStatus::Signaled(_, signal, _) => format!("killed by {signal}"),

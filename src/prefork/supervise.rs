@@ -160,7 +160,12 @@ impl<A: App> Master<A> {
                 self.os.ready.retain(|(p, _)| *p != pid);
             }
             if !self.fleet.on_exit(status, now, &mut self.os) {
-                log::debug!("reaped a process that is not a child of the fleet: {status:?}");
+                // An orphan the master adopted: as PID 1 (a container),
+                // or as a subreaper, a program's daemonised grandchild
+                // comes here when its parent dies.
+                let pid = status.pid().map_or(0, Pid::as_raw);
+                let how = super::fleet::describe(&status);
+                log::info!(pid = pid; "reaped a stranger: pid {pid} ({how}), not one of the fleet's children");
             }
         }
     }
