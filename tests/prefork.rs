@@ -52,6 +52,10 @@ fn main() {
             ("http_example_serves_through_a_reload", http_example),
             ("max_lifetime_recycles_children", max_lifetime),
             ("reload_on_rss_recycles_children", reload_on_rss),
+            (
+                "max_memory_recycles_by_pss_after_consecutive_readings",
+                max_memory,
+            ),
             ("ctrl_c_to_the_process_group_stops_the_fleet_once", ctrl_c),
         ],
         &[("master", master_main)],
@@ -83,6 +87,12 @@ impl App for TestApp {
         }
         if self.hang_boot {
             std::thread::sleep(Duration::from_secs(3600));
+        }
+        if let Some(mb) = env_u64("PF_BALLAST_MB") {
+            // Memory of the child's own, touched so that it is resident.
+            let ballast = vec![1u8; mb as usize * 1024 * 1024];
+            std::hint::black_box(&ballast);
+            std::mem::forget(ballast);
         }
         Ok(())
     }
@@ -142,6 +152,7 @@ fn master_main(_url: &str) -> i32 {
         .max_requests(env_u64("PF_MAX_REQUESTS"), 0)
         .max_lifetime(secs("PF_MAX_LIFETIME"), Duration::ZERO)
         .reload_on_rss(env_u64("PF_RELOAD_ON_RSS"))
+        .max_memory(env_u64("PF_MAX_MEMORY"), 2)
         .crash_limit(env_u64("PF_CRASH_LIMIT").map(|n| n as u32));
     let app = TestApp {
         task_ms: env_u64("PF_TASK_MS").unwrap_or(100),
@@ -848,12 +859,38 @@ fn reload_on_rss(ctx: &mut Ctx) {
             ("PF_RELOAD_ON_RSS", "1"),
         ],
     );
-    fleet.wait_log("memory over reload-on-rss", 2, Duration::from_secs(10));
+    fleet.wait_log("memory over its limit", 2, Duration::from_secs(10));
     fleet.wait_log(
-        "replaced (memory over reload-on-rss)",
+        "replaced (memory over its limit)",
         1,
         Duration::from_secs(10),
     );
+    fleet.assert_no_zombies();
+    assert_eq!(fleet.stop(), Some(0));
+}
+
+fn max_memory(ctx: &mut Ctx) {
+    // 1 MB of PSS (each child holds 4 of its own), two readings a second
+    // apart: a child is recycled a second or more after it is ready, not
+    // at once.
+    let fleet = Fleet::start(
+        ctx,
+        &[
+            ("PF_PROCS", "1"),
+            ("PF_THREADS", "1"),
+            ("PF_MAX_MEMORY", "1"),
+            ("PF_BALLAST_MB", "4"),
+        ],
+    );
+    fleet.wait_log("ready in", 1, Duration::from_secs(10));
+    let ready = std::time::Instant::now();
+    fleet.wait_log("memory over its limit", 1, Duration::from_secs(10));
+    let took = ready.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "recycled {took:?} after ready: one reading was enough"
+    );
+    fleet.wait_log("reason: recycled_memory", 1, Duration::from_secs(10));
     fleet.assert_no_zombies();
     assert_eq!(fleet.stop(), Some(0));
 }

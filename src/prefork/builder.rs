@@ -45,6 +45,8 @@ pub(crate) struct Settings {
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) max_lifetime_jitter: Duration,
     pub(crate) reload_on_rss: Option<u64>,
+    pub(crate) max_memory: Option<u64>,
+    pub(crate) max_memory_readings: u32,
     pub(crate) crash_limit: Option<u32>,
     pub(crate) strict: bool,
     pub(crate) pidfile: Option<PathBuf>,
@@ -64,7 +66,9 @@ impl Settings {
             "graceful_timeout_seconds": self.graceful_timeout.as_secs_f64(),
             "max_requests": self.max_requests,
             "max_lifetime_seconds": secs(self.max_lifetime),
-            "reload_on_rss_bytes": self.reload_on_rss,
+            "reload_on_rss_megabytes": self.reload_on_rss,
+            "max_memory_megabytes": self.max_memory,
+            "max_memory_readings": self.max_memory_readings,
             "crash_limit": self.crash_limit,
             "status_addr": self.status_addr.as_ref().map(ToString::to_string),
         })
@@ -106,6 +110,8 @@ impl Prefork {
                 max_lifetime: None,
                 max_lifetime_jitter: Duration::ZERO,
                 reload_on_rss: None,
+                max_memory: None,
+                max_memory_readings: 3,
                 crash_limit: None,
                 strict: false,
                 pidfile: None,
@@ -194,6 +200,22 @@ impl Prefork {
     /// Default: never.
     pub fn reload_on_rss(mut self, megabytes: Option<u64>) -> Prefork {
         self.settings.reload_on_rss = megabytes.filter(|n| *n > 0);
+        self
+    }
+
+    /// Recycle a child whose proportional memory (PSS: a page shared with N
+    /// processes counts 1/N, so memory still shared with the master after
+    /// the fork is not counted in full in every child, as resident memory
+    /// is) exceeds this many megabytes in `readings` consecutive readings,
+    /// one a second, so a brief peak does not recycle it. Default: never.
+    ///
+    /// # Panics
+    ///
+    /// If `readings` is 0.
+    pub fn max_memory(mut self, megabytes: Option<u64>, readings: u32) -> Prefork {
+        assert!(readings > 0, "max_memory needs at least one reading");
+        self.settings.max_memory = megabytes.filter(|n| *n > 0);
+        self.settings.max_memory_readings = readings;
         self
     }
 

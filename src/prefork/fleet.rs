@@ -30,6 +30,9 @@ use super::program::kill_grace;
 use super::status::{ChildView, FleetView, MasterView};
 use crate::Pid;
 
+/// How often the children's PSS is read for `--max-memory`.
+const MEMORY_READ_EVERY: Duration = Duration::from_secs(1);
+
 /// The master's turn of its loop never sleeps longer than this, so
 /// deadlines are checked even when nothing happens.
 pub(super) const TICK: Duration = Duration::from_millis(100);
@@ -61,6 +64,8 @@ pub(super) trait Effects {
     fn signal(&mut self, pid: Pid, signal: Signal);
     /// The child's resident memory in bytes.
     fn resident_bytes(&mut self, pid: Pid) -> Option<u64>;
+    /// The child's proportional memory (PSS) in bytes.
+    fn proportional_bytes(&mut self, pid: Pid) -> Option<u64>;
     /// Sends `signal` to a process group a child's worker runs (a
     /// program).
     fn signal_group(&mut self, group: Pid, signal: Signal);
@@ -100,6 +105,8 @@ struct Child {
     faulted: bool,
     max_requests: Option<u64>,
     max_lifetime: Option<Duration>,
+    /// Consecutive readings of its PSS over `--max-memory`.
+    over_memory: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -188,6 +195,8 @@ pub(super) struct Fleet {
     /// What the children that exited had added to the app's metrics (see
     /// `metrics`), so the fleet's sums never go back.
     retired: Vec<u64>,
+    /// When the children's PSS was last read (for `--max-memory`).
+    memory_read_at: Option<Instant>,
 }
 
 impl Fleet {
@@ -204,6 +213,7 @@ impl Fleet {
             outcome: Ok(()),
             report: Report::default(),
             retired: vec![0; MAX_COUNTERS],
+            memory_read_at: None,
         }
     }
 
@@ -556,6 +566,17 @@ impl Fleet {
     /// Marks children for replacement by job count, age or memory.
     fn check_recycling(&mut self, now: Now, fx: &mut impl Effects) {
         let rss_limit = self.settings.reload_on_rss.map(|mb| mb * 1024 * 1024);
+        // PSS walks every mapping of the child: read once a second, not
+        // every turn.
+        let pss_limit = self.settings.max_memory.map(|mb| mb * 1024 * 1024);
+        let read_pss = pss_limit.is_some()
+            && self
+                .memory_read_at
+                .is_none_or(|t| now.at.saturating_duration_since(t) >= MEMORY_READ_EVERY);
+        if read_pss {
+            self.memory_read_at = Some(now.at);
+        }
+        let readings = self.settings.max_memory_readings;
         for child in &mut self.children {
             if child.stop.is_some() || child.ready_at.is_none() {
                 continue;
@@ -572,12 +593,17 @@ impl Fleet {
             if child.replaces.is_some() || child.retire.is_some() {
                 continue;
             }
+            if let (true, Some(limit)) = (read_pss, pss_limit) {
+                let over = fx.proportional_bytes(child.pid).is_some_and(|p| p >= limit);
+                child.over_memory = if over { child.over_memory + 1 } else { 0 };
+            }
             child.retire = if child.max_requests.is_some_and(|max| jobs >= max) {
                 Some(ExitReason::RecycledRequests)
             } else if child.max_lifetime.is_some_and(|max| age >= max) {
                 Some(ExitReason::RecycledLifetime)
             } else if rss_limit
                 .is_some_and(|limit| fx.resident_bytes(child.pid).is_some_and(|r| r >= limit))
+                || child.over_memory >= readings
             {
                 Some(ExitReason::RecycledMemory)
             } else {
@@ -696,6 +722,7 @@ impl Fleet {
             faulted: false,
             max_requests,
             max_lifetime,
+            over_memory: 0,
         });
         Ok(())
     }
@@ -862,7 +889,7 @@ fn retire_text(reason: &ExitReason) -> &'static str {
     match reason {
         ExitReason::RecycledRequests => "max requests",
         ExitReason::RecycledLifetime => "max lifetime",
-        ExitReason::RecycledMemory => "memory over reload-on-rss",
+        ExitReason::RecycledMemory => "memory over its limit",
         _ => "reload",
     }
 }
@@ -891,6 +918,8 @@ mod tests {
         log: Vec<String>,
         /// Resident bytes reported for every child.
         rss: Option<u64>,
+        /// Proportional bytes reported for every child.
+        pss: Option<u64>,
         /// Fail the next spawns with a retryable error.
         refuse: usize,
         /// The cgroup's OOM kill count.
@@ -920,6 +949,9 @@ mod tests {
         }
         fn resident_bytes(&mut self, _: Pid) -> Option<u64> {
             self.rss
+        }
+        fn proportional_bytes(&mut self, _: Pid) -> Option<u64> {
+            self.pss
         }
         fn signal_group(&mut self, group: Pid, signal: Signal) {
             self.log.push(format!("{signal} group {group}"));
@@ -1260,6 +1292,21 @@ mod tests {
         assert!(fleet.children[0].retire.is_none());
         fx.rss = Some(100 * 1024 * 1024);
         fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fleet.children[0].retire, Some(ExitReason::RecycledMemory));
+        fx.rss = None;
+
+        // PSS: three readings over the limit in a row, one a second; a
+        // reading under it starts the count again.
+        let mut fleet = fleet_with_one(&mut fx, &clock, |p| p.max_memory(Some(100), 3));
+        let over = Some(100 * 1024 * 1024);
+        for pss in [over, over, Some(1), over, over] {
+            fx.pss = pss;
+            fleet.turn(clock.advance(Duration::from_secs(1)), &mut fx);
+            // Turns in between read nothing.
+            fleet.turn(clock.advance(Duration::from_millis(100)), &mut fx);
+            assert!(fleet.children[0].retire.is_none());
+        }
+        fleet.turn(clock.advance(Duration::from_secs(1)), &mut fx);
         assert_eq!(fleet.children[0].retire, Some(ExitReason::RecycledMemory));
     }
 

@@ -375,6 +375,10 @@ impl<A: App> Effects for Os<A> {
         crate::procfs::resident_bytes(pid)
     }
 
+    fn proportional_bytes(&mut self, pid: Pid) -> Option<u64> {
+        crate::procfs::proportional_bytes(pid)
+    }
+
     fn oom_kills(&mut self) -> Option<u64> {
         crate::procfs::cgroup_oom_kills()
     }

@@ -128,9 +128,19 @@ struct FleetArgs {
     /// Add up to this much at random to --max-lifetime, per child.
     #[arg(long, env = "PREFORK_MAX_LIFETIME_JITTER", default_value = "0s", value_parser = parse_duration)]
     max_lifetime_jitter: Duration,
-    /// Recycle a child whose resident memory exceeds this many MB.
+    /// Recycle a child whose resident memory exceeds this many MB (counts
+    /// pages shared with the master in full: see --max-memory).
     #[arg(long, env = "PREFORK_RELOAD_ON_RSS")]
     reload_on_rss: Option<u64>,
+    /// Recycle a child whose proportional memory (PSS: a page shared by N
+    /// processes counts 1/N) exceeds this many MB in --max-memory-readings
+    /// consecutive readings, one a second.
+    #[arg(long, env = "PREFORK_MAX_MEMORY", value_name = "MB")]
+    max_memory: Option<u64>,
+    /// Consecutive readings over --max-memory before a recycle.
+    #[arg(long, env = "PREFORK_MAX_MEMORY_READINGS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    max_memory_readings: u32,
     /// Exit non-zero after this many consecutive early deaths of a child.
     #[arg(long, env = "PREFORK_CRASH_LIMIT")]
     crash_limit: Option<u32>,
@@ -800,6 +810,7 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
             args.max_lifetime_jitter,
         )
         .reload_on_rss(args.reload_on_rss)
+        .max_memory(args.max_memory, args.max_memory_readings)
         .crash_limit(args.crash_limit)
         .strict(args.strict)
         .pidfile(args.pidfile.clone())
