@@ -78,6 +78,7 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, Pre
         started: Instant::now(),
         lag: Duration::ZERO,
         wake_at: None,
+        memory: std::cell::RefCell::new(std::collections::HashMap::new()),
     };
     let result = master.supervise();
     if let Some(signals) = master.os.signals.take() {
@@ -102,7 +103,22 @@ struct Master<A: App> {
     lag: Duration,
     /// When the loop planned to wake, if a timeout (not an event) woke it.
     wake_at: Option<Instant>,
+    /// The children's memory as the status endpoint last read it: RSS and
+    /// PSS, and when (PSS walks every mapping of a child: 64 children
+    /// take about 5 ms, too much for every scrape).
+    memory: std::cell::RefCell<std::collections::HashMap<Pid, Memory>>,
 }
+
+/// A child's memory, read at `at`.
+#[derive(Clone, Copy)]
+struct Memory {
+    at: Instant,
+    rss: Option<u64>,
+    pss: Option<u64>,
+}
+
+/// How long the status endpoint shows a child's memory reading.
+const MEMORY_FRESH: Duration = Duration::from_secs(1);
 
 /// What the fleet's decisions are carried out with.
 struct Os<A: App> {
@@ -277,10 +293,25 @@ impl<A: App> Master<A> {
             settings: self.os.settings.describe(),
         };
         let mut view = self.fleet.view(now, master);
+        let mut memory = self.memory.borrow_mut();
+        memory.retain(|pid, _| view.children.iter().any(|c| c.pid == *pid));
         for child in &mut view.children {
-            child.rss = crate::procfs::resident_bytes(child.pid);
-            child.pss = crate::procfs::proportional_bytes(child.pid);
+            let read = match memory.get(&child.pid) {
+                Some(m) if now.at.saturating_duration_since(m.at) < MEMORY_FRESH => *m,
+                _ => {
+                    let m = Memory {
+                        at: now.at,
+                        rss: crate::procfs::resident_bytes(child.pid),
+                        pss: crate::procfs::proportional_bytes(child.pid),
+                    };
+                    memory.insert(child.pid, m);
+                    m
+                }
+            };
+            child.rss = read.rss;
+            child.pss = read.pss;
         }
+        drop(memory);
         view.master_connections = crate::conn::registry::open_count() as u32;
         if let Some(metrics) = self.os.app.metrics() {
             metrics.render(&self.fleet.counters(), &mut view.app_metrics);
