@@ -159,8 +159,9 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_DRAIN")]
     drain: bool,
     /// Jobs one worker runs and commits at once, at least: from a deep
-    /// local queue it takes a fair share, up to 64 (a child claims for all
-    /// its workers, up to 8 batches each).
+    /// local queue it takes a fair share, up to 64, and a --sql batch what
+    /// runs in 20 ms, up to 256 (a child claims for all its workers, up to
+    /// 8 batches each).
     #[arg(long, env = "PREFORK_BATCH", default_value_t = 8,
           value_parser = clap::value_parser!(i64).range(1..=1000))]
     batch: i64,
