@@ -51,6 +51,7 @@ pub(crate) struct Settings {
     pub(crate) strict: bool,
     pub(crate) pidfile: Option<PathBuf>,
     pub(crate) status_addr: Option<super::StatusAddr>,
+    pub(crate) min_ready: Option<usize>,
 }
 
 impl Settings {
@@ -71,6 +72,7 @@ impl Settings {
             "max_memory_readings": self.max_memory_readings,
             "crash_limit": self.crash_limit,
             "status_addr": self.status_addr.as_ref().map(ToString::to_string),
+            "min_ready": self.min_ready,
         })
     }
 
@@ -116,6 +118,7 @@ impl Prefork {
                 strict: false,
                 pidfile: None,
                 status_addr: None,
+                min_ready: None,
             },
         }
     }
@@ -249,6 +252,15 @@ impl Prefork {
     /// (`127.0.0.1:9187`) or a Unix socket path keeps it off the network.
     pub fn status_addr(mut self, addr: Option<super::StatusAddr>) -> Prefork {
         self.settings.status_addr = addr;
+        self
+    }
+
+    /// Children that must be ready (or retiring, still at work until their
+    /// replacement is ready) for the status endpoint's `/readyz` to say
+    /// 200; at least one, at most the fleet's size. Default: all of them,
+    /// so a child that keeps dying holds a rollout back.
+    pub fn min_ready(mut self, children: Option<usize>) -> Prefork {
+        self.settings.min_ready = children;
         self
     }
 

@@ -844,6 +844,7 @@ impl Fleet {
             master,
             children,
             target: self.target,
+            min_ready: self.settings.min_ready.unwrap_or(self.target),
             stopping: matches!(self.phase, Phase::Stopping { .. }),
             quiet: self.quiet,
             stuck,

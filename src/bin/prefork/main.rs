@@ -155,6 +155,10 @@ struct FleetArgs {
     /// path. Off by default; keep it on loopback unless a scraper needs it.
     #[arg(long, env = "PREFORK_STATUS_ADDR", value_name = "ADDR")]
     status_addr: Option<fork_safe::prefork::StatusAddr>,
+    /// Children that must be ready for /readyz to say 200 [default: all].
+    #[arg(long, env = "PREFORK_MIN_READY",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    min_ready: Option<u32>,
     /// Exit 0 once nothing is queued or running.
     #[arg(long, env = "PREFORK_DRAIN")]
     drain: bool,
@@ -815,7 +819,8 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         .crash_limit(args.crash_limit)
         .strict(args.strict)
         .pidfile(args.pidfile.clone())
-        .status_addr(args.status_addr.clone());
+        .status_addr(args.status_addr.clone())
+        .min_ready(args.min_ready.map(|n| n as usize));
     let bounds = fleet.connection_bounds();
     let app = QueueApp::new(config, handler);
     let stats = app.stats();

@@ -52,6 +52,8 @@ pub(crate) struct FleetView {
     pub(crate) master: MasterView,
     pub(crate) children: Vec<ChildView>,
     pub(crate) target: usize,
+    /// Children that must be ready for `/readyz` (at most `target`).
+    pub(crate) min_ready: usize,
     pub(crate) stopping: bool,
     pub(crate) quiet: bool,
     /// A child the master is killing for a stuck job, if any: its label.
@@ -68,8 +70,13 @@ pub(crate) struct FleetView {
 const CHILD_STATES: [&str; 4] = ["booting", "ready", "retiring", "stopping"];
 
 impl FleetView {
+    /// Children serving: ready, or retiring (still working until their
+    /// replacement is ready, as in a rolling reload).
     fn ready_children(&self) -> usize {
-        self.children.iter().filter(|c| c.state == "ready").count()
+        self.children
+            .iter()
+            .filter(|c| c.state == "ready" || c.state == "retiring")
+            .count()
     }
 
     /// `/livez`: the master's loop answers (or there would be no answer),
@@ -81,15 +88,20 @@ impl FleetView {
         }
     }
 
-    /// `/readyz`: a child is ready, and the fleet neither stops nor is
-    /// quiet (TSTP).
+    /// `/readyz`: `min_ready` children serve (all of them by default), and
+    /// the fleet neither stops nor is quiet (TSTP).
     pub(crate) fn ready(&self) -> Result<(), String> {
         if self.stopping {
             Err("stopping".into())
         } else if self.quiet {
             Err("quiet (TSTP)".into())
-        } else if self.ready_children() == 0 {
-            Err(format!("no child ready of {}", self.target))
+        } else if self.ready_children() < self.min_ready.min(self.target).max(1) {
+            Err(format!(
+                "{} of {} children ready, {} needed",
+                self.ready_children(),
+                self.target,
+                self.min_ready.min(self.target).max(1)
+            ))
         } else {
             Ok(())
         }
@@ -270,4 +282,67 @@ impl FleetView {
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(states: &[&'static str], min_ready: usize) -> FleetView {
+        let children = states
+            .iter()
+            .enumerate()
+            .map(|(i, state)| ChildView {
+                index: i + 1,
+                pid: Pid::from_raw(100 + i as i32),
+                state,
+                age: Duration::ZERO,
+                jobs: 0,
+                busy: 0,
+                current: None,
+                open_connections: 0,
+                rss: None,
+                pss: None,
+                restarts: 0,
+                last_exit: None,
+            })
+            .collect();
+        FleetView {
+            master: MasterView {
+                pid: Pid::from_raw(1),
+                uptime: Duration::ZERO,
+                loop_lag: Duration::ZERO,
+                settings: Value::Null,
+            },
+            children,
+            target: 2,
+            min_ready,
+            stopping: false,
+            quiet: false,
+            stuck: None,
+            exits: BTreeMap::new(),
+            restarts: 0,
+            master_connections: 0,
+            app_metrics: String::new(),
+            gauges: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ready_needs_its_minimum_serving_and_neither_quiet_nor_stopping() {
+        assert!(view(&["ready", "ready"], 2).ready().is_ok());
+        // A rolling reload: the retiring child works until its
+        // replacement is ready.
+        assert!(view(&["retiring", "ready", "booting"], 2).ready().is_ok());
+        let short = view(&["ready", "booting"], 2).ready().unwrap_err();
+        assert_eq!(short, "1 of 2 children ready, 2 needed");
+        assert!(view(&["ready", "booting"], 1).ready().is_ok());
+        assert!(view(&["booting", "booting"], 1).ready().is_err());
+        let mut quiet = view(&["ready", "ready"], 2);
+        quiet.quiet = true;
+        assert!(quiet.ready().is_err() && quiet.live().is_ok());
+        let mut stuck = view(&["ready", "ready"], 2);
+        stuck.stuck = Some("child 1 (pid 100)".into());
+        assert!(stuck.live().is_err());
+    }
 }
