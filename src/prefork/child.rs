@@ -139,11 +139,61 @@ pub(super) fn run<A: App>(app: Arc<A>, settings: &Settings, start: Start) -> ! {
     }
 
     shared.stop();
+    wait_for_workers(threads, &shared, settings, master, index);
+    crate::close_all();
+    std::process::exit(code);
+}
+
+/// Waits for the workers to finish what they hold. While the master
+/// lives, it enforces the graceful timeout (TERM to the programs, then
+/// KILL). An orphan (its master killed) has nobody to do that: past the
+/// graceful timeout it sends its workers' programs TERM itself, then KILL
+/// after the grace, and exits, so no program outlives its master by more
+/// than the graceful timeout and a grace.
+fn wait_for_workers(
+    threads: Vec<std::thread::JoinHandle<()>>,
+    shared: &ChildShared,
+    settings: &Settings,
+    master: Pid,
+    index: usize,
+) {
+    let started = std::time::Instant::now();
+    let mut told: Option<std::time::Instant> = None;
+    while threads.iter().any(|t| !t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        if nix::unistd::getppid() == master {
+            continue;
+        }
+        let grace = super::kill_grace(settings.graceful_timeout);
+        let groups = shared.board.programs(settings.threads);
+        match told {
+            None if started.elapsed() >= settings.graceful_timeout => {
+                log::warn!(
+                    "child {index}: orphaned and still working after the graceful timeout; \
+                     sending its programs TERM"
+                );
+                for group in &groups {
+                    let _ = nix::sys::signal::killpg(*group, Signal::SIGTERM);
+                }
+                told = Some(std::time::Instant::now());
+            }
+            Some(at) if at.elapsed() >= grace => {
+                for group in &groups {
+                    let _ = nix::sys::signal::killpg(*group, Signal::SIGKILL);
+                }
+                log::warn!("child {index}: orphaned past its grace; exiting");
+                // SAFETY: ends the process at once; the workers still
+                // running hold nothing a destructor must release (the
+                // kernel closes their sockets; PDEATHSIG ends what is left
+                // of their programs).
+                unsafe { libc::_exit(1) }
+            }
+            _ => {}
+        }
+    }
     for thread in threads {
         let _ = thread.join();
     }
-    crate::close_all();
-    std::process::exit(code);
 }
 
 /// Tells the main thread that a worker thread ended (returned or panicked).

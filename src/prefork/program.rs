@@ -40,7 +40,7 @@
 //! polling and nothing is reaped before its time.
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -75,8 +75,13 @@ pub struct Program<'w> {
 }
 
 /// Starts `command` as a program recorded in `record` (see the module
-/// docs).
-pub(super) fn spawn<'w>(command: &mut Command, record: &'w AtomicI32) -> io::Result<Program<'w>> {
+/// docs), keeping descriptor `keep` open across its exec if given (a
+/// channel of its own, beside 0, 1 and 2).
+pub(super) fn spawn<'w>(
+    command: &mut Command,
+    record: &'w AtomicI32,
+    keep: Option<RawFd>,
+) -> io::Result<Program<'w>> {
     if record.load(Ordering::Acquire) != 0 {
         return Err(io::Error::other(
             "this worker already runs a program; finish it first",
@@ -94,7 +99,7 @@ pub(super) fn spawn<'w>(command: &mut Command, record: &'w AtomicI32) -> io::Res
     // allocates nothing and takes no lock. `address` points into the
     // scoreboard, a shared mapping the forked process inherits and keeps
     // until exec.
-    unsafe { command.pre_exec(move || prepare(parent, address)) };
+    unsafe { command.pre_exec(move || prepare(parent, address, keep)) };
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -229,7 +234,7 @@ fn pidfd(pid: Pid) -> io::Result<OwnedFd> {
 }
 
 /// Runs in the forked process before `exec`: async-signal-safe calls only.
-fn prepare(parent: Pid, record: usize) -> io::Result<()> {
+fn prepare(parent: Pid, record: usize, keep: Option<RawFd>) -> io::Result<()> {
     // Its own process group, so a timeout or a stop ends the whole group.
     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
     // Recorded before it runs anything of its own, so a master that finds
@@ -283,6 +288,14 @@ fn prepare(parent: Pid, record: usize) -> io::Result<()> {
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
+    }
+    if let Some(fd) = keep {
+        // The program's channel stays open across the exec, where the
+        // program finds it by the number in its environment.
+        // SAFETY: fcntl takes integers only.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }

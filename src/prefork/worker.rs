@@ -260,7 +260,28 @@ impl Worker {
             .board
             .program_record(self.index)
             .ok_or_else(|| std::io::Error::other("no scoreboard slot for this worker"))?;
-        super::program::spawn(command, record)
+        super::program::spawn(command, record, None)
+    }
+
+    /// [`Worker::spawn`], and the program also keeps `channel` open (a
+    /// socket or pipe of its own, at the same descriptor number: tell the
+    /// program which, in its environment).
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::spawn`].
+    pub fn spawn_with_channel(
+        &self,
+        command: &mut std::process::Command,
+        channel: std::os::fd::BorrowedFd<'_>,
+    ) -> std::io::Result<super::Program<'_>> {
+        use std::os::fd::AsRawFd;
+        let record = self
+            .shared
+            .board
+            .program_record(self.index)
+            .ok_or_else(|| std::io::Error::other("no scoreboard slot for this worker"))?;
+        super::program::spawn(command, record, Some(channel.as_raw_fd()))
     }
 
     /// Adds `n` to one of the app's counters (see [`Metrics`]), in this
