@@ -16,6 +16,7 @@ use super::deadline::Deadlines;
 use super::idle::{Idle, Leadership, Woken};
 use super::metrics::{QueueMetrics, Verdict};
 use super::prefetch::{Batch, Claiming, Prefetch, Size, Take};
+use super::resident::{Ran, Resident};
 use super::store::Finished;
 use super::{Handler, Job, QueueConfig, exec, store};
 use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, LostChild, Worker};
@@ -138,11 +139,12 @@ impl QueueApp {
     /// arrived. Each is released by its claim's own stamp (and a batch by
     /// its jobs' ids and attempts), so nothing another worker holds is
     /// taken from under it.
-    fn round(
+    fn round<'w>(
         &self,
-        worker: &Worker,
+        worker: &'w Worker,
         stranded: &mut Vec<Stranded>,
         claimed: Option<Batch>,
+        resident: &mut Option<Resident<'w>>,
     ) -> Result<usize, crate::Error> {
         if !stranded.is_empty() {
             let released = self.hand_back(worker, stranded)?;
@@ -183,7 +185,7 @@ impl QueueApp {
             return Ok(0);
         }
         let started = Instant::now();
-        self.run_batch(worker, batch, stranded)?;
+        self.run_batch(worker, batch, stranded, resident)?;
         self.observe_pace(count, started.elapsed());
         Ok(count)
     }
@@ -394,11 +396,12 @@ impl QueueApp {
     /// `--max-requests`), except a `--sql` batch, which runs and records in
     /// one statement and is one unit covering all its jobs. A batch that
     /// fails to run is stranded whole.
-    fn run_batch(
+    fn run_batch<'w>(
         &self,
-        worker: &Worker,
+        worker: &'w Worker,
         batch: Batch,
         stranded: &mut Vec<Stranded>,
+        resident: &mut Option<Resident<'w>>,
     ) -> Result<(), crate::Error> {
         let outcomes: Result<Vec<store::Outcome>, crate::Error> = match &self.handler {
             Handler::Sql(sql) => {
@@ -430,6 +433,30 @@ impl QueueApp {
                     self.metrics
                         .count(worker, &j.queue, verdict, started.elapsed());
                     outcomes.push(ran.outcome);
+                }
+                Ok(outcomes)
+            }
+            Handler::Worker { .. } => {
+                let mut outcomes = Vec::new();
+                if let Some(resident) = resident.as_mut() {
+                    for j in &batch.jobs {
+                        let started = Instant::now();
+                        let ran = worker.jobs_within(1, &job_label(j.id), j.timeout, || {
+                            resident.run(worker, j, self.limit(j))
+                        });
+                        let (verdict, outcome) = match ran {
+                            Ran::Outcome(o) => {
+                                (Verdict::of(o.is_ok(), j.attempt, j.max_attempts), o)
+                            }
+                            Ran::TimedOut(e) => (Verdict::TimedOut, Err(e)),
+                            // No program to run it: it and the rest of the
+                            // batch are handed back unstarted.
+                            Ran::NotStarted => break,
+                        };
+                        self.metrics
+                            .count(worker, &j.queue, verdict, started.elapsed());
+                        outcomes.push(outcome);
+                    }
                 }
                 Ok(outcomes)
             }
@@ -868,7 +895,7 @@ impl App for QueueApp {
             // Any job may have a timeout of its own.
             deadlines: match &self.handler {
                 Handler::Sql(_) | Handler::Rust(_) => Some(Deadlines::start(child.threads())?),
-                Handler::Exec { .. } => None,
+                Handler::Exec { .. } | Handler::Worker { .. } => None,
             },
         };
         if self.child.set(state).is_err() {
@@ -990,12 +1017,21 @@ impl App for QueueApp {
         // What a failure left stamped but unrecorded, to hand back.
         let mut stranded: Vec<Stranded> = Vec::new();
         let mut claimed: Option<Batch> = None;
+        // A `--worker` program of this worker's own, started on its first job.
+        let mut resident = match &self.handler {
+            Handler::Worker { argv } => Some(Resident::new(
+                argv.clone(),
+                self.config.worker_boot_timeout,
+                self.config.worker_max_jobs,
+            )),
+            _ => None,
+        };
         while !worker.stopping() {
             // Jobs in hand were claimed as the leader, on the worker's own
             // connection unless the lead has an alias of its own: that
             // connection still LISTENs.
             let listening = claimed.is_some() && self.config.listen.is_none();
-            let ran = self.round(worker, &mut stranded, claimed.take());
+            let ran = self.round(worker, &mut stranded, claimed.take(), &mut resident);
             let outcome = match ran {
                 Ok(0) => self.idle(worker).map(|batch| claimed = batch),
                 Ok(n) => {
@@ -1028,7 +1064,11 @@ impl App for QueueApp {
                 worker.wait(Duration::from_secs(1));
             }
         }
-        // Stopping: record outcomes left waiting by a failed recorder; then
+        // Stopping: a `--worker` program reads the end of its input and exits.
+        if let Some(resident) = resident.as_mut() {
+            resident.end(worker);
+        }
+        // Record outcomes left waiting by a failed recorder; then
         // hand back, at once rather than at lease expiry, what a failure
         // left, jobs claimed as the leader just as the child was told to
         // stop, and the jobs still waiting in the local queue.

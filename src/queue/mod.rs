@@ -40,6 +40,7 @@ mod exec;
 mod idle;
 mod metrics;
 mod prefetch;
+mod resident;
 pub mod schedule;
 mod schema;
 mod store;
@@ -75,6 +76,13 @@ pub enum Handler {
         /// The program and its arguments.
         argv: Vec<String>,
     },
+    /// A long-lived program per worker thread, fed one job at a time over
+    /// a channel of its own (see the README's protocol): the program and
+    /// its interpreter load once, not per job.
+    Worker {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
     /// Rust code, given the job and the worker thread's own connection.
     Rust(RustHandler),
 }
@@ -84,6 +92,7 @@ impl std::fmt::Debug for Handler {
         match self {
             Handler::Sql(sql) => f.debug_tuple("Sql").field(sql).finish(),
             Handler::Exec { argv } => f.debug_struct("Exec").field("argv", argv).finish(),
+            Handler::Worker { argv } => f.debug_struct("Worker").field("argv", argv).finish(),
             Handler::Rust(_) => f.write_str("Rust(..)"),
         }
     }
@@ -140,6 +149,12 @@ pub struct QueueConfig {
     /// children's running jobs back (attempt counted); `None`: only the
     /// lease brings them back. Default: 15 seconds.
     pub rescue_after: Option<Duration>,
+    /// A [`Handler::Worker`] program is started afresh after this many
+    /// jobs. Default: `None` (never).
+    pub worker_max_jobs: Option<u64>,
+    /// How long a [`Handler::Worker`] program may take to say it is ready.
+    /// Default: 30 seconds.
+    pub worker_boot_timeout: Duration,
 }
 
 impl QueueConfig {
@@ -163,6 +178,8 @@ impl Default for QueueConfig {
             listen: None,
             keep_finished: None,
             rescue_after: Some(Duration::from_secs(15)),
+            worker_max_jobs: None,
+            worker_boot_timeout: Duration::from_secs(30),
         }
     }
 }

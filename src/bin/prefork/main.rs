@@ -23,8 +23,10 @@ const USAGE: u8 = 2;
 
 /// A prefork master: N children (processes) x M workers (threads) working a PostgreSQL job queue.
 ///
-/// Run the fleet with `--sql STATEMENT` or `--exec PROGRAM [ARGS...]`
-/// (`--exec` takes everything after it, so put it last). With no database
+/// Run the fleet with `--sql STATEMENT`, `--exec PROGRAM [ARGS...]` (a
+/// program per job) or `--worker PROGRAM [ARGS...]` (a long-lived program
+/// per worker, fed one job at a time: see the README's protocol); `--exec`
+/// and `--worker` take everything after them, so put them last. With no database
 /// configured at all (no --database-url, DATABASE_URL, PGHOST or
 /// PGDATABASE) the fleet runs on a throwaway PostgreSQL cluster.
 #[derive(Parser, Debug)]
@@ -159,6 +161,10 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_MIN_READY",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     min_ready: Option<u32>,
+    /// A --worker program is started afresh after this many jobs.
+    #[arg(long, env = "PREFORK_WORKER_MAX_JOBS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    worker_max_jobs: Option<u64>,
     /// Exit 0 once nothing is queued or running.
     #[arg(long, env = "PREFORK_DRAIN")]
     drain: bool,
@@ -248,11 +254,22 @@ fn runtime(message: impl std::fmt::Display) -> Fail {
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().collect();
-    // `--exec PROGRAM [ARGS...]` owns everything after it.
-    let exec = args
+    // `--exec PROGRAM [ARGS...]` or `--worker PROGRAM [ARGS...]`, whichever
+    // comes first, owns everything after it.
+    let trailing = args
         .iter()
-        .position(|a| a == "--exec")
-        .map(|i| args.split_off(i)[1..].to_vec());
+        .position(|a| a == "--exec" || a == "--worker")
+        .map(|i| {
+            let rest = args.split_off(i);
+            Trailing {
+                flag: if rest[0] == "--worker" {
+                    "--worker"
+                } else {
+                    "--exec"
+                },
+                argv: rest[1..].to_vec(),
+            }
+        });
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -272,7 +289,7 @@ fn main() -> ExitCode {
         Some(Command::Jobs(args)) => jobs::jobs_main(&cli.fleet.db, &args),
         Some(Command::Schedule(args)) => schedule::schedule_main(&cli.fleet.db, &args),
         Some(Command::Bench(args)) => bench_main(&cli.fleet.db, &args),
-        None => fleet_main(cli.fleet, exec),
+        None => fleet_main(cli.fleet, trailing),
     };
     // Every path, including errors, ends with no connection open.
     fork_safe::close_all();
@@ -705,30 +722,45 @@ fn timeout(args: &FleetArgs) -> Option<Duration> {
     args.timeout.and_then(|l| l.0)
 }
 
-fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
+/// The handler that owns the end of the command line: `--exec` or
+/// `--worker`, and the program's argv.
+struct Trailing {
+    flag: &'static str,
+    argv: Vec<String>,
+}
+
+fn fleet_main(args: FleetArgs, trailing: Option<Trailing>) -> Result<(), Fail> {
     // A reload or a scaling signal sent while the master still starts up
     // waits for it.
     fork_safe::prefork::hold_signals().map_err(runtime)?;
     let queues = queues(&args.db)?;
     let schema = Schema::new(&args.db.schema).map_err(usage)?;
-    let handler = match (&args.sql, exec) {
-        (Some(_), Some(_)) => return Err(usage("give one handler: --sql or --exec, not both")),
+    let handler = match (&args.sql, trailing) {
+        (Some(_), Some(t)) => {
+            return Err(usage(format!(
+                "give one handler: --sql or {}, not both",
+                t.flag
+            )));
+        }
         (None, None) => {
             return Err(usage(
-                "a handler is required: --sql STATEMENT or --exec PROGRAM [ARGS...]",
+                "a handler is required: --sql STATEMENT, --exec PROGRAM [ARGS...] or --worker PROGRAM [ARGS...]",
             ));
         }
-        (None, Some(argv)) if argv.is_empty() => {
-            return Err(usage("--exec needs a PROGRAM"));
+        (None, Some(t)) if t.argv.is_empty() => {
+            return Err(usage(format!("{} needs a PROGRAM", t.flag)));
         }
-        (None, Some(argv)) => {
+        (None, Some(Trailing { flag, argv })) => {
             if !find_program(&argv[0]) {
                 return Err(usage(format!(
-                    "--exec: program {:?} not found or not executable",
+                    "{flag}: program {:?} not found or not executable",
                     argv[0]
                 )));
             }
-            Handler::Exec { argv }
+            match flag {
+                "--worker" => Handler::Worker { argv },
+                _ => Handler::Exec { argv },
+            }
         }
         (Some(sql), None) => {
             check_statement_text(sql)?;
@@ -798,6 +830,8 @@ fn fleet_main(args: FleetArgs, exec: Option<Vec<String>>) -> Result<(), Fail> {
         poll: args.poll,
         keep_finished: args.keep_finished.0,
         rescue_after: args.rescue_after.0,
+        worker_max_jobs: args.worker_max_jobs,
+        worker_boot_timeout: args.boot_timeout,
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),

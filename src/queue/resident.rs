@@ -1,0 +1,522 @@
+//! Long-lived programs (`--worker`): each worker thread runs one copy of a
+//! program, started on its first job and fed one job at a time, so an
+//! interpreter and the application it loads start once per worker, not
+//! once per job (uWSGI's and gunicorn's answer for web requests, here for
+//! jobs).
+//!
+//! # Protocol, version 1
+//!
+//! Newline-delimited JSON over a channel of its own: a Unix stream socket
+//! whose descriptor number is in `PREFORK_WORKER_FD` (the program's stdout
+//! and stderr go to the log, so a stray `print` corrupts nothing). One
+//! object per line, UTF-8, no line longer than [`MAX_LINE`].
+//!
+//! 1. The program loads, then says `{"ready":true,"protocol":1}`, within
+//!    `--boot-timeout` (its load is not job time).
+//! 2. prefork sends a job: `{"id":17,"queue":"default","attempt":1,
+//!    "max_attempts":3,"priority":0,"payload":"...","timeout":30.0}`
+//!    (`timeout`: seconds the job may take, or `null`).
+//! 3. The program answers that job, and only it:
+//!    `{"id":17,"ok":true,"result":"..."}` or
+//!    `{"id":17,"ok":false,"error":"..."}`; then it waits for the next.
+//! 4. At a stop prefork shuts its side down: the program reads the end of
+//!    its input and exits.
+//!
+//! # Scenarios
+//!
+//! 1. **A job.** One line out, one line back within the job's limit; the
+//!    answer is checked (JSON, this job's id, `ok` with `result` or
+//!    `error`).
+//! 2. **The program fails mid-job**: it exits, closes its channel, answers
+//!    something else (not JSON, another id, a line past [`MAX_LINE`]). The
+//!    attempt fails with the reason (and the end of the program's stderr),
+//!    the program is stopped, its leftover backends are ended, and the next
+//!    job starts a fresh copy.
+//! 3. **Past the job's limit.** The program's group gets TERM, then KILL
+//!    after a grace; the job fails as timed out; a fresh copy follows.
+//! 4. **It cannot start** (not found, exits or never says ready within
+//!    `--boot-timeout`): the job is handed back unstarted (no attempt is
+//!    spent on a broken deploy), and the worker waits before the next try,
+//!    longer each time (at most [`MAX_BACKOFF`]), saying so in the log.
+//! 5. **`--worker-max-jobs`.** After that many jobs the program is ended
+//!    (as at a stop) and the next job starts a fresh copy.
+//! 6. **Stop.** The channel's write side is shut down and the program given
+//!    until the master's graceful timeout to exit; the master's escalation
+//!    (TERM, then KILL) ends one that does not. Whatever happens, a program
+//!    dies with its worker thread (see `prefork::program`), and so with its
+//!    child and its master.
+//!
+//! The program inherits descriptors 0, 1, 2 and its channel, nothing else;
+//! `PGAPPNAME` names it `prefork:program:<child pid>.<worker>`, so the
+//! backends of libpq-based clients show in `pg_stat_activity` as its own,
+//! and those left when it is killed are ended.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde_json::{Value, json};
+
+use super::Job;
+use crate::prefork::{Program, Worker, kill_grace};
+
+/// The protocol's version, in the ready line.
+pub const PROTOCOL: u64 = 1;
+
+/// The longest line either side may send.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// The end of a program's stderr kept for a failed attempt's error.
+const STDERR_TAIL: usize = 4 * 1024;
+
+/// The longest wait between two tries to start a program that fails to.
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How a job fared in a program.
+#[derive(Debug)]
+pub(super) enum Ran {
+    /// It ran: the outcome the program gave (or the failure it caused).
+    Outcome(Result<String, String>),
+    /// It ran past its limit and the program was stopped.
+    TimedOut(String),
+    /// No program could be started for it: hand it back unstarted.
+    NotStarted,
+}
+
+/// The program a worker runs, and what it needs to run it again.
+pub(super) struct Resident<'w> {
+    argv: Vec<String>,
+    boot_timeout: Duration,
+    max_jobs: Option<u64>,
+    /// The program running now, if any.
+    running: Option<Running<'w>>,
+    /// Starts that failed in a row, and when the next may be tried.
+    failed_starts: u32,
+    next_start: Instant,
+}
+
+struct Running<'w> {
+    program: Program<'w>,
+    channel: BufReader<UnixStream>,
+    stderr: Arc<Mutex<VecDeque<u8>>>,
+    jobs: u64,
+}
+
+impl<'w> Resident<'w> {
+    pub(super) fn new(argv: Vec<String>, boot_timeout: Duration, max_jobs: Option<u64>) -> Self {
+        Resident {
+            argv,
+            boot_timeout,
+            max_jobs,
+            running: None,
+            failed_starts: 0,
+            next_start: Instant::now(),
+        }
+    }
+
+    /// Runs `job` in the program (started first if none runs), within
+    /// `limit`.
+    pub(super) fn run(&mut self, worker: &'w Worker, job: &Job, limit: Option<Duration>) -> Ran {
+        if self.running.is_none() {
+            if let Err(e) = self.start(worker) {
+                let _ = e;
+                return Ran::NotStarted;
+            }
+        }
+        let Some(running) = self.running.as_mut() else {
+            return Ran::NotStarted;
+        };
+        let line = json!({
+            "id": job.id,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "max_attempts": job.max_attempts,
+            "priority": job.priority,
+            "payload": job.payload,
+            "timeout": limit.map(|l| l.as_secs_f64()),
+        });
+        let deadline = limit.map(|l| Instant::now() + l);
+        let answer = send(running.channel.get_mut(), &line)
+            .and_then(|()| read_line(&mut running.channel, deadline));
+        let ran = match answer {
+            Ok(Some(line)) => match parse_answer(&line, job.id) {
+                Ok(outcome) => {
+                    running.jobs += 1;
+                    Ran::Outcome(outcome)
+                }
+                Err(e) => Ran::Outcome(Err(self.fail(worker, &e))),
+            },
+            Ok(None) => {
+                let limit = limit.unwrap_or_default();
+                self.stop(worker, Some(kill_grace(limit)));
+                Ran::TimedOut(format!("timed out after {limit:?}"))
+            }
+            Err(e) => Ran::Outcome(Err(self.fail(worker, &e))),
+        };
+        if let Some(running) = &self.running {
+            if self.max_jobs.is_some_and(|max| running.jobs >= max) {
+                log::info!(
+                    "child {} worker {}: worker program recycled after {} jobs",
+                    worker.child_index(),
+                    worker.index(),
+                    running.jobs
+                );
+                self.end(worker);
+            }
+        }
+        ran
+    }
+
+    /// How long the worker should wait before its program may be started
+    /// again (after failed starts).
+    pub(super) fn backoff(&self) -> Duration {
+        self.next_start.saturating_duration_since(Instant::now())
+    }
+
+    /// Ends the program as at a stop: end of input, then up to `within`
+    /// for it to exit (then it is killed).
+    pub(super) fn end(&mut self, worker: &Worker) {
+        let Some(mut running) = self.running.take() else {
+            return;
+        };
+        let _ = running
+            .channel
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write);
+        let exited = running.program.wait_exit(Some(Duration::from_secs(60)));
+        let pid = running.program.id();
+        let status = running.program.finish();
+        if !exited || !status.as_ref().is_ok_and(|s| s.success()) {
+            log::warn!(
+                "child {} worker {}: worker program {pid} ended at end of input: {}",
+                worker.child_index(),
+                worker.index(),
+                status.map_or_else(|e| e.to_string(), |s| s.to_string())
+            );
+        }
+        end_backends(worker);
+    }
+
+    fn start(&mut self, worker: &'w Worker) -> Result<(), String> {
+        let wait = self.backoff();
+        if !wait.is_zero() {
+            // Interrupted by a stop: the caller hands the job back.
+            if worker.wait(wait) {
+                return Err("the child is stopping".into());
+            }
+        }
+        match self.try_start(worker) {
+            Ok(running) => {
+                self.running = Some(running);
+                self.failed_starts = 0;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed_starts += 1;
+                let backoff = (Duration::from_millis(100)
+                    * 2u32.saturating_pow(self.failed_starts))
+                .min(MAX_BACKOFF);
+                self.next_start = Instant::now() + backoff;
+                log::error!(
+                    "child {} worker {}: worker program {:?} failed to start ({} in a row): {e}; next try in {backoff:.1?}",
+                    worker.child_index(),
+                    worker.index(),
+                    self.argv[0],
+                    self.failed_starts
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn try_start(&self, worker: &'w Worker) -> Result<Running<'w>, String> {
+        let (program, args) = self.argv.split_first().ok_or("no program given")?;
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| format!("creating the program's channel: {e}"))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("PREFORK_WORKER_FD", theirs.as_raw_fd().to_string())
+            .env("PREFORK_PROTOCOL", PROTOCOL.to_string())
+            .env("PGAPPNAME", app_name(worker))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut program = worker
+            .spawn_with_channel(&mut command, theirs.as_fd())
+            .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+        drop(theirs);
+        let label = format!("child {} worker {}", worker.child_index(), worker.index());
+        if let Some(out) = program.stdout() {
+            forward(out, label.clone(), None);
+        }
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(err) = program.stderr() {
+            forward(err, label, Some(stderr.clone()));
+        }
+        let mut channel = BufReader::new(UnixStream::from(ours));
+        let ready = read_line(&mut channel, Some(Instant::now() + self.boot_timeout));
+        let ready = match ready {
+            Ok(Some(line)) => serde_json::from_slice::<Value>(&line)
+                .ok()
+                .filter(|v| v["ready"] == true)
+                .ok_or_else(|| format!("said {} instead of ready", shorten(&line))),
+            Ok(None) => Err(format!(
+                "not ready within the boot timeout ({:?})",
+                self.boot_timeout
+            )),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            let mut running = Running {
+                program,
+                channel,
+                stderr,
+                jobs: 0,
+            };
+            running.program.stop(Duration::from_secs(1));
+            let status = running.program.finish();
+            return Err(with_stderr(&running.stderr, e, status.ok()));
+        }
+        Ok(Running {
+            program,
+            channel,
+            stderr,
+            jobs: 0,
+        })
+    }
+
+    /// The program failed its job (`e`): stopped and reaped, its leftover
+    /// backends ended; the attempt's error, with the end of its stderr.
+    fn fail(&mut self, worker: &Worker, e: &str) -> String {
+        let Some(mut running) = self.running.take() else {
+            return e.to_owned();
+        };
+        running.program.stop(Duration::from_secs(1));
+        let status = running.program.finish().ok();
+        end_backends(worker);
+        with_stderr(&running.stderr, e.to_owned(), status)
+    }
+
+    /// Stops the program (TERM, then KILL after `grace`).
+    fn stop(&mut self, worker: &Worker, grace: Option<Duration>) {
+        if let Some(mut running) = self.running.take() {
+            running
+                .program
+                .stop(grace.unwrap_or(Duration::from_secs(1)));
+            let _ = running.program.finish();
+            end_backends(worker);
+        }
+    }
+}
+
+/// `PGAPPNAME` for the programs of `worker`.
+fn app_name(worker: &Worker) -> String {
+    format!("prefork:program:{}.{}", std::process::id(), worker.index())
+}
+
+/// Ends the backends the worker's programs left (their `PGAPPNAME`).
+fn end_backends(worker: &Worker) {
+    let name = app_name(worker);
+    let ended = crate::with_client(|client| {
+        let rows = client.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )?;
+        Ok(rows.len())
+    });
+    match ended {
+        Ok(0) => {}
+        Ok(n) => log::warn!("ended {n} backend(s) left by a worker program ({name})"),
+        Err(e) => log::warn!("could not end the backends of {name}: {e}"),
+    }
+}
+
+/// Writes one line.
+fn send(channel: &mut UnixStream, line: &Value) -> Result<(), String> {
+    let mut bytes = line.to_string().into_bytes();
+    bytes.push(b'\n');
+    channel
+        .write_all(&bytes)
+        .map_err(|e| format!("the program's channel: {e}"))
+}
+
+/// Reads one line by `deadline`: `Ok(None)` past it; an error if the
+/// channel closed or the line is longer than [`MAX_LINE`].
+fn read_line(
+    channel: &mut BufReader<UnixStream>,
+    deadline: Option<Instant>,
+) -> Result<Option<Vec<u8>>, String> {
+    let mut line = Vec::new();
+    loop {
+        if channel.buffer().is_empty() {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(channel.get_ref().as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => continue,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(format!("waiting for the program: {e}")),
+            }
+        }
+        let buf = channel
+            .fill_buf()
+            .map_err(|e| format!("reading from the program: {e}"))?;
+        if buf.is_empty() {
+            return Err("the program closed its channel".into());
+        }
+        let (used, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..used]);
+        channel.consume(used);
+        if line.len() > MAX_LINE + 1 {
+            return Err(format!(
+                "the program sent a line longer than {MAX_LINE} bytes"
+            ));
+        }
+        if done {
+            line.pop();
+            return Ok(Some(line));
+        }
+    }
+}
+
+/// The outcome an answer gives for job `id`.
+fn parse_answer(line: &[u8], id: i64) -> Result<Result<String, String>, String> {
+    let answer: Value = serde_json::from_slice(line)
+        .map_err(|e| format!("the program answered {} (not JSON: {e})", shorten(line)))?;
+    if answer["id"].as_i64() != Some(id) {
+        return Err(format!(
+            "the program answered for job {} while it ran job {id}",
+            answer["id"]
+        ));
+    }
+    let text = |key: &str| match &answer[key] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    match answer["ok"].as_bool() {
+        Some(true) => Ok(Ok(text("result"))),
+        Some(false) => Ok(Err(text("error"))),
+        None => Err(format!(
+            "the program's answer has no \"ok\": {}",
+            shorten(line)
+        )),
+    }
+}
+
+/// The first 200 bytes of a line, for an error message.
+fn shorten(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+    if line.len() > 200 {
+        format!("{text:?}...")
+    } else {
+        format!("{text:?}")
+    }
+}
+
+/// `e`, with the program's exit status and the end of its stderr.
+fn with_stderr(
+    tail: &Mutex<VecDeque<u8>>,
+    e: String,
+    status: Option<std::process::ExitStatus>,
+) -> String {
+    // The forwarding thread may still be reading the last lines.
+    std::thread::sleep(Duration::from_millis(20));
+    let tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+    let tail = String::from_utf8_lossy(&tail.iter().copied().collect::<Vec<u8>>()).into_owned();
+    let status = status.map_or(String::new(), |s| format!(" ({s})"));
+    match tail.trim_end() {
+        "" => format!("{e}{status}"),
+        tail => format!("{e}{status}: {tail}"),
+    }
+}
+
+/// Logs what a program writes, a line at a time, prefixed with its worker;
+/// keeps the end of it in `tail`, if given.
+fn forward(
+    from: impl Read + Send + 'static,
+    label: String,
+    tail: Option<Arc<Mutex<VecDeque<u8>>>>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("program-output".into())
+        .spawn(move || {
+            let mut reader = BufReader::new(from);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // A line of at most 64 KiB at a time: a program writing
+                // without newlines cannot grow this without bound.
+                match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                log::info!(target: "prefork::program", "{label}: {}", text.trim_end());
+                if let Some(tail) = &tail {
+                    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    tail.extend(line.iter().copied());
+                    while tail.len() > STDERR_TAIL {
+                        tail.pop_front();
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot forward a worker program's output: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_checked() {
+        assert_eq!(
+            parse_answer(br#"{"id":7,"ok":true,"result":"r"}"#, 7),
+            Ok(Ok("r".into()))
+        );
+        assert_eq!(
+            parse_answer(br#"{"id":7,"ok":false,"error":"bad"}"#, 7),
+            Ok(Err("bad".into()))
+        );
+        assert_eq!(
+            parse_answer(br#"{"id":7,"ok":true,"result":{"n":1}}"#, 7),
+            Ok(Ok(r#"{"n":1}"#.into()))
+        );
+        assert!(parse_answer(b"hello", 7).unwrap_err().contains("not JSON"));
+        assert!(
+            parse_answer(br#"{"id":8,"ok":true}"#, 7)
+                .unwrap_err()
+                .contains("for job 8 while it ran job 7")
+        );
+        assert!(
+            parse_answer(br#"{"id":7}"#, 7)
+                .unwrap_err()
+                .contains("no \"ok\"")
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! `--worker` programs in real processes against a real server: long-lived
+//! Python programs (examples/workers/worker.py) fed one job at a time, and
+//! programs that misbehave.
+
+#[path = "common/cli.rs"]
+mod cli;
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cli::{Master, count, enqueue_lines, reset};
+use common::{Ctx, Observer};
+use nix::sys::signal::{Signal, kill};
+
+fn main() {
+    common::main(
+        fork_safe::cluster::Builder::new().max_connections(80),
+        |_| {},
+        &[
+            (
+                "twenty_thousand_jobs_through_one_program_per_worker",
+                twenty_thousand,
+            ),
+            (
+                "a_program_that_crashes_fails_its_job_alone_and_is_replaced",
+                crashes,
+            ),
+            ("a_hung_program_times_out_and_is_replaced", hangs),
+            (
+                "max_jobs_recycles_and_output_goes_to_the_log",
+                max_jobs_and_output,
+            ),
+            (
+                "a_program_sees_its_channel_and_name_and_nothing_else",
+                environment,
+            ),
+            ("garbage_and_wrong_answers_fail_the_attempt", garbage),
+            (
+                "a_program_that_never_says_ready_spends_no_attempt",
+                never_ready,
+            ),
+            ("master_sigkill_leaves_no_program_running", master_killed),
+        ],
+        &[],
+    )
+}
+
+/// `python3 -c CODE` with the example library importable: CODE calls
+/// `worker.run(handler)`.
+fn python(code: &str) -> Vec<String> {
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/workers");
+    let code = format!("import sys, os\nsys.path.insert(0, {lib:?})\nimport worker\n{code}");
+    vec!["python3".into(), "-c".into(), code]
+}
+
+fn fleet(ctx: &Ctx, shape: &[&str], program: &[String]) -> Master {
+    let mut args: Vec<&str> = shape.to_vec();
+    args.push("--worker");
+    args.extend(program.iter().map(String::as_str));
+    Master::start(&ctx.url, &args)
+}
+
+fn stop(mut master: Master) -> String {
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    let (code, err) = master.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    err
+}
+
+fn lines(n: usize) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+fn results(obs: &mut Observer, state: &str) -> Vec<String> {
+    obs.client()
+        .query(
+            "SELECT coalesce(result, last_error, '') FROM prefork.jobs WHERE state = $1",
+            &[&state],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn wait_finished(obs: &mut Observer, within: Duration) {
+    common::wait_until("every job finished", within, || {
+        count(obs, "SELECT count(*) FROM prefork.jobs_live") == 0
+    });
+}
+
+fn twenty_thousand(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, &lines(20_000), &[]);
+    let mut args = vec!["--procs", "4", "--threads", "8", "--drain"];
+    let program = python("worker.run(lambda job: str(os.getpid()))");
+    args.push("--worker");
+    args.extend(program.iter().map(String::as_str));
+    let mut master = Master::start(&ctx.url, &args);
+    let (code, err) = master.wait(Duration::from_secs(100));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'done'"
+        ),
+        20_000
+    );
+    let pids: BTreeSet<String> = results(&mut obs, "done").into_iter().collect();
+    // One program per worker that got a job: at most 32, not one per job.
+    assert!(
+        (1..=32).contains(&pids.len()),
+        "{} programs ran 20,000 jobs",
+        pids.len()
+    );
+}
+
+fn crashes(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, &lines(1000), &["--max-attempts", "1"]);
+    let program = python(
+        "def handle(job):\n    if int(job['payload']) % 100 == 0:\n        \
+         print('crashing on', job['payload'], file=sys.stderr, flush=True)\n        \
+         os._exit(3)\n    return 'ok'\nworker.run(handle)",
+    );
+    let master = fleet(ctx, &["--procs", "2", "--threads", "2"], &program);
+    wait_finished(&mut obs, Duration::from_secs(60));
+    let failed = results(&mut obs, "failed");
+    assert_eq!(failed.len(), 10, "{failed:?}");
+    for e in &failed {
+        assert!(
+            e.contains("closed its channel") && e.contains("exit status: 3"),
+            "{e}"
+        );
+        assert!(e.contains("crashing on"), "no stderr tail in {e:?}");
+    }
+    assert_eq!(results(&mut obs, "done").len(), 990);
+    stop(master);
+}
+
+fn hangs(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "1\nhang\n2\n3\n", &["--max-attempts", "1"]);
+    let program = python(
+        "import time\ndef handle(job):\n    if job['payload'] == 'hang':\n        \
+         time.sleep(3600)\n    return 'ok'\nworker.run(handle)",
+    );
+    let master = fleet(
+        ctx,
+        &["--procs", "1", "--threads", "1", "--timeout", "1s"],
+        &program,
+    );
+    wait_finished(&mut obs, Duration::from_secs(30));
+    let failed = results(&mut obs, "failed");
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].contains("timed out after 1s"), "{failed:?}");
+    assert_eq!(
+        results(&mut obs, "done").len(),
+        3,
+        "the next copy ran the rest"
+    );
+    stop(master);
+}
+
+fn max_jobs_and_output(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, &lines(100), &[]);
+    let program = python(
+        "def handle(job):\n    print('said between answers', job['payload'], flush=True)\n    \
+         return str(os.getpid())\nworker.run(handle)",
+    );
+    let mut args = vec![
+        "--procs",
+        "1",
+        "--threads",
+        "1",
+        "--worker-max-jobs",
+        "10",
+        "--drain",
+        "--worker",
+    ];
+    args.extend(program.iter().map(String::as_str));
+    let mut master = Master::start(&ctx.url, &args);
+    let (code, _) = master.wait(Duration::from_secs(60));
+    assert_eq!(code, 0);
+    let pids: BTreeSet<String> = results(&mut obs, "done").into_iter().collect();
+    assert_eq!(pids.len(), 10, "100 jobs, a fresh program every 10");
+    // A second run, logging at info, shows the program's output.
+    reset(&ctx.url);
+    enqueue_lines(&ctx.url, "77\n", &[]);
+    let mut verbose = cli::prefork(&ctx.url, &args);
+    verbose.env("RUST_LOG", "info");
+    let out = verbose.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("child 1 worker 0: said between answers 77"),
+        "{log}"
+    );
+}
+
+fn environment(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "x\n", &[]);
+    let program = python(
+        "import json\ndef handle(job):\n    fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n    \
+         return json.dumps({'fds': fds, 'channel': int(os.environ['PREFORK_WORKER_FD']),\n        \
+         'app': os.environ.get('PGAPPNAME'), 'protocol': os.environ.get('PREFORK_PROTOCOL')})\n\
+         worker.run(handle)",
+    );
+    let master = fleet(ctx, &["--procs", "1", "--threads", "1"], &program);
+    wait_finished(&mut obs, Duration::from_secs(30));
+    let done = results(&mut obs, "done");
+    let seen: serde_json::Value = serde_json::from_str(&done[0]).unwrap();
+    let channel = seen["channel"].as_i64().unwrap();
+    let fds: Vec<i64> = seen["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    // 0, 1, 2, the channel, and the directory listdir had open: no
+    // socket of the child's, no listener, nothing else.
+    assert_eq!(fds.len(), 5, "{fds:?}");
+    assert!(
+        fds.starts_with(&[0, 1, 2]) && fds.contains(&channel),
+        "{fds:?}"
+    );
+    let app = seen["app"].as_str().unwrap();
+    assert!(app.starts_with("prefork:program:"), "{app}");
+    assert_eq!(seen["protocol"], "1");
+    stop(master);
+}
+
+fn garbage(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "garbage\nwrong\nfine\n", &["--max-attempts", "1"]);
+    // A program of its own, without the library: it answers what it is
+    // told to, badly.
+    let raw = "import json, os\nfd = int(os.environ['PREFORK_WORKER_FD'])\n\
+         os.write(fd, b'{\"ready\": true, \"protocol\": 1}\\n')\n\
+         buf = b''\nwhile True:\n    chunk = os.read(fd, 65536)\n    if not chunk: break\n    buf += chunk\n    \
+         while b'\\n' in buf:\n        line, buf = buf.split(b'\\n', 1)\n        job = json.loads(line)\n        \
+         if job['payload'] == 'garbage': out = b'this is not json\\n'\n        \
+         elif job['payload'] == 'wrong': out = json.dumps({'id': job['id'] + 1000, 'ok': True}).encode() + b'\\n'\n        \
+         else: out = json.dumps({'id': job['id'], 'ok': True, 'result': 'fine'}).encode() + b'\\n'\n        \
+         os.write(fd, out)\n";
+    let program = vec!["python3".to_owned(), "-c".to_owned(), raw.to_owned()];
+    let master = fleet(ctx, &["--procs", "1", "--threads", "1"], &program);
+    wait_finished(&mut obs, Duration::from_secs(30));
+    let mut failed = results(&mut obs, "failed");
+    failed.sort();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(failed.iter().any(|e| e.contains("not JSON")), "{failed:?}");
+    assert!(
+        failed.iter().any(|e| e.contains("while it ran job")),
+        "{failed:?}"
+    );
+    assert_eq!(results(&mut obs, "done"), ["fine"]);
+    stop(master);
+}
+
+fn never_ready(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "1\n2\n", &["--max-attempts", "1"]);
+    let program = vec![
+        "python3".to_owned(),
+        "-c".to_owned(),
+        "import time; time.sleep(3600)".to_owned(),
+    ];
+    let master = fleet(
+        ctx,
+        &["--procs", "1", "--threads", "1", "--boot-timeout", "1s"],
+        &program,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(master_running(&master), "the fleet gave up");
+    // Nothing failed: the jobs wait, their attempts unspent.
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'failed' OR attempts > 1"
+        ),
+        0
+    );
+    let err = stop(master);
+    assert!(err.contains("failed to start"), "{err}");
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'queued' AND attempts = 0"
+        ),
+        2
+    );
+}
+
+fn master_running(master: &Master) -> bool {
+    kill(master.pid(), None).is_ok()
+}
+
+fn master_killed(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "1\n2\n3\n4\n", &[]);
+    let program = python("import time\ndef handle(job):\n    time.sleep(3600)\nworker.run(handle)");
+    let master = fleet(
+        ctx,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--batch",
+            "1",
+            "--graceful-timeout",
+            "1s",
+        ],
+        &program,
+    );
+    let programs = || -> Vec<String> {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "time.sleep\\(3600\\)"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    // Programs at work in both children (a child's claim may bring in
+    // several jobs for one worker: at least two programs, not four).
+    common::wait_until("programs at work", Duration::from_secs(20), || {
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'running'",
+        ) == 4
+            && programs().len() >= 2
+    });
+    // The orphaned children stop within the graceful timeout and a grace
+    // (see `prefork::child`), their programs with them.
+    kill(master.pid(), Signal::SIGKILL).unwrap();
+    common::wait_until("no program left", Duration::from_secs(10), || {
+        programs().is_empty()
+    });
+    drop(master);
+}
