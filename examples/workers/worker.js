@@ -20,14 +20,14 @@ const readline = require('readline');
 
 const PROTOCOL = 1;
 
-function run(handler) {
+async function run(handler) {
   const fd = Number(process.env.PREFORK_WORKER_FD);
   const channel = new net.Socket({ fd, readable: true, writable: true });
   const send = (message) => channel.write(JSON.stringify(message) + '\n');
   const lines = readline.createInterface({ input: channel, crlfDelay: Infinity });
   send({ ready: true, protocol: PROTOCOL });
-  // prefork sends the next job only after this one's answer: one at a time.
-  lines.on('line', async (line) => {
+  // The next jobs may already wait in the channel: one at a time, in order.
+  for await (const line of lines) {
     const job = JSON.parse(line);
     let answer;
     try {
@@ -41,8 +41,8 @@ function run(handler) {
       answer = { id: job.id, ok: false, error: String(e && e.message ? e.message : e) };
     }
     send(answer);
-  });
-  lines.on('close', () => process.exit(0));
+  }
+  process.exit(0);
 }
 
 module.exports = { run, PROTOCOL };

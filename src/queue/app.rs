@@ -439,22 +439,24 @@ impl QueueApp {
             Handler::Worker { .. } => {
                 let mut outcomes = Vec::new();
                 if let Some(resident) = resident.as_mut() {
-                    for j in &batch.jobs {
-                        let started = Instant::now();
-                        let ran = worker.jobs_within(1, &job_label(j.id), j.timeout, || {
-                            resident.run(worker, j, self.limit(j))
-                        });
+                    let jobs = &batch.jobs;
+                    let ran = worker.jobs_within(
+                        jobs.len() as u32,
+                        &batch_label(jobs),
+                        own_limit(jobs),
+                        || resident.run_batch(worker, jobs, |j| self.limit(j)),
+                    );
+                    for (j, (ran, took)) in jobs.iter().zip(ran) {
                         let (verdict, outcome) = match ran {
                             Ran::Outcome(o) => {
                                 (Verdict::of(o.is_ok(), j.attempt, j.max_attempts), o)
                             }
                             Ran::TimedOut(e) => (Verdict::TimedOut, Err(e)),
-                            // No program to run it: it and the rest of the
+                            // No program ran it: it and the rest of the
                             // batch are handed back unstarted.
                             Ran::NotStarted => break,
                         };
-                        self.metrics
-                            .count(worker, &j.queue, verdict, started.elapsed());
+                        self.metrics.count(worker, &j.queue, verdict, took);
                         outcomes.push(outcome);
                     }
                 }
@@ -571,14 +573,8 @@ impl QueueApp {
         sql: &str,
     ) -> Result<(), crate::Error> {
         let c = &self.config;
-        let label = match jobs {
-            [one] => job_label(one.id),
-            many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
-        };
-        // The master's backstop: the jobs' own limits if they all have one
-        // (the longest), else the fleet's.
-        let own = jobs.iter().map(|j| j.timeout).collect::<Option<Vec<_>>>();
-        let own = own.and_then(|limits| limits.into_iter().max());
+        let label = batch_label(jobs);
+        let own = own_limit(jobs);
         let started = Instant::now();
         let ran = worker.jobs_within(jobs.len() as u32, &label, own, || {
             self.on_deadline(worker, self.batch_limit(jobs), |client| {
@@ -1259,6 +1255,21 @@ const SCHEDULE_LOOK: Duration = Duration::from_secs(5);
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// The label of a job's unit of work on the scoreboard.
+/// A batch's label on the scoreboard: `job 17`, or `jobs 17..80`.
+fn batch_label(jobs: &[Job]) -> String {
+    match jobs {
+        [one] => job_label(one.id),
+        many => format!("jobs {}..{}", many[0].id, many[many.len() - 1].id),
+    }
+}
+
+/// The time limit per job the master holds a batch to: the jobs' own if
+/// they all have one (the longest), else the fleet's (`None`).
+fn own_limit(jobs: &[Job]) -> Option<Duration> {
+    let own = jobs.iter().map(|j| j.timeout).collect::<Option<Vec<_>>>();
+    own.and_then(|limits| limits.into_iter().max())
+}
+
 fn job_label(id: i64) -> String {
     format!("job {id}")
 }

@@ -13,12 +13,14 @@
 //!
 //! 1. The program loads, then says `{"ready":true,"protocol":1}`, within
 //!    `--boot-timeout` (its load is not job time).
-//! 2. prefork sends a job: `{"id":17,"queue":"default","attempt":1,
+//! 2. prefork sends jobs: `{"id":17,"queue":"default","attempt":1,
 //!    "max_attempts":3,"priority":0,"payload":"...","timeout":30.0}`
-//!    (`timeout`: seconds the job may take, or `null`).
-//! 3. The program answers that job, and only it:
-//!    `{"id":17,"ok":true,"result":"..."}` or
-//!    `{"id":17,"ok":false,"error":"..."}`; then it waits for the next.
+//!    (`timeout`: seconds the job may take, or `null`), one per line. The
+//!    next ones may already wait in the channel while the program works on
+//!    one (see [`Resident::run_batch`]).
+//! 3. The program answers each job, one at a time and in the order they
+//!    came: `{"id":17,"ok":true,"result":"..."}` or
+//!    `{"id":17,"ok":false,"error":"..."}`.
 //! 4. At a stop prefork shuts its side down: the program reads the end of
 //!    its input and exits.
 //!
@@ -71,6 +73,11 @@ pub const PROTOCOL: u64 = 1;
 /// The longest line either side may send.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 
+/// Most bytes of jobs sent to a program and not yet answered (beyond the
+/// one it works on): well within a socket's buffer, so a write never
+/// waits for a program that is itself waiting to write an answer.
+const PIPELINE_BYTES: usize = 64 * 1024;
+
 /// The end of a program's stderr kept for a failed attempt's error.
 const STDERR_TAIL: usize = 4 * 1024;
 
@@ -78,7 +85,7 @@ const STDERR_TAIL: usize = 4 * 1024;
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How a job fared in a program.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Ran {
     /// It ran: the outcome the program gave (or the failure it caused).
     Outcome(Result<String, String>),
@@ -119,57 +126,117 @@ impl<'w> Resident<'w> {
         }
     }
 
-    /// Runs `job` in the program (started first if none runs), within
-    /// `limit`.
-    pub(super) fn run(&mut self, worker: &'w Worker, job: &Job, limit: Option<Duration>) -> Ran {
-        if self.running.is_none() {
-            if let Err(e) = self.start(worker) {
-                let _ = e;
-                return Ran::NotStarted;
+    /// Runs `jobs` in the program (started first if none runs), each within
+    /// its limit, and says how each fared (and how long it took), in
+    /// order: [`Ran::NotStarted`] for those no program ran.
+    ///
+    /// The jobs are pipelined: while the program works on one, the next
+    /// ones wait in its channel (at most [`PIPELINE_BYTES`] of them
+    /// unanswered, so neither side can block the other on a full socket),
+    /// and it answers them in order. A program still handles one job at a
+    /// time, but a quick one is woken once per batch, not twice per job.
+    /// A job's limit runs from the previous answer (the moment the program
+    /// could start it).
+    pub(super) fn run_batch(
+        &mut self,
+        worker: &'w Worker,
+        jobs: &[Job],
+        limit: impl Fn(&Job) -> Option<Duration>,
+    ) -> Vec<(Ran, Duration)> {
+        let mut ran: Vec<(Ran, Duration)> = Vec::with_capacity(jobs.len());
+        while ran.len() < jobs.len() {
+            let budget = self.max_jobs.map_or(usize::MAX, |max| {
+                let done = self.running.as_ref().map_or(0, |r| r.jobs);
+                max.saturating_sub(done).max(1) as usize
+            });
+            let end = jobs.len().min(ran.len().saturating_add(budget));
+            let before = ran.len();
+            self.run_some(worker, &jobs[before..end], &limit, &mut ran);
+            if ran.len() == before {
+                break;
             }
+            self.recycle_if_due(worker);
         }
-        let Some(running) = self.running.as_mut() else {
-            return Ran::NotStarted;
-        };
-        let line = json!({
-            "id": job.id,
-            "queue": job.queue,
-            "attempt": job.attempt,
-            "max_attempts": job.max_attempts,
-            "priority": job.priority,
-            "payload": job.payload,
-            "timeout": limit.map(|l| l.as_secs_f64()),
-        });
-        let deadline = limit.map(|l| Instant::now() + l);
-        let answer = send(running.channel.get_mut(), &line)
-            .and_then(|()| read_line(&mut running.channel, deadline));
-        let ran = match answer {
-            Ok(Some(line)) => match parse_answer(&line, job.id) {
-                Ok(outcome) => {
-                    running.jobs += 1;
-                    Ran::Outcome(outcome)
-                }
-                Err(e) => Ran::Outcome(Err(self.fail(worker, &e))),
-            },
-            Ok(None) => {
-                let limit = limit.unwrap_or_default();
-                self.stop(worker, Some(kill_grace(limit)));
-                Ran::TimedOut(format!("timed out after {limit:?}"))
-            }
-            Err(e) => Ran::Outcome(Err(self.fail(worker, &e))),
-        };
-        if let Some(running) = &self.running {
-            if self.max_jobs.is_some_and(|max| running.jobs >= max) {
-                log::info!(
-                    "child {} worker {}: worker program recycled after {} jobs",
-                    worker.child_index(),
-                    worker.index(),
-                    running.jobs
-                );
-                self.end(worker);
-            }
+        while ran.len() < jobs.len() {
+            ran.push((Ran::NotStarted, Duration::ZERO));
         }
         ran
+    }
+
+    /// [`Resident::run_batch`] for jobs the current program may all run
+    /// (within `--worker-max-jobs`); pushes what it ran to `ran`, stopping
+    /// at the first failure (the program is then gone, and the rest were
+    /// never started).
+    fn run_some(
+        &mut self,
+        worker: &'w Worker,
+        jobs: &[Job],
+        limit: &impl Fn(&Job) -> Option<Duration>,
+        ran: &mut Vec<(Ran, Duration)>,
+    ) {
+        if self.running.is_none() && self.start(worker).is_err() {
+            return;
+        }
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        let lines: Vec<Vec<u8>> = jobs.iter().map(|job| job_line(job, limit(job))).collect();
+        // Jobs sent, and bytes sent but not answered.
+        let (mut sent, mut in_flight) = (0, 0);
+        let mut started = Instant::now();
+        for (i, job) in jobs.iter().enumerate() {
+            let mut out = Vec::new();
+            while sent < jobs.len()
+                && (sent == i || in_flight + lines[sent].len() <= PIPELINE_BYTES)
+            {
+                out.extend_from_slice(&lines[sent]);
+                in_flight += lines[sent].len();
+                sent += 1;
+            }
+            let deadline = limit(job).map(|l| started + l);
+            let answer = running
+                .channel
+                .get_mut()
+                .write_all(&out)
+                .map_err(|e| format!("the program's channel: {e}"))
+                .and_then(|()| read_line(&mut running.channel, deadline));
+            in_flight -= lines[i].len();
+            let took = started.elapsed();
+            match answer.map(|line| line.map(|line| parse_answer(&line, job.id))) {
+                Ok(Some(Ok(outcome))) => {
+                    running.jobs += 1;
+                    ran.push((Ran::Outcome(outcome), took));
+                    started = Instant::now();
+                }
+                Ok(None) => {
+                    let limit = limit(job).unwrap_or_default();
+                    self.stop(worker, Some(kill_grace(limit)));
+                    ran.push((Ran::TimedOut(format!("timed out after {limit:?}")), took));
+                    return;
+                }
+                Ok(Some(Err(e))) | Err(e) => {
+                    let e = self.fail(worker, &e);
+                    ran.push((Ran::Outcome(Err(e)), took));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ends the program once it ran `--worker-max-jobs`.
+    fn recycle_if_due(&mut self, worker: &Worker) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        if self.max_jobs.is_some_and(|max| running.jobs >= max) {
+            log::info!(
+                "child {} worker {}: worker program recycled after {} jobs",
+                worker.child_index(),
+                worker.index(),
+                running.jobs
+            );
+            self.end(worker);
+        }
     }
 
     /// How long the worker should wait before its program may be started
@@ -342,13 +409,21 @@ fn end_backends(worker: &Worker) {
     }
 }
 
-/// Writes one line.
-fn send(channel: &mut UnixStream, line: &Value) -> Result<(), String> {
-    let mut bytes = line.to_string().into_bytes();
-    bytes.push(b'\n');
-    channel
-        .write_all(&bytes)
-        .map_err(|e| format!("the program's channel: {e}"))
+/// A job's line, newline included.
+fn job_line(job: &Job, limit: Option<Duration>) -> Vec<u8> {
+    let mut line = json!({
+        "id": job.id,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "priority": job.priority,
+        "payload": job.payload,
+        "timeout": limit.map(|l| l.as_secs_f64()),
+    })
+    .to_string()
+    .into_bytes();
+    line.push(b'\n');
+    line
 }
 
 /// Reads one line by `deadline`: `Ok(None)` past it; an error if the
