@@ -41,6 +41,10 @@ fn main() {
                 never_ready,
             ),
             ("master_sigkill_leaves_no_program_running", master_killed),
+            (
+                "a_killed_programs_leftover_backend_is_ended",
+                leftover_backend,
+            ),
         ],
         &[],
     )
@@ -342,4 +346,39 @@ fn master_killed(ctx: &mut Ctx) {
         programs().is_empty()
     });
     drop(master);
+}
+
+/// A program that opened its own connection (psql here: libpq, with the
+/// PGAPPNAME it inherited) and hangs in a statement: when it is killed at
+/// the timeout, the server would keep the backend until the statement
+/// ends; the worker ends it.
+fn leftover_backend(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "x\n", &["--max-attempts", "1"]);
+    let program = python(
+        "import subprocess, time\ndef handle(job):\n    \
+         subprocess.Popen(['psql', os.environ['DATABASE_URL'], '-qc', 'SELECT pg_sleep(3600)'])\n    \
+         time.sleep(3600)\nworker.run(handle)",
+    );
+    let master = fleet(
+        ctx,
+        &["--procs", "1", "--threads", "1", "--timeout", "2s"],
+        &program,
+    );
+    let sleeping = |obs: &mut Observer| {
+        count(
+            obs,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name LIKE 'prefork:program:%' AND query LIKE '%pg_sleep(3600)%'",
+        )
+    };
+    common::wait_until("the program's own backend", Duration::from_secs(20), || {
+        sleeping(&mut obs) == 1
+    });
+    wait_finished(&mut obs, Duration::from_secs(20));
+    common::wait_until("its backend ended", Duration::from_secs(10), || {
+        sleeping(&mut obs) == 0
+    });
+    assert_eq!(results(&mut obs, "failed").len(), 1);
+    stop(master);
 }
