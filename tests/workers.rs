@@ -249,12 +249,24 @@ fn garbage(ctx: &mut Ctx) {
          elif job['payload'] == 'wrong': out = json.dumps({'id': job['id'] + 1000, 'ok': True}).encode() + b'\\n'\n        \
          else: out = json.dumps({'id': job['id'], 'ok': True, 'result': 'fine'}).encode() + b'\\n'\n        \
          os.write(fd, out)\n";
-    let program = vec!["python3".to_owned(), "-c".to_owned(), raw.to_owned()];
+    let raw = raw.replace(
+        "        elif job['payload'] == 'wrong'",
+        "        elif job['payload'] == 'huge': out = b'x' * (20 * 1024 * 1024) + b'\\n'\n        \
+         elif job['payload'] == 'wrong'",
+    );
+    enqueue_lines(&ctx.url, "huge\n", &["--max-attempts", "1"]);
+    let program = vec!["python3".to_owned(), "-c".to_owned(), raw];
     let master = fleet(ctx, &["--procs", "1", "--threads", "1"], &program);
     wait_finished(&mut obs, Duration::from_secs(30));
     let mut failed = results(&mut obs, "failed");
     failed.sort();
-    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .any(|e| e.contains("longer than 16777216 bytes")),
+        "{failed:?}"
+    );
     assert!(failed.iter().any(|e| e.contains("not JSON")), "{failed:?}");
     assert!(
         failed.iter().any(|e| e.contains("while it ran job")),

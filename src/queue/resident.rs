@@ -102,9 +102,21 @@ pub(super) struct Resident<'w> {
     max_jobs: Option<u64>,
     /// The program running now, if any.
     running: Option<Running<'w>>,
-    /// Starts that failed in a row, and when the next may be tried.
-    failed_starts: u32,
+    /// Starts and jobs that failed in a row (a program that crashed,
+    /// answered garbage, or could not start), and when the next program
+    /// may start: at once after one failure, then later each time.
+    failures: u32,
     next_start: Instant,
+}
+
+/// How long to wait before the next start after `failures` in a row: none
+/// after the first (a crash on one bad job costs nothing more), then 100
+/// ms, doubling, at most [`MAX_BACKOFF`].
+fn backoff_after(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 2)).min(MAX_BACKOFF),
+    }
 }
 
 struct Running<'w> {
@@ -121,7 +133,7 @@ impl<'w> Resident<'w> {
             boot_timeout,
             max_jobs,
             running: None,
-            failed_starts: 0,
+            failures: 0,
             next_start: Instant::now(),
         }
     }
@@ -205,6 +217,7 @@ impl<'w> Resident<'w> {
             match answer.map(|line| line.map(|line| parse_answer(&line, job.id))) {
                 Ok(Some(Ok(outcome))) => {
                     running.jobs += 1;
+                    self.failures = 0;
                     ran.push((Ran::Outcome(outcome), took));
                     started = Instant::now();
                 }
@@ -280,21 +293,16 @@ impl<'w> Resident<'w> {
         match self.try_start(worker) {
             Ok(running) => {
                 self.running = Some(running);
-                self.failed_starts = 0;
                 Ok(())
             }
             Err(e) => {
-                self.failed_starts += 1;
-                let backoff = (Duration::from_millis(100)
-                    * 2u32.saturating_pow(self.failed_starts))
-                .min(MAX_BACKOFF);
-                self.next_start = Instant::now() + backoff;
+                let backoff = self.failed();
                 log::error!(
-                    "child {} worker {}: worker program {:?} failed to start ({} in a row): {e}; next try in {backoff:.1?}",
+                    "child {} worker {}: worker program {:?} failed to start ({} failure(s) in a row): {e}; next try in {backoff:.1?}",
                     worker.child_index(),
                     worker.index(),
                     self.argv[0],
-                    self.failed_starts
+                    self.failures
                 );
                 Err(e)
             }
@@ -366,6 +374,15 @@ impl<'w> Resident<'w> {
     /// The program failed its job (`e`): stopped and reaped, its leftover
     /// backends ended; the attempt's error, with the end of its stderr.
     fn fail(&mut self, worker: &Worker, e: &str) -> String {
+        let backoff = self.failed();
+        if !backoff.is_zero() {
+            log::warn!(
+                "child {} worker {}: worker program failed {} time(s) in a row; next start in {backoff:.1?}",
+                worker.child_index(),
+                worker.index(),
+                self.failures
+            );
+        }
         let Some(mut running) = self.running.take() else {
             return e.to_owned();
         };
@@ -373,6 +390,14 @@ impl<'w> Resident<'w> {
         let status = running.program.finish().ok();
         end_backends(worker);
         with_stderr(&running.stderr, e.to_owned(), status)
+    }
+
+    /// Counts a failure in a row; the wait before the next start.
+    fn failed(&mut self) -> Duration {
+        self.failures += 1;
+        let backoff = backoff_after(self.failures);
+        self.next_start = Instant::now() + backoff;
+        backoff
     }
 
     /// Stops the program (TERM, then KILL after `grace`).
@@ -567,6 +592,17 @@ fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_wait_longer_after_each_failure_in_a_row() {
+        let waits: Vec<u64> = (1..=10)
+            .map(|n| backoff_after(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [0, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
+    }
 
     #[test]
     fn answers_are_checked() {
