@@ -45,6 +45,7 @@ fn main() {
                 "a_killed_programs_leftover_backend_is_ended",
                 leftover_backend,
             ),
+            ("a_program_over_max_memory_is_recycled", program_memory),
         ],
         &[],
     )
@@ -393,4 +394,44 @@ fn leftover_backend(ctx: &mut Ctx) {
     });
     assert_eq!(results(&mut obs, "failed").len(), 1);
     stop(master);
+}
+
+/// `--max-memory` holds a program to it as it holds a child: one holding
+/// 40 MB of its own against 20 MB (one reading) is started afresh.
+fn program_memory(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, &lines(40), &[]);
+    let program = python(
+        "import time\nballast = b'x' * (40 * 1024 * 1024)\ndef handle(job):\n    \
+         time.sleep(0.1)\n    return str(os.getpid())\nworker.run(handle)",
+    );
+    let mut args = vec![
+        "--procs",
+        "1",
+        "--threads",
+        "1",
+        "--batch",
+        "1",
+        "--max-memory",
+        "20",
+        "--max-memory-readings",
+        "1",
+        "--drain",
+        "--worker",
+    ];
+    args.extend(program.iter().map(String::as_str));
+    let mut verbose = cli::prefork(&ctx.url, &args);
+    verbose.env("RUST_LOG", "info");
+    let out = verbose.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("recycled: proportional memory"),
+        "no recycle in the log:\n{log}"
+    );
+    let pids: BTreeSet<String> = results(&mut obs, "done").into_iter().collect();
+    assert!(
+        pids.len() >= 2,
+        "one program ran all 40 jobs over its limit"
+    );
 }

@@ -1019,6 +1019,7 @@ impl App for QueueApp {
                 argv.clone(),
                 self.config.worker_boot_timeout,
                 self.config.worker_max_jobs,
+                self.config.worker_memory,
             )),
             _ => None,
         };

@@ -155,6 +155,21 @@ pub struct QueueConfig {
     /// How long a [`Handler::Worker`] program may take to say it is ready.
     /// Default: 30 seconds.
     pub worker_boot_timeout: Duration,
+    /// The memory limits a [`Handler::Worker`] program is held to, as a
+    /// child is (`--max-memory`, `--reload-on-rss`). Default: none.
+    pub worker_memory: MemoryLimits,
+}
+
+/// Memory limits for a long-lived program: it is started afresh past them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryLimits {
+    /// Proportional memory (PSS), in bytes, over which it is recycled after
+    /// `readings` consecutive readings a second apart.
+    pub pss: Option<u64>,
+    /// Consecutive readings over `pss` (at least 1).
+    pub readings: u32,
+    /// Resident memory (RSS), in bytes, over which it is recycled at once.
+    pub rss: Option<u64>,
 }
 
 impl QueueConfig {
@@ -180,6 +195,7 @@ impl Default for QueueConfig {
             rescue_after: Some(Duration::from_secs(15)),
             worker_max_jobs: None,
             worker_boot_timeout: Duration::from_secs(30),
+            worker_memory: MemoryLimits::default(),
         }
     }
 }

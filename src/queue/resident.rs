@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::{Value, json};
 
-use super::Job;
+use super::{Job, MemoryLimits};
 use crate::prefork::{Program, Worker, kill_grace};
 
 /// The protocol's version, in the ready line.
@@ -100,6 +100,10 @@ pub(super) struct Resident<'w> {
     argv: Vec<String>,
     boot_timeout: Duration,
     max_jobs: Option<u64>,
+    memory: MemoryLimits,
+    /// Readings over `memory.pss` in a row, and when the last was taken.
+    over_memory: u32,
+    memory_read_at: Option<Instant>,
     /// The program running now, if any.
     running: Option<Running<'w>>,
     /// Starts and jobs that failed in a row (a program that crashed,
@@ -127,11 +131,19 @@ struct Running<'w> {
 }
 
 impl<'w> Resident<'w> {
-    pub(super) fn new(argv: Vec<String>, boot_timeout: Duration, max_jobs: Option<u64>) -> Self {
+    pub(super) fn new(
+        argv: Vec<String>,
+        boot_timeout: Duration,
+        max_jobs: Option<u64>,
+        memory: MemoryLimits,
+    ) -> Self {
         Resident {
             argv,
             boot_timeout,
             max_jobs,
+            memory,
+            over_memory: 0,
+            memory_read_at: None,
             running: None,
             failures: 0,
             next_start: Instant::now(),
@@ -172,7 +184,60 @@ impl<'w> Resident<'w> {
         while ran.len() < jobs.len() {
             ran.push((Ran::NotStarted, Duration::ZERO));
         }
+        self.check_memory(worker);
         ran
+    }
+
+    /// Ends the program if its memory is over the limits: its RSS at once,
+    /// its PSS after `readings` readings in a row, one a second at most
+    /// (PSS walks every mapping of the program).
+    fn check_memory(&mut self, worker: &Worker) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        let limits = self.memory;
+        if limits.pss.is_none() && limits.rss.is_none() {
+            return;
+        }
+        if self
+            .memory_read_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.memory_read_at = Some(Instant::now());
+        let pid = running.program.id();
+        let rss = limits
+            .rss
+            .and_then(|limit| Some((crate::procfs::resident_bytes(pid)?, limit)))
+            .filter(|(bytes, limit)| bytes >= limit);
+        let pss = limits
+            .pss
+            .and_then(|limit| Some((crate::procfs::proportional_bytes(pid)?, limit)))
+            .filter(|(bytes, limit)| bytes >= limit);
+        self.over_memory = if pss.is_some() {
+            self.over_memory + 1
+        } else {
+            0
+        };
+        let over = match (rss, pss) {
+            (Some((bytes, limit)), _) => Some(("resident", bytes, limit)),
+            (None, Some((bytes, limit))) if self.over_memory >= limits.readings.max(1) => {
+                Some(("proportional", bytes, limit))
+            }
+            _ => None,
+        };
+        if let Some((kind, bytes, limit)) = over {
+            log::info!(
+                "child {} worker {}: worker program {pid} recycled: {kind} memory {} MB over {} MB",
+                worker.child_index(),
+                worker.index(),
+                bytes / (1024 * 1024),
+                limit / (1024 * 1024)
+            );
+            self.over_memory = 0;
+            self.end(worker);
+        }
     }
 
     /// [`Resident::run_batch`] for jobs the current program may all run

@@ -832,6 +832,11 @@ fn fleet_main(args: FleetArgs, trailing: Option<Trailing>) -> Result<(), Fail> {
         rescue_after: args.rescue_after.0,
         worker_max_jobs: args.worker_max_jobs,
         worker_boot_timeout: args.boot_timeout,
+        worker_memory: queue::MemoryLimits {
+            pss: args.max_memory.map(|mb| mb * 1024 * 1024),
+            readings: args.max_memory_readings,
+            rss: args.reload_on_rss.map(|mb| mb * 1024 * 1024),
+        },
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
