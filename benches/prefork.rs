@@ -10,6 +10,10 @@
 //! The bench re-runs itself as the master; the children report their
 //! CLOCK_MONOTONIC start and ready times on an inherited pipe.
 
+#[path = "common/reporter.rs"]
+mod reporter;
+
+use reporter::{Events, Reporter, monotonic_nanos, percentile};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -17,44 +21,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fork_safe::cluster::TempCluster;
-use fork_safe::prefork::{App, BoxError, ChildInfo, Prefork, Worker};
+use fork_safe::prefork::Prefork;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 const KILLS: usize = 100;
 const PROCS: usize = 4;
-
-fn monotonic_nanos() -> u64 {
-    // SAFETY: all-zero bytes are a valid timespec, which clock_gettime fills.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: `ts` is writable; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-struct Reporter {
-    fd: i32,
-}
-
-impl Reporter {
-    fn say(&self, line: String) {
-        // One write per line: atomic on a pipe (shorter than PIPE_BUF).
-        // SAFETY: `fd` is the inherited pipe; the buffer is valid.
-        unsafe { libc::write(self.fd, line.as_ptr().cast(), line.len()) };
-    }
-}
-
-impl App for Reporter {
-    fn init_child(&self, _: &ChildInfo) -> Result<(), BoxError> {
-        self.say(format!("S {} {}\n", std::process::id(), monotonic_nanos()));
-        Ok(())
-    }
-
-    fn run_worker(&self, worker: &Worker) {
-        self.say(format!("R {} {}\n", std::process::id(), monotonic_nanos()));
-        while !worker.wait(Duration::from_secs(60)) {}
-    }
-}
 
 fn master(fd: i32) -> ! {
     struct Stderr;
@@ -75,11 +47,6 @@ fn master(fd: i32) -> ! {
     }
     let result = Prefork::new().procs(PROCS).threads(1).run(Reporter { fd });
     std::process::exit(i32::from(result.is_err()));
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 /// Resident and proportional set size of a process, in kB.
@@ -115,15 +82,8 @@ fn main() {
         .spawn()
         .unwrap();
     drop(write_end);
-    let mut events = BufReader::new(fs::File::from(read_end)).lines();
-    let mut next = move || -> (char, u32, u64) {
-        let line = events.next().expect("master gone").unwrap();
-        let mut parts = line.split(' ');
-        let kind = parts.next().unwrap().chars().next().unwrap();
-        let pid = parts.next().unwrap().parse().unwrap();
-        let at = parts.next().unwrap().parse().unwrap();
-        (kind, pid, at)
-    };
+    let mut events = Events(BufReader::new(fs::File::from(read_end)).lines());
+    let mut next = move || events.next();
 
     // Wait for the fleet: PROCS children, each started and ready.
     let mut children: Vec<u32> = Vec::new();

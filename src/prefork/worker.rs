@@ -255,12 +255,7 @@ impl Worker {
         &self,
         command: &mut std::process::Command,
     ) -> std::io::Result<super::Program<'_>> {
-        let record = self
-            .shared
-            .board
-            .program_record(self.index)
-            .ok_or_else(|| std::io::Error::other("no scoreboard slot for this worker"))?;
-        super::program::spawn(command, record, None)
+        super::program::spawn(command, self.program_record()?, None)
     }
 
     /// [`Worker::spawn`], and the program also keeps `channel` open (a
@@ -276,12 +271,15 @@ impl Worker {
         channel: std::os::fd::BorrowedFd<'_>,
     ) -> std::io::Result<super::Program<'_>> {
         use std::os::fd::AsRawFd;
-        let record = self
-            .shared
+        super::program::spawn(command, self.program_record()?, Some(channel.as_raw_fd()))
+    }
+
+    /// This worker's slot for the program it runs, on the scoreboard.
+    fn program_record(&self) -> std::io::Result<&std::sync::atomic::AtomicI32> {
+        self.shared
             .board
             .program_record(self.index)
-            .ok_or_else(|| std::io::Error::other("no scoreboard slot for this worker"))?;
-        super::program::spawn(command, record, Some(channel.as_raw_fd()))
+            .ok_or_else(|| std::io::Error::other("no scoreboard slot for this worker"))
     }
 
     /// Adds `n` to one of the app's counters (see [`Metrics`]), in this

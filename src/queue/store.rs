@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::Client;
-use postgres::types::Type;
+use postgres::types::{ToSql, Type};
 
 use crate::Pid;
 
@@ -562,32 +562,12 @@ pub fn release(
     which: Release<'_>,
 ) -> Result<Released, postgres::Error> {
     let s = schema.name();
-    if let Release::Unstarted { owner, jobs } = which {
-        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-        let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
-        let requeued = client.execute_typed(
-            &format!(
-                "UPDATE {s}.jobs_live SET state = 'queued', attempts = attempts - 1,
-                                          locked_by = NULL, locked_until = NULL
-                 WHERE id = ANY($2) AND state = 'running' AND locked_by = $1
-                   AND (id, attempts) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))"
-            ),
-            &[
-                (&owner, Type::TEXT),
-                (&ids, Type::INT8_ARRAY),
-                (&attempts, Type::INT4_ARRAY),
-            ],
-        )?;
-        if requeued > 0 {
-            notify(client, schema, "")?;
-        }
-        return Ok(Released {
-            requeued,
-            failed: 0,
-        });
-    }
-    if let Release::Interrupted(processes) = which {
-        let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
+    // Jobs that never started, or were interrupted by a stop: queued again
+    // where they were, their attempt given back.
+    let give_back = |client: &mut Client,
+                     condition: &str,
+                     params: &[(&(dyn ToSql + Sync), Type)]|
+     -> Result<Released, postgres::Error> {
         // Locked in id order, as everywhere (see below).
         let requeued = client.execute_typed(
             &format!(
@@ -595,19 +575,44 @@ pub fn release(
                  SET state = 'queued', attempts = j.attempts - 1,
                      locked_by = NULL, locked_until = NULL
                  FROM (SELECT id FROM {s}.jobs_live
-                       WHERE state = 'running' AND locked_by LIKE ANY($1)
+                       WHERE state = 'running' AND {condition}
                        ORDER BY id FOR UPDATE) AS t
                  WHERE j.id = t.id"
             ),
-            &[(&patterns, Type::TEXT_ARRAY)],
+            params,
         )?;
         if requeued > 0 {
             notify(client, schema, "")?;
         }
-        return Ok(Released {
+        Ok(Released {
             requeued,
             failed: 0,
-        });
+        })
+    };
+    match which {
+        Release::Unstarted { owner, jobs } => {
+            let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+            let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
+            return give_back(
+                client,
+                "id = ANY($2) AND locked_by = $1
+                 AND (id, attempts) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))",
+                &[
+                    (&owner, Type::TEXT),
+                    (&ids, Type::INT8_ARRAY),
+                    (&attempts, Type::INT4_ARRAY),
+                ],
+            );
+        }
+        Release::Interrupted(processes) => {
+            let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
+            return give_back(
+                client,
+                "locked_by LIKE ANY($1)",
+                &[(&patterns, Type::TEXT_ARRAY)],
+            );
+        }
+        _ => {}
     }
     // The running jobs that match, locked; those out of attempts move to
     // jobs_finished as failed, the others are queued again at once.
