@@ -14,39 +14,22 @@ use postgres::fallible_iterator::FallibleIterator;
 use super::completions::{Completions, Recording};
 use super::deadline::Deadlines;
 use super::idle::{Idle, Leadership, Woken};
+use super::master::{FleetStats, process_of};
 use super::metrics::{QueueMetrics, Verdict};
 use super::prefetch::{Batch, Claiming, Prefetch, Size, Take};
 use super::resident::{Ran, Resident};
 use super::store::Finished;
 use super::{Handler, Job, QueueConfig, exec, store};
+use crate::Pid;
 use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, LostChild, Worker};
-use crate::{Pid, application_name};
-
-/// What the master observed of its fleet, for a summary.
-#[derive(Debug, Default)]
-pub struct FleetStats {
-    /// The most backends the fleet (master and children) held at once, as
-    /// sampled in `pg_stat_activity` every 250 ms.
-    pub peak_backends: AtomicU64,
-    last_sample: std::sync::Mutex<Option<Instant>>,
-    last_record: std::sync::Mutex<Option<Instant>>,
-    last_cancel_check: std::sync::Mutex<Option<Instant>>,
-    /// Programs of cancelled jobs sent TERM, by process group: when they
-    /// get KILL if still there.
-    cancelling: std::sync::Mutex<HashMap<Pid, Instant>>,
-    /// When the master next looks for due schedules.
-    next_schedules: std::sync::Mutex<Option<Instant>>,
-    /// The children last recorded with the heartbeat.
-    recorded: std::sync::Mutex<Vec<Pid>>,
-}
 
 /// A prefork app that works a job queue.
 pub struct QueueApp {
-    config: QueueConfig,
+    pub(super) config: QueueConfig,
     handler: Handler,
-    stats: Arc<FleetStats>,
+    pub(super) stats: Arc<FleetStats>,
     /// What the status endpoint serves of the queue.
-    metrics: QueueMetrics,
+    pub(super) metrics: QueueMetrics,
     /// Per-child state, set in `init_child` (each child has its own copy of
     /// the app, so this is per process).
     child: OnceLock<ChildState>,
@@ -89,17 +72,6 @@ struct ChildState {
 struct Housekeeping {
     next: Instant,
     next_sweep: Instant,
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-fn process_of(pid: Pid) -> String {
-    format!("{}:{pid}", hostname())
 }
 
 impl QueueApp {
@@ -901,112 +873,11 @@ impl App for QueueApp {
     }
 
     fn children_lost(&self, lost: &[LostChild]) {
-        for interrupted in [false, true] {
-            let pids: Vec<Pid> = lost
-                .iter()
-                .filter(|l| l.interrupted == interrupted)
-                .map(|l| l.pid)
-                .collect();
-            if pids.is_empty() {
-                continue;
-            }
-            let processes: Vec<String> = pids.iter().map(|pid| process_of(*pid)).collect();
-            let which = match interrupted {
-                false => store::Release::Processes(&processes),
-                true => store::Release::Interrupted(&processes),
-            };
-            let list = crate::prefork::list(&pids);
-            match crate::with_client(|c| store::release(c, &self.config.schema, which)) {
-                Ok(released) if released.is_empty() => {}
-                Ok(released) if interrupted => {
-                    log::info!("{released} of children stopped before they finished ({list})");
-                }
-                Ok(released) => log::warn!("{released} of dead children {list}"),
-                Err(e) => log::warn!("releasing the jobs of dead children {list}: {e}"),
-            }
-        }
+        self.release_lost(lost);
     }
 
     fn master_tick(&self, children: &[ChildStatus]) {
-        let due = |last: &std::sync::Mutex<Option<Instant>>, every: Duration| {
-            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-            let due = last.is_none_or(|t| t.elapsed() >= every) || children.is_empty();
-            if due {
-                *last = Some(Instant::now());
-            }
-            due
-        };
-        let master = Pid::this();
-        let programs: Vec<(i64, Pid)> = children
-            .iter()
-            .flat_map(|c| &c.programs)
-            .filter_map(|p| Some((job_of_label(&p.label)?, p.group)))
-            .collect();
-        let check =
-            !programs.is_empty() && due(&self.stats.last_cancel_check, Duration::from_secs(1));
-        self.stop_cancelled(&programs, check);
-        self.fire_schedules();
-        if !children.is_empty() && due(&self.stats.last_sample, Duration::from_millis(250)) {
-            let mut names: Vec<String> = children
-                .iter()
-                .map(|c| application_name("child", c.pid))
-                .collect();
-            names.push(application_name("master", master));
-            let sampled = crate::with_client(|c| {
-                let row = c.query_typed_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY($1)",
-                    &[(&names, postgres::types::Type::TEXT_ARRAY)],
-                )?;
-                Ok(row.get::<_, i64>(0) as u64)
-            });
-            if let Ok(n) = sampled {
-                self.stats.peak_backends.fetch_max(n, Ordering::Relaxed);
-            }
-        }
-        // The heartbeat, with the children: every second, and at once when
-        // a child is new, so that its jobs can be rescued with it.
-        let pids: Vec<Pid> = children.iter().map(|c| c.pid).collect();
-        let changed = *self
-            .stats
-            .recorded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            != pids;
-        if due(&self.stats.last_record, Duration::from_secs(1)) || changed {
-            let rows: Vec<(i32, f64, i64)> = children
-                .iter()
-                .map(|c| {
-                    let since = c
-                        .started
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64());
-                    (c.pid.as_raw(), since, c.jobs as i64)
-                })
-                .collect();
-            let c = &self.config;
-            if let Err(e) = crate::with_client(|client| {
-                store::record_children(
-                    client,
-                    &c.schema,
-                    &hostname(),
-                    master.as_raw(),
-                    &c.queues.join(","),
-                    &rows,
-                )
-            }) {
-                log::debug!("recording the children: {e}");
-            } else {
-                *self
-                    .stats
-                    .recorded
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = pids;
-            }
-            if let Some(after) = c.rescue_after {
-                self.rescue(after, master);
-            }
-        }
-        self.metrics.refresh(&self.config.schema);
+        self.tick(children);
     }
 
     fn run_worker(&self, worker: &Worker) {
@@ -1132,130 +1003,6 @@ impl Stranded {
     }
 }
 
-impl QueueApp {
-    /// In the master: stops the programs of running jobs cancelled with
-    /// `prefork jobs cancel` (`programs` are the running programs' jobs and
-    /// process groups, from the scoreboard). `check`: look in the database
-    /// for newly cancelled ones (once a second, and only while programs
-    /// run). A program gets TERM, then KILL after [`CANCEL_GRACE`]; its
-    /// worker sees it die, and the attempt is recorded as cancelled (never
-    /// retried). `Sql` and `Rust` jobs are not stopped: a cancelled one
-    /// finishes its attempt and is recorded as cancelled if it fails.
-    fn stop_cancelled(&self, programs: &[(i64, Pid)], check: bool) {
-        use nix::sys::signal::{Signal, killpg};
-        let mut cancelling = self
-            .stats
-            .cancelling
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        cancelling.retain(|group, kill_at| {
-            let running = programs.iter().any(|(_, g)| g == group);
-            if running && now >= *kill_at {
-                log::warn!("process group {group} outlived its grace: KILL");
-                let _ = killpg(*group, Signal::SIGKILL);
-                return false;
-            }
-            running
-        });
-        if !check {
-            return;
-        }
-        let ids: Vec<i64> = programs.iter().map(|(id, _)| *id).collect();
-        let s = self.config.schema.name();
-        let cancelled = crate::with_client(|c| {
-            let rows = c.query_typed(
-                &format!(
-                    "SELECT id FROM {s}.jobs_live
-                     WHERE id = ANY($1) AND state = 'running' AND cancel_requested"
-                ),
-                &[(&ids, postgres::types::Type::INT8_ARRAY)],
-            )?;
-            Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
-        });
-        let cancelled = match cancelled {
-            Ok(ids) => ids,
-            Err(e) => {
-                log::debug!("looking for cancelled jobs: {e}");
-                return;
-            }
-        };
-        for (id, group) in programs {
-            if cancelled.contains(id) && !cancelling.contains_key(group) {
-                log::info!("job {id} was cancelled: stopping its program (process group {group})");
-                let _ = killpg(*group, Signal::SIGTERM);
-                cancelling.insert(*group, now + CANCEL_GRACE);
-            }
-        }
-    }
-}
-
-impl QueueApp {
-    /// In the master: fires the schedules that are due (see `schedule`),
-    /// then sleeps until the next is due, looking again at least every
-    /// [`SCHEDULE_LOOK`] for schedules added meanwhile.
-    fn fire_schedules(&self) {
-        let mut next = self
-            .stats
-            .next_schedules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if next.is_some_and(|at| now < at) {
-            return;
-        }
-        let fired = crate::with_client(|c| super::schedule::fire_due(c, &self.config.schema));
-        let wait = match fired {
-            Ok(fired) => {
-                for (name, job) in &fired.fired {
-                    log::info!("schedule {name:?} queued job {job}");
-                }
-                fired
-                    .next_due
-                    .map_or(SCHEDULE_LOOK, |d| d.min(SCHEDULE_LOOK))
-            }
-            Err(e) => {
-                log::debug!("firing schedules: {e}");
-                SCHEDULE_LOOK
-            }
-        };
-        *next = Some(now + wait);
-    }
-}
-
-impl QueueApp {
-    /// In the master: hands back the running jobs of masters taken for
-    /// dead (see [`store::rescue`] for the rules).
-    fn rescue(&self, after: Duration, master: Pid) {
-        let c = &self.config;
-        match crate::with_client(|client| {
-            store::rescue(client, &c.schema, after, &hostname(), master.as_raw())
-        }) {
-            Ok(rescued) => {
-                for r in rescued {
-                    if r.released.is_empty() {
-                        log::info!("master {} stopped heartbeating; it held no jobs", r.master);
-                    } else {
-                        log::warn!(
-                            "master {} stopped heartbeating for {after:?}: {} of its children",
-                            r.master,
-                            r.released
-                        );
-                    }
-                }
-            }
-            Err(e) => log::debug!("looking for dead masters: {e}"),
-        }
-    }
-}
-
-/// How often a master looks for schedules added since it last looked.
-const SCHEDULE_LOOK: Duration = Duration::from_secs(5);
-
-/// How long a cancelled job's program has between TERM and KILL.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
-/// The label of a job's unit of work on the scoreboard.
 /// A batch's label on the scoreboard: `job 17`, or `jobs 17..80`.
 fn batch_label(jobs: &[Job]) -> String {
     match jobs {
@@ -1271,13 +1018,9 @@ fn own_limit(jobs: &[Job]) -> Option<Duration> {
     own.and_then(|limits| limits.into_iter().max())
 }
 
+/// The label of a job's unit of work on the scoreboard.
 fn job_label(id: i64) -> String {
     format!("job {id}")
-}
-
-/// The job a unit of work labelled by [`job_label`] runs.
-fn job_of_label(label: &str) -> Option<i64> {
-    label.strip_prefix("job ")?.parse().ok()
 }
 
 /// The error of a job whose statement was cancelled at its time limit.

@@ -38,6 +38,7 @@ mod completions;
 mod deadline;
 mod exec;
 mod idle;
+mod master;
 mod metrics;
 mod prefetch;
 mod resident;
@@ -50,7 +51,8 @@ use std::time::Duration;
 
 use postgres::Client;
 
-pub use app::{FleetStats, QueueApp};
+pub use app::QueueApp;
+pub use master::FleetStats;
 pub use store::{
     ChildRow, Counts, Enqueue, Enqueued, Job, Release, Released, Schema, check_queue_name, counts,
     enqueue, enqueue_copies, enqueue_in, enqueue_one, live_children, migrate, release,

@@ -153,7 +153,7 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_PIDFILE")]
     pidfile: Option<PathBuf>,
     /// Serve /metrics (Prometheus), /status (JSON), /livez and /readyz from
-    /// the master at IP:PORT (127.0.0.1:9187, [::1]:9187) or a Unix socket
+    /// the master at IP:PORT (`127.0.0.1:9187`, `[::1]:9187`) or a Unix socket
     /// path. Off by default; keep it on loopback unless a scraper needs it.
     #[arg(long, env = "PREFORK_STATUS_ADDR", value_name = "ADDR")]
     status_addr: Option<fork_safe::prefork::StatusAddr>,
