@@ -934,7 +934,7 @@ impl App for QueueApp {
         }
         // Stopping: a `--worker` program reads the end of its input and exits.
         if let Some(resident) = resident.as_mut() {
-            resident.end(worker);
+            resident.end(worker, None);
         }
         // Record outcomes left waiting by a failed recorder; then
         // hand back, at once rather than at lease expiry, what a failure

@@ -78,6 +78,10 @@ pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// waits for a program that is itself waiting to write an answer.
 const PIPELINE_BYTES: usize = 64 * 1024;
 
+/// How long a program recycled between jobs (`--worker-max-jobs`, memory)
+/// has to exit at the end of its input before it is killed.
+const RECYCLE_EXIT: Duration = Duration::from_secs(10);
+
 /// The end of a program's stderr kept for a failed attempt's error.
 const STDERR_TAIL: usize = 4 * 1024;
 
@@ -236,7 +240,7 @@ impl<'w> Resident<'w> {
                 limit / (1024 * 1024)
             );
             self.over_memory = 0;
-            self.end(worker);
+            self.end(worker, Some(RECYCLE_EXIT));
         }
     }
 
@@ -313,7 +317,7 @@ impl<'w> Resident<'w> {
                 worker.index(),
                 running.jobs
             );
-            self.end(worker);
+            self.end(worker, Some(RECYCLE_EXIT));
         }
     }
 
@@ -323,9 +327,10 @@ impl<'w> Resident<'w> {
         self.next_start.saturating_duration_since(Instant::now())
     }
 
-    /// Ends the program as at a stop: end of input, then up to `within`
-    /// for it to exit (then it is killed).
-    pub(super) fn end(&mut self, worker: &Worker) {
+    /// Ends the program as at a stop: end of input, then `within` for it
+    /// to exit (`None`: as long as it takes; the master's escalation, or an
+    /// orphaned child's own, ends one that does not), then it is killed.
+    pub(super) fn end(&mut self, worker: &Worker, within: Option<Duration>) {
         let Some(mut running) = self.running.take() else {
             return;
         };
@@ -333,7 +338,7 @@ impl<'w> Resident<'w> {
             .channel
             .get_ref()
             .shutdown(std::net::Shutdown::Write);
-        let exited = running.program.wait_exit(Some(Duration::from_secs(60)));
+        let exited = running.program.wait_exit(within);
         let pid = running.program.id();
         let status = running.program.finish();
         if !exited || !status.as_ref().is_ok_and(|s| s.success()) {
