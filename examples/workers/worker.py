@@ -29,6 +29,12 @@ import traceback
 
 PROTOCOL = 1
 
+# The connections this program opens (psycopg and every libpq client read
+# PGAPPNAME) name it in pg_stat_activity by its own pid; prefork ends what
+# they leave if it has to kill the program.
+if "PREFORK_WORKER_FD" in os.environ:
+    os.environ["PGAPPNAME"] = "prefork:program:%d" % os.getpid()
+
 
 def run(handler):
     """Serves jobs with handler until prefork closes the channel."""

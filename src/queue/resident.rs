@@ -49,9 +49,11 @@
 //!    child and its master.
 //!
 //! The program inherits descriptors 0, 1, 2 and its channel, nothing else;
-//! `PGAPPNAME` names it `prefork:program:<child pid>.<worker>`, so the
-//! backends of libpq-based clients show in `pg_stat_activity` as its own,
-//! and those left when it is killed are ended.
+//! `PGAPPNAME` names it `prefork:program:<child pid>.<worker>` (its own pid
+//! is not known before its exec; the example libraries rename it
+//! `prefork:program:<pid>` as they load), so the backends of libpq-based
+//! clients show in `pg_stat_activity` as its own, and those left when it is
+//! killed are ended, by either name.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -349,7 +351,7 @@ impl<'w> Resident<'w> {
                 status.map_or_else(|e| e.to_string(), |s| s.to_string())
             );
         }
-        end_backends(worker);
+        end_backends(worker, pid);
     }
 
     fn start(&mut self, worker: &'w Worker) -> Result<(), String> {
@@ -457,8 +459,9 @@ impl<'w> Resident<'w> {
             return e.to_owned();
         };
         running.program.stop(Duration::from_secs(1));
+        let pid = running.program.id();
         let status = running.program.finish().ok();
-        end_backends(worker);
+        end_backends(worker, pid);
         with_stderr(&running.stderr, e.to_owned(), status)
     }
 
@@ -476,8 +479,9 @@ impl<'w> Resident<'w> {
             running
                 .program
                 .stop(grace.unwrap_or(Duration::from_secs(1)));
+            let pid = running.program.id();
             let _ = running.program.finish();
-            end_backends(worker);
+            end_backends(worker, pid);
         }
     }
 }
@@ -487,13 +491,18 @@ fn app_name(worker: &Worker) -> String {
     format!("prefork:program:{}.{}", std::process::id(), worker.index())
 }
 
-/// Ends the backends the worker's programs left (their `PGAPPNAME`).
-fn end_backends(worker: &Worker) {
+/// Ends the backends the worker's program `program` left (by its
+/// `PGAPPNAME`).
+fn end_backends(worker: &Worker, program: crate::Pid) {
     let name = app_name(worker);
+    // The name prefork gave it, or the one a program names itself by its
+    // own pid (the example libraries do).
+    let own = format!("prefork:program:{program}");
     let ended = crate::with_client(|client| {
         let rows = client.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&name],
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = $1 OR application_name = $2",
+            &[&name, &own],
         )?;
         Ok(rows.len())
     });
