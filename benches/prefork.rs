@@ -83,18 +83,10 @@ fn main() {
         .unwrap();
     drop(write_end);
     let mut events = Events(BufReader::new(fs::File::from(read_end)).lines());
-    let mut next = move || events.next();
 
     // Wait for the fleet: PROCS children, each started and ready.
-    let mut children: Vec<u32> = Vec::new();
-    let mut ready = 0;
-    while ready < PROCS {
-        match next() {
-            ('S', pid, _) => children.push(pid),
-            ('R', _, _) => ready += 1,
-            _ => {}
-        }
-    }
+    let mut children = events.wait_ready(PROCS);
+    let mut next = move || events.next();
     std::thread::sleep(Duration::from_millis(500));
     let (mut rss, mut pss) = memory(master.id());
     for &pid in &children {

@@ -81,16 +81,8 @@ fn main() {
         .unwrap();
     drop(write_end);
     let mut events = Events(BufReader::new(fs::File::from(read_end)).lines());
+    let mut children = events.wait_ready(PROCS);
     let mut next = move || events.next();
-    let mut children: Vec<u32> = Vec::new();
-    let mut ready = 0;
-    while ready < PROCS {
-        match next() {
-            ('S', pid, _) => children.push(pid),
-            ('R', _, _) => ready += 1,
-            _ => {}
-        }
-    }
     std::thread::sleep(Duration::from_millis(500));
 
     let scrapes = |path: &str| {

@@ -59,6 +59,22 @@ impl Events {
     }
 }
 
+impl Events {
+    /// Waits until `procs` children have started and are ready; their pids.
+    pub fn wait_ready(&mut self, procs: usize) -> Vec<u32> {
+        let mut children = Vec::new();
+        let mut ready = 0;
+        while ready < procs {
+            match self.next() {
+                ('S', pid, _) => children.push(pid),
+                ('R', _, _) => ready += 1,
+                _ => {}
+            }
+        }
+        children
+    }
+}
+
 /// The value at fraction `p` of `sorted`.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
