@@ -422,14 +422,22 @@ fn rescue(ctx: &mut Ctx) {
     let mut obs = reset(&ctx.url);
     obs.client()
         .batch_execute(
-            "DROP TABLE IF EXISTS slow; CREATE TABLE slow (); INSERT INTO slow DEFAULT VALUES",
+            "DROP TABLE IF EXISTS gate; CREATE TABLE gate (); INSERT INTO gate DEFAULT VALUES",
         )
         .unwrap();
     let lines: String = (1..=6).map(|i| format!("{i}\n")).collect();
     cli::enqueue_lines(&ctx.url, &lines, &[]);
-    // While `slow` has a row, a job takes 8 s on the server.
-    let effect = "INSERT INTO effects SELECT $1::int \
-                  FROM pg_sleep(CASE WHEN EXISTS (SELECT FROM slow) THEN 8 ELSE 0 END)";
+    // The frozen fleet's jobs wait on the server for the gate, which the
+    // test holds until the rescue is over: their statements end only then,
+    // with the client still stopped, whatever the machine's speed. (A fixed
+    // sleep raced the rescue on a slow machine: statements that ended
+    // first committed as the frozen fleet's, and nothing was rescued.)
+    let mut gatekeeper = Observer::new(&ctx.url);
+    gatekeeper
+        .client()
+        .batch_execute("BEGIN; SELECT FROM gate FOR UPDATE")
+        .unwrap();
+    let gated = "INSERT INTO effects SELECT $1::int FROM gate FOR SHARE";
     let mut frozen = Master::start(
         &ctx.url,
         &[
@@ -440,15 +448,13 @@ fn rescue(ctx: &mut Ctx) {
             "--batch",
             "1",
             "--sql",
-            effect,
+            gated,
         ],
     );
-    wait_until("two statements running", Duration::from_secs(10), || {
-        count(
-            &mut obs,
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE state = 'active' AND query LIKE '%run_sql%' AND pid <> pg_backend_pid()",
-        ) == 2
+    let gated_statements = "SELECT count(*) FROM pg_stat_activity
+         WHERE state = 'active' AND query LIKE '%run_sql%' AND pid <> pg_backend_pid()";
+    wait_until("two statements running", Duration::from_secs(30), || {
+        count(&mut obs, gated_statements) == 2
     });
     let mut stopped = vec![frozen.pid()];
     stopped.extend(common::children_of(frozen.pid()));
@@ -456,7 +462,6 @@ fn rescue(ctx: &mut Ctx) {
         kill(*pid, Signal::SIGSTOP).unwrap();
     }
     let froze = std::time::Instant::now();
-    obs.client().batch_execute("DELETE FROM slow").unwrap();
     let mut rescuer = Master::start(
         &ctx.url,
         &[
@@ -467,22 +472,25 @@ fn rescue(ctx: &mut Ctx) {
             "--rescue-after",
             "3s",
             "--sql",
-            effect,
+            "INSERT INTO effects SELECT $1::int",
         ],
     );
     wait_until(
         "the frozen fleet's jobs run again",
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         || count(&mut obs, "SELECT count(DISTINCT v) FROM effects") == 6,
     );
     println!(
         "    the frozen fleet's jobs done again {:.1?} after the freeze",
         froze.elapsed()
     );
-    // The frozen statements end on the server (8 s): their outcomes are
+    // The frozen statements end on the server: their outcomes are
     // refused, and their effects rolled back with them.
-    std::thread::sleep(
-        Duration::from_secs(8).saturating_sub(froze.elapsed()) + Duration::from_secs(1),
+    gatekeeper.client().batch_execute("COMMIT").unwrap();
+    wait_until(
+        "the frozen statements end on the server",
+        Duration::from_secs(30),
+        || count(&mut obs, gated_statements) == 0,
     );
     for pid in &stopped {
         kill(*pid, Signal::SIGCONT).unwrap();
