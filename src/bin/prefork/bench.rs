@@ -194,7 +194,7 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
     fleet.run(app).map_err(runtime)?;
     let elapsed = started.elapsed();
     let (machine1, fleet1) = (machine_busy(), fleet_cpu());
-    let (done, p50, p99, claim_ms, run_ms) = fork_safe::with_client(|c| {
+    let (done, p50, p99, middle, claim_ms, run_ms) = fork_safe::with_client(|c| {
         let s = schema.name();
         let row = c.query_typed_one(
             &format!(
@@ -203,7 +203,10 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
                         coalesce(percentile_cont(0.5) WITHIN GROUP
                             (ORDER BY extract(epoch FROM finished_at - created_at)), 0)::float8,
                         coalesce(percentile_cont(0.99) WITHIN GROUP
-                            (ORDER BY extract(epoch FROM finished_at - created_at)), 0)::float8
+                            (ORDER BY extract(epoch FROM finished_at - created_at)), 0)::float8,
+                        coalesce(extract(epoch FROM
+                            percentile_disc(0.9) WITHIN GROUP (ORDER BY finished_at)
+                            - percentile_disc(0.1) WITHIN GROUP (ORDER BY finished_at)), 0)::float8
                  FROM {s}.jobs_finished"
             ),
             &[(&(queued as i64), Type::INT8)],
@@ -222,7 +225,14 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
             )?;
             (claim, run) = (row.get(0), row.get(1));
         }
-        Ok((row.get::<_, i64>(0), row.get::<_, f64>(1), row.get::<_, f64>(2), claim, run))
+        Ok((
+            row.get::<_, i64>(0),
+            row.get::<_, f64>(1),
+            row.get::<_, f64>(2),
+            row.get::<_, f64>(3),
+            claim,
+            run,
+        ))
     })
     .map_err(runtime)?;
     fork_safe::close_all();
@@ -246,6 +256,16 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
         elapsed,
         count(rate)
     );
+    // The drain's start (the fleet's connections, a `--worker` program's
+    // boot in every worker) and its end (the last batches, with fewer
+    // workers busy) are paid once; the middle is what a fleet working a
+    // backlog keeps up.
+    if keeps && middle > 0.0 {
+        println!(
+            "  steady: {} jobs/s over the middle 80% of the jobs (start and end excluded)",
+            count(done as f64 * 0.8 / middle)
+        );
+    }
     let jobs = done.max(1) as u64;
     let fleet_cpu = fleet1.saturating_sub(fleet0);
     match (machine0, machine1) {
