@@ -80,6 +80,16 @@ pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// waits for a program that is itself waiting to write an answer.
 const PIPELINE_BYTES: usize = 64 * 1024;
 
+/// How long a worker waits before it looks for the next answers of a
+/// quick program that still has jobs in hand: it then reads a bunch of
+/// them on one wakeup instead of waking for each (a wakeup per answer cost
+/// 2 cores more than the Python example's jobs: 28,600-29,000 against
+/// 30,300-30,600 jobs/s drained, 42,000 against 46,000-47,600 steady, 4 x
+/// 8). The program never waits for it (its next jobs are already in its
+/// channel), a batch ends at most this much later, and a job's clock
+/// starts at most this much late.
+const GATHER: Duration = Duration::from_micros(500);
+
 /// How long a program recycled between jobs (`--worker-max-jobs`, memory)
 /// has to exit at the end of its input before it is killed.
 const RECYCLE_EXIT: Duration = Duration::from_secs(10);
@@ -277,6 +287,17 @@ impl<'w> Resident<'w> {
                 sent += 1;
             }
             let deadline = limit(job).map(|l| started + l);
+            // A quick program with more jobs in hand: gather its answers
+            // (see GATHER), never past the job's deadline.
+            if i > 0 && sent > i + 1 && running.channel.buffer().is_empty() {
+                let last_took = ran.last().map_or(Duration::MAX, |(_, took)| *took);
+                if last_took < GATHER {
+                    let nap = deadline.map_or(GATHER, |d| {
+                        GATHER.min(d.saturating_duration_since(Instant::now()))
+                    });
+                    std::thread::sleep(nap);
+                }
+            }
             let answer = running
                 .channel
                 .get_mut()
