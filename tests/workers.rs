@@ -46,6 +46,10 @@ fn main() {
                 leftover_backend,
             ),
             ("a_program_over_max_memory_is_recycled", program_memory),
+            (
+                "the_node_example_answers_with_the_payload_and_exits_at_a_stop",
+                node_example,
+            ),
         ],
         &[],
     )
@@ -435,4 +439,25 @@ fn program_memory(ctx: &mut Ctx) {
         pids.len() >= 2,
         "one program ran all 40 jobs over its limit"
     );
+}
+
+fn node_example(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, &lines(2000), &[]);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/workers/worker.js");
+    let master = fleet(
+        ctx,
+        &["--procs", "2", "--threads", "4"],
+        &["node".into(), example.into()],
+    );
+    wait_finished(&mut obs, Duration::from_secs(60));
+    let mut done: Vec<i64> = results(&mut obs, "done")
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+    done.sort_unstable();
+    assert_eq!(done, (1..=2000).collect::<Vec<i64>>());
+    // At the stop each program reads the end of its input and exits.
+    let log = stop(master);
+    assert!(!log.contains("ended at end of input"), "{log}");
 }
