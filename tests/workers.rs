@@ -393,6 +393,13 @@ fn leftover_backend(ctx: &mut Ctx) {
     common::wait_until("the program's own backend", Duration::from_secs(20), || {
         sleeping(&mut obs) == 1
     });
+    // `prefork status` shows the program's backend beside the fleet's.
+    let out = cli::prefork(&ctx.url, &["status"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("prefork:program:") && shown.contains("prefork:child:"),
+        "{shown}"
+    );
     wait_finished(&mut obs, Duration::from_secs(20));
     common::wait_until("its backend ended", Duration::from_secs(10), || {
         sleeping(&mut obs) == 0
