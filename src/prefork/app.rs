@@ -48,6 +48,13 @@ pub trait App: Send + Sync + 'static {
         let _ = children;
     }
 
+    /// Runs in the master after [`App::master_tick`], when the app has
+    /// [`App::metrics`]: its counters summed over the fleet, for progress
+    /// (a `--drain` run's live line counts finished jobs here).
+    fn master_counted(&self, counted: &super::Counted<'_>) {
+        let _ = counted;
+    }
+
     /// The counters and histograms the app's workers keep (see
     /// [`Metrics`](super::Metrics)), served summed over the fleet by the
     /// status endpoint ([`Prefork::status_addr`](super::Prefork::status_addr)).

@@ -56,6 +56,18 @@ struct Series {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter(pub(crate) usize);
 
+/// The app's counters summed over the fleet (the live children's and what
+/// the exited ones had counted), for [`App::master_counted`](super::App::master_counted).
+#[derive(Debug, Clone, Copy)]
+pub struct Counted<'a>(pub(crate) &'a [u64]);
+
+impl Counted<'_> {
+    /// `counter`'s sum over the fleet.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0.get(counter.0).copied().unwrap_or(0)
+    }
+}
+
 /// One histogram series, to record into with
 /// [`Worker::observe`](super::Worker::observe).
 #[derive(Debug, Clone, Copy, PartialEq)]

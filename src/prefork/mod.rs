@@ -93,7 +93,7 @@ pub use board::MAX_THREADS;
 pub use builder::{ConnectionBounds, Prefork};
 pub use error::PreforkError;
 pub use exit::ExitReason;
-pub use metrics::{Counter, Histogram, MAX_COUNTERS, Metrics};
+pub use metrics::{Counted, Counter, Histogram, MAX_COUNTERS, Metrics};
 pub use program::Program;
 pub(crate) use program::kill_grace;
 pub use signals::hold_signals;

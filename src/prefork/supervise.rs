@@ -149,6 +149,10 @@ impl<A: App> Master<A> {
             }
             self.end_leftovers(now.at);
             self.os.app.master_tick(&self.fleet.statuses());
+            if self.os.app.metrics().is_some() {
+                let sums = self.fleet.counters();
+                self.os.app.master_counted(&super::Counted(&sums));
+            }
             let planned = self.wake_at.take().unwrap_or(now.at);
             self.lag = Instant::now().saturating_duration_since(planned);
             self.wait(now.at);

@@ -15,13 +15,13 @@ use super::completions::{Completions, Recording};
 use super::deadline::Deadlines;
 use super::idle::{Idle, Leadership, Woken};
 use super::master::{FleetStats, process_of};
-use super::metrics::{QueueMetrics, Verdict};
+use super::metrics::{FinishedJobs, QueueMetrics, Verdict};
 use super::prefetch::{Batch, Claiming, Prefetch, Size, Take};
 use super::resident::{Ran, Resident};
 use super::store::Finished;
 use super::{Handler, Job, QueueConfig, exec, store};
 use crate::Pid;
-use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, LostChild, Worker};
+use crate::prefork::{App, BoxError, ChildInfo, ChildStatus, Counted, LostChild, Worker};
 
 /// A prefork app that works a job queue.
 pub struct QueueApp {
@@ -33,7 +33,12 @@ pub struct QueueApp {
     /// Per-child state, set in `init_child` (each child has its own copy of
     /// the app, so this is per process).
     child: OnceLock<ChildState>,
+    /// Told, in the master, what the fleet finished (see `on_progress`).
+    progress: Option<Progress>,
 }
+
+/// A callback of [`QueueApp::on_progress`].
+type Progress = Box<dyn Fn(FinishedJobs) + Send + Sync>;
 
 struct ChildState {
     /// `host:pid`; claims are stamped `host:pid/worker.seq`.
@@ -87,7 +92,17 @@ impl QueueApp {
             handler,
             stats: Arc::default(),
             child: OnceLock::new(),
+            progress: None,
         }
+    }
+
+    /// Calls `progress` in the master on every turn of its loop (at least
+    /// every 100 ms) with the jobs the fleet finished so far: for a live
+    /// progress line. It runs in the master's loop, which forks: it must
+    /// be quick and start no thread. Default: none.
+    pub fn on_progress(mut self, progress: impl Fn(FinishedJobs) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Box::new(progress));
+        self
     }
 
     /// What the master observes while the fleet runs; read it after
@@ -878,6 +893,12 @@ impl App for QueueApp {
 
     fn master_tick(&self, children: &[ChildStatus]) {
         self.tick(children);
+    }
+
+    fn master_counted(&self, counted: &Counted<'_>) {
+        if let Some(progress) = &self.progress {
+            progress(self.metrics.finished(counted));
+        }
     }
 
     fn run_worker(&self, worker: &Worker) {

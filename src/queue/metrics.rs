@@ -8,7 +8,20 @@ use std::time::{Duration, Instant};
 use postgres::types::Type;
 
 use super::Schema;
-use crate::prefork::{Counter, Gauge, Histogram, Metrics, Worker};
+use crate::prefork::{Counted, Counter, Gauge, Histogram, Metrics, Worker};
+
+/// Jobs a fleet finished for good since it started (as its workers count
+/// them: a job that timed out on its last attempt is not among them), for
+/// [`QueueApp::on_progress`](super::QueueApp::on_progress).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FinishedJobs {
+    /// Jobs that succeeded.
+    pub done: u64,
+    /// Jobs whose last attempt failed.
+    pub failed: u64,
+    /// Jobs cancelled while they ran.
+    pub cancelled: u64,
+}
 
 /// Queues with series of their own; a fleet working more counts the rest
 /// under `queue="other"` (each queue takes 19 of the scoreboard's slots).
@@ -147,6 +160,23 @@ impl QueueMetrics {
         let i = Verdict::ALL.iter().position(|v| *v == verdict).unwrap_or(0);
         worker.count(counters[i], 1);
         worker.observe(*histogram, took.as_secs_f64());
+    }
+
+    /// The jobs the fleet finished for good, summed over its queues.
+    pub(super) fn finished(&self, counted: &Counted<'_>) -> FinishedJobs {
+        let mut finished = FinishedJobs::default();
+        for (counters, _) in &self.series {
+            for (verdict, counter) in Verdict::ALL.iter().zip(counters) {
+                let n = counted.get(*counter);
+                match verdict {
+                    Verdict::Done => finished.done += n,
+                    Verdict::Failed => finished.failed += n,
+                    Verdict::Cancelled => finished.cancelled += n,
+                    Verdict::Retried | Verdict::TimedOut => {}
+                }
+            }
+        }
+        finished
     }
 
     /// The last read of the queues' counts, for the status endpoint; asks

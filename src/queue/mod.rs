@@ -53,6 +53,7 @@ use postgres::Client;
 
 pub use app::QueueApp;
 pub use master::FleetStats;
+pub use metrics::FinishedJobs;
 pub use store::{
     ChildRow, Counts, Enqueue, Enqueued, Job, Release, Released, Schema, check_queue_name, counts,
     enqueue, enqueue_copies, enqueue_in, enqueue_one, live_children, migrate, release,
