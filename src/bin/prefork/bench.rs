@@ -96,17 +96,9 @@ fn per_job(cpu: Duration, jobs: u64) -> String {
     format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / jobs.max(1) as f64)
 }
 
-/// Thousands separated by commas.
+/// A count or a rate, rounded, thousands separated by commas.
 fn count(n: f64) -> String {
-    let digits = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    super::progress::thousands(n.max(0.0).round() as u64)
 }
 
 /// Runs the benchmark against `url`; `own_cluster`: a throwaway cluster of
@@ -187,11 +179,19 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
         .graceful_timeout(Duration::from_secs(10));
     let bounds = fleet.connection_bounds();
     let keeps = config.keeps_history();
-    let app = QueueApp::new(config, handler);
+    let mut app = QueueApp::new(config, handler);
+    let mut line = None;
+    if let Some(progress) = super::progress::Progress::jobs(queued) {
+        let (shown, update) = progress.in_master();
+        app = app.on_progress(update);
+        line = Some(shown);
+    }
     let stats = app.stats();
     let (machine0, fleet0) = (machine_busy(), fleet_cpu());
     let started = Instant::now();
-    fleet.run(app).map_err(runtime)?;
+    let ran = fleet.run(app).map_err(runtime);
+    drop(line);
+    ran?;
     let elapsed = started.elapsed();
     let (machine1, fleet1) = (machine_busy(), fleet_cpu());
     let (done, p50, p99, middle, claim_ms, run_ms) = fork_safe::with_client(|c| {

@@ -27,7 +27,30 @@ pub fn init(format: LogFormat) {
             writeln!(buf, "{line}")
         });
     }
-    builder.init();
+    // The master's lines clear a live progress line while they print (see
+    // `progress`).
+    let logger = builder.build();
+    log::set_max_level(logger.filter());
+    let _ = log::set_boxed_logger(Box::new(AroundProgress(logger)));
+}
+
+/// env_logger's logger, printing around a live progress line.
+struct AroundProgress(env_logger::Logger);
+
+impl log::Log for AroundProgress {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.0.matches(record) {
+            crate::progress::suspended(|| self.0.log(record));
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 /// One record as a JSON object.

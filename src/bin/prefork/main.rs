@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use fork_safe::cluster::TempCluster;
 use fork_safe::prefork::Prefork;
 use fork_safe::queue::{self, Handler, QueueApp, QueueConfig, Schema};
@@ -14,8 +14,11 @@ use fork_safe::{Database, MaxAge};
 use postgres::types::Type;
 
 mod bench;
+mod config;
 mod jobs;
 mod logging;
+mod manual;
+mod progress;
 mod schedule;
 
 /// Exit status for bad usage (clap's convention).
@@ -28,12 +31,26 @@ const USAGE: u8 = 2;
 /// per worker, fed one job at a time: see the README's protocol); `--exec`
 /// and `--worker` take everything after them, so put them last. With no database
 /// configured at all (no --database-url, DATABASE_URL, PGHOST or
-/// PGDATABASE) the fleet runs on a throwaway PostgreSQL cluster.
+/// PGDATABASE) the fleet runs on a throwaway PostgreSQL cluster. Settings
+/// may come from a TOML file (`--config`): a flag beats its environment
+/// variable, which beats the file, which beats the default.
 #[derive(Parser, Debug)]
-#[command(name = "prefork", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "prefork",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = EXAMPLES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Read settings from this TOML file: the fleet's options by their
+    /// flags' names (`procs = 4`, `health-checks = true`, `timeout =
+    /// "5m"`), `database-url`, and the handler (`sql = "..."`, or `exec` or
+    /// `worker` = [PROGRAM, ARGS...]). A flag or environment variable
+    /// overrides the file; `prefork config` shows what is in effect.
+    #[arg(long, global = true, env = "PREFORK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// How log lines are written: text, or one JSON object per line (time,
     /// level, target, message, process, role, and fields such as child,
     /// pid, reason and job) for log shippers.
@@ -65,7 +82,32 @@ enum Command {
     /// drain them with a fleet of the shape given, print jobs/s, CPU per
     /// job, peak backends and latency, and drop the schema.
     Bench(bench::BenchArgs),
+    /// Print the fleet's settings in effect and where each came from (flag,
+    /// environment, file, default), as a TOML file `--config` reads;
+    /// passwords are masked. Takes the fleet's options.
+    Config(Box<FleetArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell): `prefork completions bash > /etc/bash_completion.d/prefork`.
+    Completions(manual::CompletionsArgs),
+    /// Print the man page (roff): `prefork man | man -l -`; `prefork man
+    /// enqueue` for a subcommand's.
+    Man(manual::ManArgs),
 }
+
+/// `--help`'s closing examples.
+const EXAMPLES: &str = "\
+Examples:
+  # 4 children x 8 workers, each job's payload as $1 of a statement:
+  prefork --procs 4 --threads 8 --sql 'UPDATE accounts SET seen = now() WHERE id = $1::int'
+
+  # A Python program per worker, loaded once, fed one job at a time:
+  prefork --procs 4 --threads 8 --timeout 5m --worker python3 examples/workers/worker.py
+
+  # Queue a file's lines as jobs, then work them until none is left:
+  prefork enqueue - < ids.txt && prefork --drain --sql 'SELECT process($1)'
+
+  # The settings kept in a file; see what is in effect, then run:
+  prefork --config prefork.toml config && prefork --config prefork.toml";
 
 #[derive(Args, Debug, Clone)]
 struct DbArgs {
@@ -83,7 +125,7 @@ struct DbArgs {
     queue: String,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct FleetArgs {
     #[command(flatten)]
     db: DbArgs,
@@ -256,40 +298,46 @@ fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().collect();
     // `--exec PROGRAM [ARGS...]` or `--worker PROGRAM [ARGS...]`, whichever
     // comes first, owns everything after it.
-    let trailing = args
+    let program = args
         .iter()
         .position(|a| a == "--exec" || a == "--worker")
         .map(|i| {
             let rest = args.split_off(i);
-            Trailing {
-                flag: if rest[0] == "--worker" {
-                    "--worker"
-                } else {
-                    "--exec"
-                },
-                argv: rest[1..].to_vec(),
-            }
+            let flag = if rest[0] == "--worker" {
+                "--worker"
+            } else {
+                "--exec"
+            };
+            config::Program::from_flag(flag, rest[1..].to_vec())
         });
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("{}", one_line(&e.to_string()));
-            return ExitCode::from(USAGE);
-        }
+    globals_after_subcommand(&mut args);
+    let (mut cli, matches, file) = match parse(&args) {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
     };
     logging::init(cli.log_format);
+    let program = match &mut cli.command {
+        Some(Command::Config(fleet)) => {
+            let level = matches.subcommand_matches("config").unwrap_or(&matches);
+            handler(fleet, level, program, file.as_ref())
+        }
+        _ => handler(&mut cli.fleet, &matches, program, file.as_ref()),
+    };
     let result = match cli.command {
         Some(Command::Enqueue(args)) => enqueue_main(&cli.fleet.db, &args),
         Some(Command::Status(args)) => status_main(&cli.fleet.db, &args),
         Some(Command::Jobs(args)) => jobs::jobs_main(&cli.fleet.db, &args),
         Some(Command::Schedule(args)) => schedule::schedule_main(&cli.fleet.db, &args),
         Some(Command::Bench(args)) => bench_main(&cli.fleet.db, &args),
-        None => fleet_main(cli.fleet, trailing),
+        Some(Command::Config(fleet)) => {
+            config_main(&fleet, &matches, file.as_ref(), program.as_ref())
+        }
+        Some(Command::Completions(args)) => manual::completions(Cli::command(), args.shell)
+            .map_err(|e| runtime(format!("writing the completion script: {e}"))),
+        Some(Command::Man(args)) => {
+            manual::man(Cli::command(), args.subcommand.as_deref()).map_err(usage)
+        }
+        None => fleet_main(cli.fleet, program),
     };
     // Every path, including errors, ends with no connection open.
     fork_safe::close_all();
@@ -300,6 +348,133 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Options every command takes, with a value.
+const GLOBAL_OPTIONS: [&str; 5] = [
+    "--config",
+    "--database-url",
+    "--schema",
+    "--queue",
+    "--log-format",
+];
+
+/// Moves the options every command takes from before a subcommand to
+/// after it (`prefork --config f.toml enqueue x` as `prefork enqueue
+/// --config f.toml x`): the fleet's own options conflict with subcommands,
+/// and clap counts a global option given at the top as one of them. Only
+/// when nothing else comes before the subcommand.
+fn globals_after_subcommand(args: &mut Vec<String>) {
+    let command = Cli::command();
+    let mut i = 1;
+    while let Some(arg) = args.get(i) {
+        if GLOBAL_OPTIONS
+            .iter()
+            .any(|o| arg.starts_with(&format!("{o}=")))
+        {
+            i += 1;
+        } else if GLOBAL_OPTIONS.contains(&arg.as_str()) {
+            i += 2;
+        } else {
+            if i > 1 && command.find_subcommand(arg).is_some() {
+                let sub = args.remove(i);
+                args.insert(1, sub);
+            }
+            return;
+        }
+    }
+}
+
+/// Parses the command line, with the config file's values as defaults
+/// when `--config` or `PREFORK_CONFIG` names one (see `config`): the
+/// options, their matches (for where each value came from), and the file.
+/// On bad usage, the exit status, with the one line said.
+fn parse(args: &[String]) -> Result<(Cli, clap::ArgMatches, Option<config::File>), ExitCode> {
+    let first = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(clap_exit)?;
+    let file = match config::path(&first) {
+        None => None,
+        Some(path) => match config::File::load(&path, &Cli::command()) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(ExitCode::from(USAGE));
+            }
+        },
+    };
+    let matches = match &file {
+        None => first,
+        Some(file) => file
+            .apply(Cli::command())
+            .try_get_matches_from(args)
+            .map_err(clap_exit)?,
+    };
+    let cli = Cli::from_arg_matches(&matches).map_err(clap_exit)?;
+    Ok((cli, matches, file))
+}
+
+/// The handler that takes a program, deciding between the command line's
+/// and the file's as for any option: a handler given as a flag (or `--sql`
+/// in the environment) replaces the file's.
+fn handler(
+    fleet: &mut FleetArgs,
+    matches: &clap::ArgMatches,
+    given: Option<config::Program>,
+    file: Option<&config::File>,
+) -> Option<config::Program> {
+    use clap::parser::ValueSource;
+    let sql_from_file = matches!(
+        matches
+            .try_get_raw("sql")
+            .ok()
+            .flatten()
+            .and(matches.value_source("sql")),
+        Some(ValueSource::DefaultValue)
+    );
+    if given.is_some() {
+        if sql_from_file {
+            fleet.sql = None;
+        }
+        return given;
+    }
+    if fleet.sql.is_some() && !sql_from_file {
+        return None;
+    }
+    file.and_then(config::File::program)
+}
+
+/// Help and version print and exit 0; anything else is one line and exit 2.
+fn clap_exit(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{}", one_line(&e.to_string()));
+    ExitCode::from(USAGE)
+}
+
+/// `prefork config`: the settings in effect, and where each came from.
+fn config_main(
+    fleet: &FleetArgs,
+    matches: &clap::ArgMatches,
+    file: Option<&config::File>,
+    program: Option<&config::Program>,
+) -> Result<(), Fail> {
+    let command = Cli::command();
+    let sub = command
+        .find_subcommand("config")
+        .ok_or_else(|| runtime("no config subcommand"))?;
+    let sub_matches = matches
+        .subcommand_matches("config")
+        .ok_or_else(|| runtime("no config subcommand matches"))?;
+    let fallback = connection_string(&fleet.db);
+    print!(
+        "{}",
+        config::report(sub, sub_matches, file, program, fallback.as_deref())
+    );
+    Ok(())
 }
 
 /// A clap error on one line: its first paragraph (what is wrong, with the
@@ -471,7 +646,14 @@ fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
     };
     let nothing = |e: fork_safe::Error| runtime(format!("{e}; nothing was queued"));
     if stdin {
-        let (lines, queued) = enqueue_lines(&schema, &how, std::io::stdin().lock())?;
+        // A regular file's size is known: the line shows how much is read.
+        let size = std::fs::metadata("/dev/stdin")
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len());
+        let line = progress::Progress::lines(size);
+        let (lines, queued) = enqueue_lines(&schema, &how, std::io::stdin().lock(), line.as_ref())?;
+        drop(line);
         match &args.unique_key {
             Some(key) if lines > queued => println!(
                 "queued {queued} job(s) on {:?}; {} line(s) found unique key {key:?} held",
@@ -515,10 +697,12 @@ fn enqueue_lines(
     schema: &Schema,
     how: &queue::Enqueue<'_>,
     mut input: impl BufRead,
+    progress: Option<&progress::Progress>,
 ) -> Result<(u64, u64), Fail> {
     let streamed = fork_safe::with_client(|c| {
         let mut tx = c.transaction()?;
         let mut line = 0u64;
+        let mut bytes = 0u64;
         let mut queued = 0;
         let mut chunk = Vec::with_capacity(LINES_PER_INSERT);
         let mut buf = Vec::new();
@@ -533,6 +717,10 @@ fn enqueue_lines(
             };
             if read > 0 {
                 line += 1;
+                bytes += read as u64;
+                if let Some(p) = progress.filter(|_| line % progress::READ_STRIDE == 0) {
+                    p.read(line, bytes);
+                }
                 // As `BufRead::lines`: the line ends at "\n" or "\r\n".
                 if buf.last() == Some(&b'\n') {
                     buf.pop();
@@ -722,20 +910,13 @@ fn timeout(args: &FleetArgs) -> Option<Duration> {
     args.timeout.and_then(|l| l.0)
 }
 
-/// The handler that owns the end of the command line: `--exec` or
-/// `--worker`, and the program's argv.
-struct Trailing {
-    flag: &'static str,
-    argv: Vec<String>,
-}
-
-fn fleet_main(args: FleetArgs, trailing: Option<Trailing>) -> Result<(), Fail> {
+fn fleet_main(args: FleetArgs, program: Option<config::Program>) -> Result<(), Fail> {
     // A reload or a scaling signal sent while the master still starts up
     // waits for it.
     fork_safe::prefork::hold_signals().map_err(runtime)?;
     let queues = queues(&args.db)?;
     let schema = Schema::new(&args.db.schema).map_err(usage)?;
-    let handler = match (&args.sql, trailing) {
+    let handler = match (&args.sql, program) {
         (Some(_), Some(t)) => {
             return Err(usage(format!(
                 "give one handler: --sql or {}, not both",
@@ -750,7 +931,7 @@ fn fleet_main(args: FleetArgs, trailing: Option<Trailing>) -> Result<(), Fail> {
         (None, Some(t)) if t.argv.is_empty() => {
             return Err(usage(format!("{} needs a PROGRAM", t.flag)));
         }
-        (None, Some(Trailing { flag, argv })) => {
+        (None, Some(config::Program { flag, argv, .. })) => {
             if !find_program(&argv[0]) {
                 return Err(usage(format!(
                     "{flag}: program {:?} not found or not executable",
@@ -861,10 +1042,21 @@ fn fleet_main(args: FleetArgs, trailing: Option<Trailing>) -> Result<(), Fail> {
         .status_addr(args.status_addr.clone())
         .min_ready(args.min_ready.map(|n| n as usize));
     let bounds = fleet.connection_bounds();
-    let app = QueueApp::new(config, handler);
+    let mut app = QueueApp::new(config, handler);
+    // A drain watched on a terminal: a live line of the jobs finished.
+    let mut line = None;
+    if args.drain {
+        if let Some(progress) = progress::Progress::jobs((before.queued + before.running) as u64) {
+            let (shown, update) = progress.in_master();
+            app = app.on_progress(update);
+            line = Some(shown);
+        }
+    }
     let stats = app.stats();
     let started = Instant::now();
-    let report = fleet.run(app).map_err(runtime)?;
+    let report = fleet.run(app).map_err(runtime);
+    drop(line);
+    let report = report?;
     let elapsed = started.elapsed();
     let after = counts(&schema, &queues)?;
     let done = after.done - before.done;
