@@ -462,7 +462,10 @@ fn config_main(
     file: Option<&config::File>,
     program: Option<&config::Program>,
 ) -> Result<(), Fail> {
-    let command = Cli::command();
+    // Built, so that the options every command takes (`--log-format`) are
+    // the subcommand's too.
+    let mut command = Cli::command();
+    command.build();
     let sub = command
         .find_subcommand("config")
         .ok_or_else(|| runtime("no config subcommand"))?;
