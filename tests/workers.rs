@@ -235,7 +235,8 @@ fn environment(ctx: &mut Ctx) {
         fds.starts_with(&[0, 1, 2]) && fds.contains(&channel),
         "{fds:?}"
     );
-    // The example library names the program by its own pid.
+    // prefork names the program by its own pid, set in the forked process
+    // before its exec (the example library leaves it as it is).
     let app = seen["app"].as_str().unwrap();
     assert_eq!(app, format!("prefork:program:{}", seen["pid"]), "{seen}");
     assert_eq!(seen["protocol"], "1");

@@ -20,13 +20,6 @@ const readline = require('readline');
 
 const PROTOCOL = 1;
 
-// The connections this program opens (node-postgres and libpq clients read
-// PGAPPNAME) name it in pg_stat_activity by its own pid; prefork ends what
-// they leave if it has to kill the program.
-if (process.env.PREFORK_WORKER_FD) {
-  process.env.PGAPPNAME = `prefork:program:${process.pid}`;
-}
-
 async function run(handler) {
   const fd = Number(process.env.PREFORK_WORKER_FD);
   const channel = new net.Socket({ fd, readable: true, writable: true });

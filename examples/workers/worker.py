@@ -20,6 +20,10 @@ or with run(handler). A handler gets the job as a dict (id, queue,
 attempt, max_attempts, priority, payload, timeout) and returns the result
 (None for none; anything not a string is sent as JSON). Run as it is, this
 file answers every job with its payload.
+
+prefork sets PGAPPNAME=prefork:program:<this program's pid>: psycopg and
+every libpq client name their connections by it, and prefork ends what
+they leave open if it has to kill the program.
 """
 
 import json
@@ -28,12 +32,6 @@ import sys
 import traceback
 
 PROTOCOL = 1
-
-# The connections this program opens (psycopg and every libpq client read
-# PGAPPNAME) name it in pg_stat_activity by its own pid; prefork ends what
-# they leave if it has to kill the program.
-if "PREFORK_WORKER_FD" in os.environ:
-    os.environ["PGAPPNAME"] = "prefork:program:%d" % os.getpid()
 
 
 def run(handler):

@@ -39,6 +39,7 @@
 //! Waiting uses a pidfd (Linux 5.3 and later), so a deadline costs no
 //! polling and nothing is reaped before its time.
 
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -76,11 +77,14 @@ pub struct Program<'w> {
 
 /// Starts `command` as a program recorded in `record` (see the module
 /// docs), keeping descriptor `keep` open across its exec if given (a
-/// channel of its own, beside 0, 1 and 2).
+/// channel of its own, beside 0, 1 and 2), and with `named` (a variable
+/// and a prefix) set to the prefix and the program's own pid, if given
+/// (see [`NamedExec`]).
 pub(super) fn spawn<'w>(
     command: &mut Command,
     record: &'w AtomicI32,
     keep: Option<RawFd>,
+    named: Option<(&str, &str)>,
 ) -> io::Result<Program<'w>> {
     if record.load(Ordering::Acquire) != 0 {
         return Err(io::Error::other(
@@ -94,12 +98,24 @@ pub(super) fn spawn<'w>(
     }
     let parent = Pid::this();
     let address = record as *const AtomicI32 as usize;
+    let mut exec = named
+        .map(|(var, prefix)| NamedExec::new(command, var, prefix))
+        .transpose()?;
     // SAFETY: `prepare` runs in the forked process before exec and makes
     // only async-signal-safe system calls and one atomic store; it
     // allocates nothing and takes no lock. `address` points into the
     // scoreboard, a shared mapping the forked process inherits and keeps
-    // until exec.
-    unsafe { command.pre_exec(move || prepare(parent, address, keep)) };
+    // until exec. `NamedExec::exec` writes into memory it owns and execs
+    // (see there).
+    unsafe {
+        command.pre_exec(move || {
+            prepare(parent, address, keep)?;
+            match exec.as_mut() {
+                Some(exec) => Err(exec.exec()),
+                None => Ok(()),
+            }
+        })
+    };
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -221,6 +237,112 @@ impl Drop for Program<'_> {
     }
 }
 
+/// The forked process's own exec, for a program whose environment names it
+/// by its pid (`PGAPPNAME=prefork:program:<pid>`, so that its libpq
+/// clients' backends are its own in `pg_stat_activity`).
+///
+/// std's `Command` builds the environment before the fork, when the
+/// program's pid is not known, and the forked process may not allocate.
+/// So the environment is built here before the fork (the parent's, with
+/// the command's changes; a command whose environment was cleared is not
+/// supported), with room in one entry for the pid; the forked process
+/// writes its pid there and execs by itself, from its `pre_exec`, and
+/// std's own exec never runs. A failed exec returns its error to std,
+/// which reports it from `spawn` as its own.
+struct NamedExec {
+    /// The program and its arguments; `argv` points into them.
+    _args: Vec<CString>,
+    /// The environment but the named entry; `envp` points into them.
+    _env: Vec<CString>,
+    /// `NAME=prefix`, then room for the pid and its NUL.
+    named: Vec<u8>,
+    /// Where the pid goes in `named`.
+    at: usize,
+    /// Null-ended arrays of the strings' addresses (as integers, so that
+    /// the closure holding them is `Send`): heap buffers that do not move
+    /// when their owners do.
+    argv: Vec<usize>,
+    envp: Vec<usize>,
+}
+
+impl NamedExec {
+    fn new(command: &Command, var: &str, prefix: &str) -> io::Result<NamedExec> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_string = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a NUL byte in the program's arguments or environment",
+                )
+            })
+        };
+        let mut args = vec![c_string(command.get_program().as_bytes())?];
+        for arg in command.get_args() {
+            args.push(c_string(arg.as_bytes())?);
+        }
+        let mut vars: std::collections::BTreeMap<OsString, OsString> =
+            std::env::vars_os().collect();
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => vars.insert(key.to_owned(), value.to_owned()),
+                None => vars.remove(key),
+            };
+        }
+        vars.remove(std::ffi::OsStr::new(var));
+        let env = vars
+            .iter()
+            .map(|(key, value)| c_string(&[key.as_bytes(), b"=", value.as_bytes()].concat()))
+            .collect::<io::Result<Vec<CString>>>()?;
+        let mut named = format!("{var}={prefix}").into_bytes();
+        let at = named.len();
+        // A pid has at most 10 digits; the rest stays NUL.
+        named.resize(at + 12, 0);
+        let pointers = |strings: &[CString]| strings.iter().map(|s| s.as_ptr() as usize).collect();
+        let argv: Vec<usize> = [pointers(&args), vec![0]].concat();
+        let envp: Vec<usize> = [pointers(&env), vec![named.as_ptr() as usize, 0]].concat();
+        Ok(NamedExec {
+            _args: args,
+            _env: env,
+            named,
+            at,
+            argv,
+            envp,
+        })
+    }
+
+    /// In the forked process: writes its pid into the named entry and
+    /// execs (searching PATH as std does); returns only if the exec
+    /// failed. Allocates nothing.
+    fn exec(&mut self) -> io::Error {
+        let mut pid = nix::unistd::getpid().as_raw().unsigned_abs();
+        let mut digits = [0u8; 10];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        let digits = &digits[start..];
+        self.named[self.at..self.at + digits.len()].copy_from_slice(digits);
+        // SAFETY: `argv` and `envp` are null-ended arrays of addresses of
+        // NUL-ended strings this struct owns, whose heap buffers have not
+        // moved or changed since they were taken but for the pid's digits
+        // written into `named` (its NUL follows them: it had 12 bytes of
+        // room, 10 at most are used).
+        unsafe {
+            libc::execvpe(
+                self.argv[0] as *const libc::c_char,
+                self.argv.as_ptr().cast::<*const libc::c_char>(),
+                self.envp.as_ptr().cast::<*const libc::c_char>(),
+            )
+        };
+        io::Error::last_os_error()
+    }
+}
+
 /// A pidfd for `pid`.
 fn pidfd(pid: Pid) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
@@ -311,5 +433,30 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!(kill_grace(Duration::from_secs(60)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_named_program_sees_its_own_pid_and_the_commands_environment() {
+        use std::io::Read;
+        let record = AtomicI32::new(0);
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo \"$PGAPPNAME $$ $KEPT ${HOME-unset}\""])
+            .env("KEPT", "yes")
+            .env_remove("HOME")
+            .stdout(std::process::Stdio::piped());
+        let named = Some(("PGAPPNAME", "prefork:program:"));
+        let mut program = spawn(&mut command, &record, None, named).unwrap();
+        let mut out = String::new();
+        program.stdout().unwrap().read_to_string(&mut out).unwrap();
+        let pid = program.id();
+        assert!(program.finish().unwrap().success());
+        assert_eq!(out.trim(), format!("prefork:program:{pid} {pid} yes unset"));
+        assert_eq!(record.load(Ordering::Acquire), 0);
+
+        let mut missing = Command::new("/nonexistent/program");
+        let e = spawn(&mut missing, &record, None, named).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert_eq!(record.load(Ordering::Acquire), 0);
     }
 }

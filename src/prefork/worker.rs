@@ -255,23 +255,32 @@ impl Worker {
         &self,
         command: &mut std::process::Command,
     ) -> std::io::Result<super::Program<'_>> {
-        super::program::spawn(command, self.program_record()?, None)
+        super::program::spawn(command, self.program_record()?, None, None)
     }
 
     /// [`Worker::spawn`], and the program also keeps `channel` open (a
     /// socket or pipe of its own, at the same descriptor number: tell the
-    /// program which, in its environment).
+    /// program which, in its environment), and its environment has
+    /// `PGAPPNAME=prefork:program:<its own pid>`, so that the backends of
+    /// its libpq clients show as its own in `pg_stat_activity`.
     ///
     /// # Errors
     ///
-    /// As [`Worker::spawn`].
+    /// As [`Worker::spawn`]; also a NUL byte in the command's arguments or
+    /// environment.
     pub fn spawn_with_channel(
         &self,
         command: &mut std::process::Command,
         channel: std::os::fd::BorrowedFd<'_>,
     ) -> std::io::Result<super::Program<'_>> {
         use std::os::fd::AsRawFd;
-        super::program::spawn(command, self.program_record()?, Some(channel.as_raw_fd()))
+        let name = format!("{}program:", crate::APPLICATION_NAME_PREFIX);
+        super::program::spawn(
+            command,
+            self.program_record()?,
+            Some(channel.as_raw_fd()),
+            Some(("PGAPPNAME", &name)),
+        )
     }
 
     /// This worker's slot for the program it runs, on the scoreboard.

@@ -49,11 +49,11 @@
 //!    child and its master.
 //!
 //! The program inherits descriptors 0, 1, 2 and its channel, nothing else;
-//! `PGAPPNAME` names it `prefork:program:<child pid>.<worker>` (its own pid
-//! is not known before its exec; the example libraries rename it
-//! `prefork:program:<pid>` as they load), so the backends of libpq-based
-//! clients show in `pg_stat_activity` as its own, and those left when it is
-//! killed are ended, by either name.
+//! `PGAPPNAME` names it `prefork:program:<its own pid>` (set in the forked
+//! process, the one place its pid is known before it runs: see
+//! `prefork::program`), so the backends of libpq-based clients show in
+//! `pg_stat_activity` as its own, and those left when it is killed are
+//! ended by that name.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -315,7 +315,7 @@ impl<'w> Resident<'w> {
                 }
                 Ok(None) => {
                     let limit = limit(job).unwrap_or_default();
-                    self.stop(worker, Some(kill_grace(limit)));
+                    self.stop(Some(kill_grace(limit)));
                     ran.push((Ran::TimedOut(format!("timed out after {limit:?}")), took));
                     return;
                 }
@@ -372,7 +372,7 @@ impl<'w> Resident<'w> {
                 status.map_or_else(|e| e.to_string(), |s| s.to_string())
             );
         }
-        end_backends(worker, pid);
+        end_backends(pid);
     }
 
     fn start(&mut self, worker: &'w Worker) -> Result<(), String> {
@@ -416,7 +416,6 @@ impl<'w> Resident<'w> {
             .args(args)
             .env("PREFORK_WORKER_FD", theirs.as_raw_fd().to_string())
             .env("PREFORK_PROTOCOL", PROTOCOL.to_string())
-            .env("PGAPPNAME", app_name(worker))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -482,7 +481,7 @@ impl<'w> Resident<'w> {
         running.program.stop(Duration::from_secs(1));
         let pid = running.program.id();
         let status = running.program.finish().ok();
-        end_backends(worker, pid);
+        end_backends(pid);
         with_stderr(&running.stderr, e.to_owned(), status)
     }
 
@@ -495,35 +494,26 @@ impl<'w> Resident<'w> {
     }
 
     /// Stops the program (TERM, then KILL after `grace`).
-    fn stop(&mut self, worker: &Worker, grace: Option<Duration>) {
+    fn stop(&mut self, grace: Option<Duration>) {
         if let Some(mut running) = self.running.take() {
             running
                 .program
                 .stop(grace.unwrap_or(Duration::from_secs(1)));
             let pid = running.program.id();
             let _ = running.program.finish();
-            end_backends(worker, pid);
+            end_backends(pid);
         }
     }
 }
 
-/// `PGAPPNAME` for the programs of `worker`.
-fn app_name(worker: &Worker) -> String {
-    format!("prefork:program:{}.{}", std::process::id(), worker.index())
-}
-
-/// Ends the backends the worker's program `program` left (by its
-/// `PGAPPNAME`).
-fn end_backends(worker: &Worker, program: crate::Pid) {
-    let name = app_name(worker);
-    // The name prefork gave it, or the one a program names itself by its
-    // own pid (the example libraries do).
-    let own = format!("prefork:program:{program}");
+/// Ends the backends the program `program` left (by its `PGAPPNAME`).
+fn end_backends(program: crate::Pid) {
+    let name = crate::application_name("program", program);
     let ended = crate::with_client(|client| {
         let rows = client.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE application_name = $1 OR application_name = $2",
-            &[&name, &own],
+             WHERE application_name = $1",
+            &[&name],
         )?;
         Ok(rows.len())
     });
