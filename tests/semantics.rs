@@ -335,6 +335,23 @@ fn schedules(ctx: &mut Ctx) {
         &["schedule", "add", "tick", "--cron", "* * * * * *", "hello"],
     );
     assert!(out.starts_with("schedule \"tick\" added"), "{out}");
+    // Every second too, on a queue no fleet works, under a unique key: the
+    // first tick's job holds it, so the other ticks queue nothing.
+    ok(
+        ctx,
+        &[
+            "schedule",
+            "add",
+            "solo",
+            "--cron",
+            "* * * * * *",
+            "--queue",
+            "idle",
+            "--unique-key",
+            "solo",
+            "once",
+        ],
+    );
     let fleet = ["--procs", "1", "--sql", "SELECT $1"];
     let mut a = Master::start(&ctx.url, &fleet);
     let mut b = Master::start(&ctx.url, &fleet);
@@ -343,23 +360,42 @@ fn schedules(ctx: &mut Ctx) {
         nix::sys::signal::kill(m.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
         assert_eq!(m.wait(Duration::from_secs(30)).0, 0);
     }
-    let jobs = count(&mut obs, "SELECT count(*) FROM prefork.jobs");
+    let jobs = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE queue = 'default'",
+    );
     let seconds = count(
         &mut obs,
-        "SELECT count(DISTINCT date_trunc('second', created_at)) FROM prefork.jobs",
+        "SELECT count(DISTINCT date_trunc('second', created_at)) FROM prefork.jobs
+         WHERE queue = 'default'",
     );
     assert!((4..=8).contains(&jobs), "{jobs} jobs in 6 s");
     assert_eq!(jobs, seconds, "two jobs for one tick");
+    assert_eq!(
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE queue = 'idle'"
+        ),
+        1,
+        "a tick queued a second job under the unique key"
+    );
+    let list = ok(ctx, &["schedule", "list"]);
+    assert!(list.contains("unique key \"solo\""), "{list}");
+    ok(ctx, &["schedule", "remove", "solo"]);
     // Three seconds with no fleet, then one: the missed ticks make one job.
     std::thread::sleep(Duration::from_secs(3));
     let before = jobs;
     let mut c = Master::start(&ctx.url, &fleet);
     wait_until("the late tick", Duration::from_secs(10), || {
-        count(&mut obs, "SELECT count(*) FROM prefork.jobs") > before
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE queue = 'default'",
+        ) > before
     });
     let late = count(
         &mut obs,
-        "SELECT count(*) FROM prefork.jobs WHERE created_at > (SELECT max(created_at) FROM prefork.jobs) - interval '0.5 s'",
+        "SELECT count(*) FROM prefork.jobs WHERE queue = 'default'
+           AND created_at > (SELECT max(created_at) FROM prefork.jobs) - interval '0.5 s'",
     );
     assert_eq!(late, 1, "the missed ticks were fired more than once");
     nix::sys::signal::kill(c.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();

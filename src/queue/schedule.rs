@@ -14,6 +14,10 @@
 //!    late, not once each.
 //! 3. **A master dies mid-fire.** Its transaction rolls back; the row is
 //!    still due and the next master fires it.
+//! 4. **The previous run is not over.** A schedule with a unique key
+//!    queues its jobs under it: while the last one is queued or running,
+//!    a tick queues nothing (and moves `next_at` on), so runs never
+//!    overlap and a backlog of ticks never builds up.
 //!
 //! Times come from the server's clock (`now()`), so the masters' clocks
 //! need not agree.
@@ -101,6 +105,8 @@ pub struct Schedule {
     pub max_attempts: i32,
     /// Their own time limit, in seconds.
     pub timeout: Option<f64>,
+    /// Their unique key: a tick while a job holds it queues nothing.
+    pub unique_key: Option<String>,
     /// The next tick.
     pub next_at: DateTime<Utc>,
     /// The last tick fired, and the job it queued.
@@ -155,8 +161,9 @@ impl From<postgres::Error> for ScheduleError {
 }
 
 /// Adds a schedule named `name` ticking at `cron` in `timezone`, queueing
-/// `payload` as `how` says (its queue, priority, attempts, timeout; a
-/// unique key or run-at is not kept); returns its first tick.
+/// `payload` as `how` says (its queue, priority, attempts, timeout and
+/// unique key; a run-at is not kept: each tick is the run's time);
+/// returns its first tick.
 ///
 /// # Errors
 ///
@@ -182,8 +189,8 @@ pub fn add(
     let added = tx.execute_typed(
         &format!(
             "INSERT INTO {s}.schedules (name, cron, timezone, queue, payload, priority,
-                                        max_attempts, timeout, next_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                        max_attempts, timeout, next_at, unique_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (name) DO NOTHING"
         ),
         &[
@@ -196,6 +203,7 @@ pub fn add(
             (&how.max_attempts, Type::INT4),
             (&timeout, Type::FLOAT8),
             (&next, Type::TIMESTAMPTZ),
+            (&how.unique_key, Type::TEXT),
         ],
     )?;
     if added == 0 {
@@ -215,7 +223,7 @@ pub fn list(client: &mut Client, schema: &Schema) -> Result<Vec<Schedule>, postg
     let rows = client.query(
         &format!(
             "SELECT name, cron, timezone, queue, payload, priority, max_attempts, timeout,
-                    next_at, last_at, last_job
+                    next_at, last_at, last_job, unique_key
              FROM {s}.schedules ORDER BY name"
         ),
         &[],
@@ -231,6 +239,7 @@ pub fn list(client: &mut Client, schema: &Schema) -> Result<Vec<Schedule>, postg
             priority: r.get(5),
             max_attempts: r.get(6),
             timeout: r.get(7),
+            unique_key: r.get(11),
             next_at: r.get(8),
             last: r
                 .get::<_, Option<DateTime<Utc>>>(9)
@@ -278,7 +287,8 @@ pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres:
     let now: DateTime<Utc> = tx.query_one("SELECT now()", &[])?.get(0);
     let due = tx.query(
         &format!(
-            "SELECT name, cron, timezone, queue, payload, priority, max_attempts, timeout
+            "SELECT name, cron, timezone, queue, payload, priority, max_attempts, timeout,
+                    unique_key
              FROM {s}.schedules WHERE next_at <= $1 ORDER BY next_at
              FOR UPDATE SKIP LOCKED"
         ),
@@ -292,11 +302,13 @@ pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres:
         let queue: String = row.get(3);
         let payload: String = row.get(4);
         let timeout: Option<f64> = row.get(7);
+        let unique_key: Option<String> = row.get(8);
         let how = Enqueue {
             queue: &queue,
             priority: row.get(5),
             max_attempts: row.get(6),
             timeout: timeout.and_then(|t| Duration::try_from_secs_f64(t).ok()),
+            unique_key: unique_key.as_deref(),
             ..Enqueue::default()
         };
         // A row this version cannot parse (edited by hand) is put off a
@@ -310,6 +322,19 @@ pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres:
         }
         .unwrap_or(now + chrono::Duration::days(1));
         let job = enqueue_one(&mut tx, schema, &how, &payload)?;
+        if !job.created {
+            // The previous run holds the key (scenario 4): this tick is
+            // skipped, and only the next one is set.
+            log::debug!(
+                "schedule {name:?}: tick skipped, job {} still holds its unique key",
+                job.id
+            );
+            tx.execute(
+                &format!("UPDATE {s}.schedules SET next_at = $2 WHERE name = $1"),
+                &[&name, &next],
+            )?;
+            continue;
+        }
         tx.execute(
             &format!(
                 "UPDATE {s}.schedules SET next_at = $2, last_at = $3, last_job = $4

@@ -1274,6 +1274,11 @@ const MIGRATIONS: &[&str] = &[
          SELECT (o).recorded FROM (SELECT {s}.run_sql_outcomes(p_sql, p_owner, p_ids, p_attempts,
                                                                p_payloads, p_keep) AS o) AS r
      $f$;"#,
+    // 18: a schedule may give its jobs a unique key: a tick while the
+    // previous tick's job is still queued or running queues nothing (an
+    // overlapping run is skipped, as River's unique periodic jobs and
+    // sidekiq-cron do). Fleets of the previous version ignore the column.
+    r#"ALTER TABLE {s}.schedules ADD COLUMN unique_key text;"#,
 ];
 
 /// Creates or upgrades the schema; safe to run from many processes at once.

@@ -41,6 +41,10 @@ enum Action {
         /// The jobs' own time limit [default: the fleet's --timeout].
         #[arg(long, value_parser = parse_positive_duration)]
         timeout: Option<Duration>,
+        /// The jobs' unique key: a tick while the last run's job is still
+        /// queued or running queues nothing, so runs never overlap.
+        #[arg(long)]
+        unique_key: Option<String>,
         /// The jobs' payload.
         payload: String,
     },
@@ -86,6 +90,7 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
             priority,
             max_attempts,
             timeout,
+            unique_key,
             payload,
         } => {
             let how = queue::Enqueue {
@@ -93,6 +98,7 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
                 priority: *priority,
                 max_attempts: *max_attempts,
                 timeout: *timeout,
+                unique_key: unique_key.as_deref(),
                 ..queue::Enqueue::default()
             };
             let next = fork_safe::with_client(|c| {
@@ -129,6 +135,7 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
                             "priority": s.priority,
                             "max_attempts": s.max_attempts,
                             "timeout": s.timeout,
+                            "unique_key": s.unique_key,
                             "next_at": s.next_at.to_rfc3339(),
                             "last_at": s.last.map(|(at, _)| at.to_rfc3339()),
                             "last_job": s.last.map(|(_, job)| job),
@@ -144,8 +151,12 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
                     let last = s.last.map_or(String::from("never fired"), |(at, job)| {
                         format!("last {} (job {job})", at.format("%Y-%m-%dT%H:%M:%SZ"))
                     });
+                    let unique = s
+                        .unique_key
+                        .as_ref()
+                        .map_or(String::new(), |k| format!("  unique key {k:?}"));
                     println!(
-                        "{:<20} {:<18} {zone:<14} queue {:?}  next {}  {last}",
+                        "{:<20} {:<18} {zone:<14} queue {:?}  next {}  {last}{unique}",
                         s.name,
                         s.cron,
                         s.queue,
