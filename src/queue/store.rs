@@ -755,6 +755,17 @@ pub struct Counts {
     pub cancelled: i64,
 }
 
+impl std::ops::AddAssign for Counts {
+    /// Adds another queue's counts, state by state.
+    fn add_assign(&mut self, other: Counts) {
+        self.queued += other.queued;
+        self.running += other.running;
+        self.done += other.done;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+    }
+}
+
 impl Counts {
     /// Whether nothing is left to run or running.
     pub fn drained(&self) -> bool {

@@ -1179,12 +1179,7 @@ fn counts(schema: &Schema, queues: &[String]) -> Result<queue::Counts, Fail> {
     let counts = fork_safe::with_client(|c| {
         let mut sum = queue::Counts::default();
         for q in queues {
-            let n = queue::counts(c, schema, q)?;
-            sum.queued += n.queued;
-            sum.running += n.running;
-            sum.done += n.done;
-            sum.failed += n.failed;
-            sum.cancelled += n.cancelled;
+            sum += queue::counts(c, schema, q)?;
         }
         Ok(sum)
     })
