@@ -1,25 +1,32 @@
 //! `prefork`: a supervised fleet of children x workers (processes x threads)
-//! working a PostgreSQL job queue, plus `enqueue` and `status`.
+//! working a PostgreSQL job queue, and the commands around it.
+//!
+//! This file is the command line: its definitions, the parse (with the
+//! config file's values, see `config`), the options' value parsers and the
+//! connection helpers every command shares. Each command is a module of
+//! its own: `fleet` (the fleet itself), `enqueue`, `status`, `jobs`,
+//! `schedule`, `bench`, `config` (`prefork config`), `manual`
+//! (completions, man page); `progress` and `logging` serve them all.
 
-use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use fork_safe::cluster::TempCluster;
-use fork_safe::prefork::Prefork;
-use fork_safe::queue::{self, Handler, QueueApp, QueueConfig, Schema};
+use fork_safe::queue::{self, Schema};
 use fork_safe::{Database, MaxAge};
-use postgres::types::Type;
 
 mod bench;
 mod config;
+mod enqueue;
+mod fleet;
 mod jobs;
 mod logging;
 mod manual;
 mod progress;
 mod schedule;
+mod status;
 
 /// Exit status for bad usage (clap's convention).
 const USAGE: u8 = 2;
@@ -70,9 +77,9 @@ struct Cli {
 enum Command {
     /// Queue jobs: one PAYLOAD (N copies with --count), or one per line of
     /// standard input with `-`.
-    Enqueue(EnqueueArgs),
+    Enqueue(enqueue::EnqueueArgs),
     /// Jobs by state, and the fleet's backends.
-    Status(StatusArgs),
+    Status(status::StatusArgs),
     /// List and show jobs; retry failed ones; cancel queued or running ones.
     Jobs(jobs::JobsArgs),
     /// Queue jobs on a cron expression: add, list, remove schedules (every
@@ -245,44 +252,6 @@ struct FleetArgs {
     sample: Option<u64>,
 }
 
-#[derive(Args, Debug)]
-struct EnqueueArgs {
-    /// The payload, or `-` for one payload per line of standard input.
-    payload: String,
-    /// Queue this many copies of PAYLOAD.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    count: u64,
-    /// Attempts before a job is failed.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
-    max_attempts: i32,
-    /// When the jobs become runnable (a PostgreSQL timestamp).
-    #[arg(long, conflicts_with = "in_")]
-    run_at: Option<String>,
-    /// Runnable this long from now.
-    #[arg(long = "in", id = "in_", value_parser = parse_duration)]
-    in_: Option<Duration>,
-    /// Smaller runs first (0, the default, is the most urgent); within a
-    /// priority, the oldest first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i32).range(0..))]
-    priority: i32,
-    /// At most one unfinished (queued or running) job of the queue has
-    /// this key: another enqueue with it queues nothing and names the job
-    /// that holds it (with `-`, each line is such an enqueue).
-    #[arg(long)]
-    unique_key: Option<String>,
-    /// This job's time limit [default: the fleet's --timeout].
-    #[arg(long, value_parser = parse_positive_duration)]
-    timeout: Option<Duration>,
-}
-
-#[derive(Args, Debug)]
-struct StatusArgs {
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
 /// A failure: exit status and one line.
 struct Fail(u8, String);
 
@@ -324,8 +293,8 @@ fn main() -> ExitCode {
         _ => handler(&mut cli.fleet, &matches, program, file.as_ref()),
     };
     let result = match cli.command {
-        Some(Command::Enqueue(args)) => enqueue_main(&cli.fleet.db, &args),
-        Some(Command::Status(args)) => status_main(&cli.fleet.db, &args),
+        Some(Command::Enqueue(args)) => enqueue::enqueue_main(&cli.fleet.db, &args),
+        Some(Command::Status(args)) => status::status_main(&cli.fleet.db, &args),
         Some(Command::Jobs(args)) => jobs::jobs_main(&cli.fleet.db, &args),
         Some(Command::Schedule(args)) => schedule::schedule_main(&cli.fleet.db, &args),
         Some(Command::Bench(args)) => bench_main(&cli.fleet.db, &args),
@@ -337,7 +306,7 @@ fn main() -> ExitCode {
         Some(Command::Man(args)) => {
             manual::man(Cli::command(), args.subcommand.as_deref()).map_err(usage)
         }
-        None => fleet_main(cli.fleet, program),
+        None => fleet::fleet_main(cli.fleet, program),
     };
     // Every path, including errors, ends with no connection open.
     fork_safe::close_all();
@@ -614,245 +583,6 @@ fn needs_database(db: &DbArgs, command: &str) -> Result<String, Fail> {
     })
 }
 
-fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
-    let schema = schema(db)?;
-    let url = needs_database(db, "enqueue")?;
-    let database = database(&url)?;
-    let stdin = args.payload == "-";
-    if stdin && args.count != 1 {
-        return Err(usage(
-            "--count applies to one PAYLOAD, not to standard input",
-        ));
-    }
-    if !stdin {
-        check_payload(args.payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
-    }
-    fork_safe::set_role("cli");
-    connect([database], &schema)?;
-    if let Some(at) = &args.run_at {
-        fork_safe::with_client(|c| {
-            c.execute_typed(
-                "SELECT $1::text::timestamptz",
-                &[(at, postgres::types::Type::TEXT)],
-            )
-        })
-        .map_err(|e| usage(format!("invalid --run-at {at:?}: {e}")))?;
-    }
-    let how = queue::Enqueue {
-        queue: &db.queue,
-        max_attempts: args.max_attempts,
-        run_at: args.run_at.as_deref(),
-        run_in: args.in_,
-        priority: args.priority,
-        unique_key: args.unique_key.as_deref(),
-        timeout: args.timeout,
-    };
-    let nothing = |e: fork_safe::Error| runtime(format!("{e}; nothing was queued"));
-    if stdin {
-        // A regular file's size is known: the line shows how much is read.
-        let size = std::fs::metadata("/dev/stdin")
-            .ok()
-            .filter(std::fs::Metadata::is_file)
-            .map(|m| m.len());
-        let line = progress::Progress::lines(size);
-        let (lines, queued) = enqueue_lines(&schema, &how, std::io::stdin().lock(), line.as_ref())?;
-        drop(line);
-        match &args.unique_key {
-            Some(key) if lines > queued => println!(
-                "queued {queued} job(s) on {:?}; {} line(s) found unique key {key:?} held",
-                db.queue,
-                lines - queued
-            ),
-            _ => println!("queued {queued} job(s) on {:?}", db.queue),
-        }
-    } else if args.count == 1 {
-        let done = fork_safe::with_client(|c| queue::enqueue_one(c, &schema, &how, &args.payload))
-            .map_err(nothing)?;
-        match (done.created, &args.unique_key) {
-            (true, _) => println!("queued job {} on {:?}", done.id, db.queue),
-            (false, key) => println!(
-                "job {} on {:?} already holds unique key {:?}; nothing was queued",
-                done.id,
-                db.queue,
-                key.as_deref().unwrap_or_default()
-            ),
-        }
-    } else {
-        let queued = fork_safe::with_client(|c| {
-            queue::enqueue_copies(c, &schema, &how, &args.payload, args.count)
-        })
-        .map_err(nothing)?;
-        println!("queued {queued} job(s) on {:?}", db.queue);
-    }
-    fork_safe::close_all();
-    Ok(())
-}
-
-/// Lines of standard input sent to the server at once: memory stays
-/// bounded by this many payloads, whatever the input's length.
-const LINES_PER_INSERT: usize = 10_000;
-
-/// Queues one job per line of `input`, all in one transaction: a bad line
-/// (not UTF-8, a NUL byte), a read error or a server error queues nothing,
-/// and says which line. Returns the lines read and the jobs queued (fewer
-/// when a unique key was held).
-fn enqueue_lines(
-    schema: &Schema,
-    how: &queue::Enqueue<'_>,
-    mut input: impl BufRead,
-    progress: Option<&progress::Progress>,
-) -> Result<(u64, u64), Fail> {
-    let streamed = fork_safe::with_client(|c| {
-        let mut tx = c.transaction()?;
-        let mut line = 0u64;
-        let mut bytes = 0u64;
-        let mut queued = 0;
-        let mut chunk = Vec::with_capacity(LINES_PER_INSERT);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            let read = match input.read_until(b'\n', &mut buf) {
-                Ok(read) => read,
-                Err(e) => {
-                    let why = format!("reading standard input after line {line}: {e}");
-                    return Ok(Err(why));
-                }
-            };
-            if read > 0 {
-                line += 1;
-                bytes += read as u64;
-                if let Some(p) = progress.filter(|_| line % progress::READ_STRIDE == 0) {
-                    p.read(line, bytes);
-                }
-                // As `BufRead::lines`: the line ends at "\n" or "\r\n".
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
-                match check_payload(&buf) {
-                    Ok(payload) => chunk.push(payload.to_owned()),
-                    Err(why) => return Ok(Err(format!("line {line}: {why}"))),
-                }
-            }
-            if chunk.len() == LINES_PER_INSERT || (read == 0 && !chunk.is_empty()) {
-                queued += queue::enqueue_in(&mut tx, schema, how, &chunk)?;
-                chunk.clear();
-            }
-            if read == 0 {
-                break;
-            }
-        }
-        tx.commit()?;
-        Ok(Ok((line, queued)))
-    });
-    match streamed {
-        Ok(Ok(done)) => Ok(done),
-        Ok(Err(why)) => Err(runtime(format!("{why}; nothing was queued"))),
-        Err(e) => Err(runtime(format!("{e}; nothing was queued"))),
-    }
-}
-
-/// A payload as PostgreSQL can store it in `text`: UTF-8 without NUL.
-fn check_payload(bytes: &[u8]) -> Result<&str, String> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 (byte {})", e.valid_up_to() + 1))?;
-    match text.find('\0') {
-        Some(at) => Err(format!(
-            "a NUL byte (byte {}), which text cannot hold",
-            at + 1
-        )),
-        None => Ok(text),
-    }
-}
-
-fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
-    let schema = schema(db)?;
-    let url = needs_database(db, "status")?;
-    let database = database(&url)?;
-    fork_safe::set_role("cli");
-    connect([database], &schema)?;
-    let counts =
-        fork_safe::with_client(|c| queue::counts(c, &schema, &db.queue)).map_err(runtime)?;
-    let backends: Vec<(String, i64)> = fork_safe::with_client(|c| {
-        // This database's backends of the fleets (master, children), not
-        // of status or enqueue commands.
-        let rows = c.query_typed(
-            "SELECT application_name, count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name LIKE $1
-               AND application_name NOT LIKE $2
-             GROUP BY 1 ORDER BY 1",
-            &[
-                (
-                    &format!("{}%", fork_safe::APPLICATION_NAME_PREFIX),
-                    Type::TEXT,
-                ),
-                (
-                    &format!("{}cli:%", fork_safe::APPLICATION_NAME_PREFIX),
-                    Type::TEXT,
-                ),
-            ],
-        )?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    })
-    .map_err(runtime)?;
-    let children =
-        fork_safe::with_client(|c| queue::live_children(c, &schema, &db.queue)).map_err(runtime)?;
-    fork_safe::close_all();
-    if args.json {
-        let children: Vec<serde_json::Value> = children
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "host": c.host,
-                    "pid": c.pid.as_raw(),
-                    "master_pid": c.master_pid.as_raw(),
-                    "since": c.since,
-                    "jobs": c.jobs,
-                })
-            })
-            .collect();
-        let backends: serde_json::Map<String, serde_json::Value> = backends
-            .into_iter()
-            .map(|(name, n)| (name, n.into()))
-            .collect();
-        let status = serde_json::json!({
-            "queue": db.queue,
-            "queued": counts.queued,
-            "running": counts.running,
-            "done": counts.done,
-            "failed": counts.failed,
-            "cancelled": counts.cancelled,
-            "children": children,
-            "backends": backends,
-        });
-        println!("{status}");
-    } else {
-        println!(
-            "queue {:?}: {} queued, {} running, {} done, {} failed, {} cancelled",
-            db.queue, counts.queued, counts.running, counts.done, counts.failed, counts.cancelled
-        );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        for c in &children {
-            println!(
-                "  child {}:{} (master {}) up {:.0}s, {} job(s) done",
-                c.host,
-                c.pid,
-                c.master_pid,
-                (now - c.since).max(0.0),
-                c.jobs
-            );
-        }
-        for (name, n) in backends {
-            println!("  {name}: {n} backend(s)");
-        }
-    }
-    Ok(())
-}
-
 /// The throwaway cluster of a command run with no database configured:
 /// durable (fsync on, as a real server is) with room for big fleets, plus
 /// what `more` adds.
@@ -906,284 +636,4 @@ fn find_program(program: &str) -> bool {
     }
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
-}
-
-/// The job timeout, if any.
-fn timeout(args: &FleetArgs) -> Option<Duration> {
-    args.timeout.and_then(|l| l.0)
-}
-
-fn fleet_main(args: FleetArgs, program: Option<config::Program>) -> Result<(), Fail> {
-    // A reload or a scaling signal sent while the master still starts up
-    // waits for it.
-    fork_safe::prefork::hold_signals().map_err(runtime)?;
-    let queues = queues(&args.db)?;
-    let schema = Schema::new(&args.db.schema).map_err(usage)?;
-    let handler = match (&args.sql, program) {
-        (Some(_), Some(t)) => {
-            return Err(usage(format!(
-                "give one handler: --sql or {}, not both",
-                t.flag
-            )));
-        }
-        (None, None) => {
-            return Err(usage(
-                "a handler is required: --sql STATEMENT, --exec PROGRAM [ARGS...] or --worker PROGRAM [ARGS...]",
-            ));
-        }
-        (None, Some(t)) if t.argv.is_empty() => {
-            return Err(usage(format!("{} needs a PROGRAM", t.flag)));
-        }
-        (None, Some(config::Program { flag, argv, .. })) => {
-            if !find_program(&argv[0]) {
-                return Err(usage(format!(
-                    "{flag}: program {:?} not found or not executable",
-                    argv[0]
-                )));
-            }
-            match flag {
-                "--worker" => Handler::Worker { argv },
-                _ => Handler::Exec { argv },
-            }
-        }
-        (Some(sql), None) => {
-            check_statement_text(sql)?;
-            Handler::Sql(sql.clone())
-        }
-    };
-    let given = connection_string(&args.db);
-    if let Some(url) = &given {
-        database(url)?;
-    }
-    let listen = args
-        .listen_url
-        .as_deref()
-        .map(|url| {
-            Database::new("listen", url).map_err(|e| usage(format!("invalid --listen-url: {e}")))
-        })
-        .transpose()?;
-    let _cluster;
-    let url = match given {
-        Some(url) => url,
-        None => {
-            eprintln!("prefork: no database configured; starting a throwaway PostgreSQL cluster");
-            let cluster = throwaway_cluster(|builder| builder)?;
-            eprintln!(
-                "prefork: throwaway cluster at {}",
-                cluster.socket_dir().display()
-            );
-            let url = cluster.connection_string();
-            _cluster = cluster;
-            url
-        }
-    };
-    fork_safe::set_role("master");
-    let database = database(&url)?
-        .max_age(args.max_age)
-        .max_idle(args.max_idle.0)
-        .health_checks(args.health_checks);
-    let listen_alias = listen.as_ref().map(|db| db.alias().to_owned());
-    connect([database].into_iter().chain(listen), &schema)?;
-    if let Handler::Sql(sql) = &handler {
-        check_statement(sql)?;
-    }
-    if let Some(n) = args.sample {
-        let payloads: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-        let how = queue::Enqueue {
-            queue: &queues[0],
-            ..queue::Enqueue::default()
-        };
-        let queued = fork_safe::with_client(|c| queue::enqueue(c, &schema, &how, &payloads))
-            .map_err(runtime)?;
-        fork_safe::close_all();
-        eprintln!("prefork: queued {queued} sample job(s)");
-    }
-    let before = counts(&schema, &queues)?;
-    let mut lease = args.lease;
-    if let Some(timeout) = timeout(&args) {
-        lease = lease.max(timeout + Duration::from_secs(60));
-    }
-    let config = QueueConfig {
-        schema: schema.clone(),
-        queues: queues.clone(),
-        batch: args.batch,
-        lease,
-        timeout: timeout(&args),
-        drain: args.drain,
-        listen: listen_alias,
-        poll: args.poll,
-        keep_finished: args.keep_finished.0,
-        rescue_after: args.rescue_after.0,
-        worker_max_jobs: args.worker_max_jobs,
-        worker_boot_timeout: args.boot_timeout,
-        worker_memory: queue::MemoryLimits {
-            pss: args.max_memory.map(|mb| mb * 1024 * 1024),
-            readings: args.max_memory_readings,
-            rss: args.reload_on_rss.map(|mb| mb * 1024 * 1024),
-        },
-    };
-    let procs = args.procs.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| n as usize,
-    );
-    let fleet = Prefork::new()
-        .procs(procs)
-        .threads(args.threads as usize)
-        .timeout(timeout(&args))
-        .boot_timeout(args.boot_timeout)
-        .graceful_timeout(args.graceful_timeout)
-        .max_requests(args.max_requests, args.max_requests_jitter)
-        .max_lifetime(
-            args.max_lifetime.and_then(|l| l.0),
-            args.max_lifetime_jitter,
-        )
-        .reload_on_rss(args.reload_on_rss)
-        .max_memory(args.max_memory, args.max_memory_readings)
-        .crash_limit(args.crash_limit)
-        .strict(args.strict)
-        .pidfile(args.pidfile.clone())
-        .status_addr(args.status_addr.clone())
-        .min_ready(args.min_ready.map(|n| n as usize));
-    let bounds = fleet.connection_bounds();
-    let mut app = QueueApp::new(config, handler);
-    // A drain watched on a terminal: a live line of the jobs finished.
-    let mut line = None;
-    if args.drain {
-        if let Some(progress) = progress::Progress::jobs((before.queued + before.running) as u64) {
-            let (shown, update) = progress.in_master();
-            app = app.on_progress(update);
-            line = Some(shown);
-        }
-    }
-    let stats = app.stats();
-    let started = Instant::now();
-    let report = fleet.run(app).map_err(runtime);
-    drop(line);
-    let report = report?;
-    let elapsed = started.elapsed();
-    let after = counts(&schema, &queues)?;
-    let done = after.done - before.done;
-    let failed = after.failed - before.failed;
-    let summary = format!(
-        "prefork: {done} job(s) done, {failed} failed in {elapsed:.1?} ({:.0} jobs/s); \
-         {} queued, {} running left; peak backends {} (bound {}, {} while a child is replaced); \
-         {} restart(s)",
-        done as f64 / elapsed.as_secs_f64().max(1e-9),
-        after.queued,
-        after.running,
-        stats
-            .peak_backends
-            .load(std::sync::atomic::Ordering::Relaxed),
-        // One connection per worker thread (a child's idle leader is one of
-        // them), plus the master's.
-        bounds.steady,
-        bounds.replacing,
-        report.restarts
-    );
-    if std::io::stderr().is_terminal() || args.drain || args.sample.is_some() {
-        eprintln!("{summary}");
-    } else {
-        log::info!("{summary}");
-    }
-    Ok(())
-}
-
-/// Refuses a `--sql` statement that could not work as a job before anything
-/// starts, rather than failing (or passing) every job: an empty one, or one
-/// that controls the transaction (each job's statement runs inside the
-/// transaction that records its outcome). The server's part comes in
-/// [`check_statement`].
-fn check_statement_text(sql: &str) -> Result<(), Fail> {
-    let words = leading_words(sql, 2);
-    let Some(first) = words.first() else {
-        return Err(usage("invalid --sql: the statement is empty"));
-    };
-    let second = words.get(1).map_or("", String::as_str);
-    let controls = matches!(
-        first.as_str(),
-        "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE"
-    ) || (first == "PREPARE" && second == "TRANSACTION");
-    if controls || first == "VACUUM" {
-        return Err(usage(format!(
-            "invalid --sql: {first} cannot run in a job, whose statement runs inside \
-             the transaction that records the job's outcome"
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses a `--sql` statement the server cannot prepare (a syntax error,
-/// an unknown table), or one that wants more than `$1`. Prepared inside a
-/// transaction, so behind PgBouncer the statement is created and closed on
-/// one server connection.
-fn check_statement(sql: &str) -> Result<(), Fail> {
-    let checked = fork_safe::with_client(|c| {
-        let mut tx = c.transaction()?;
-        let prepared = tx
-            .prepare_typed(sql, &[postgres::types::Type::TEXT])
-            .map(|statement| statement.params().len());
-        tx.rollback()?;
-        Ok(prepared)
-    });
-    fork_safe::close_all();
-    let e = match checked.map_err(runtime)? {
-        Ok(params) if params > 1 => {
-            return Err(usage(format!(
-                "invalid --sql: it uses ${params}, but a job gives only $1 (its payload)"
-            )));
-        }
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
-    match e.as_db_error() {
-        Some(db) => Err(usage(format!(
-            "invalid --sql: {} (SQLSTATE {})",
-            db.message(),
-            db.code().code()
-        ))),
-        None => Err(runtime(e)),
-    }
-}
-
-/// The first `n` words of a statement, upper-cased, past white space,
-/// comments, parentheses and semicolons.
-fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut rest = sql;
-    while words.len() < n {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(' || c == ';');
-        if let Some(comment) = rest.strip_prefix("--") {
-            rest = comment.split_once('\n').map_or("", |(_, after)| after);
-        } else if let Some(comment) = rest.strip_prefix("/*") {
-            rest = comment.split_once("*/").map_or("", |(_, after)| after);
-        } else {
-            let end = rest
-                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-                .unwrap_or(rest.len());
-            if end == 0 {
-                // Not a word (a `$1`, a quote): nothing more to learn here.
-                if !rest.is_empty() && words.is_empty() {
-                    words.push(String::new());
-                }
-                break;
-            }
-            words.push(rest[..end].to_ascii_uppercase());
-            rest = &rest[end..];
-        }
-    }
-    words
-}
-
-/// Counts of `queues`, summed.
-fn counts(schema: &Schema, queues: &[String]) -> Result<queue::Counts, Fail> {
-    let counts = fork_safe::with_client(|c| {
-        let mut sum = queue::Counts::default();
-        for q in queues {
-            sum += queue::counts(c, schema, q)?;
-        }
-        Ok(sum)
-    })
-    .map_err(runtime);
-    fork_safe::close_all();
-    counts
 }

@@ -7,9 +7,10 @@ use clap::{Args, Subcommand};
 use fork_safe::queue;
 use fork_safe::queue::schedule::{self, ScheduleError};
 
+use super::enqueue::check_payload;
 use super::{
-    DbArgs, Fail, check_payload, connect, database, needs_database, parse_positive_duration,
-    runtime, schema, usage,
+    DbArgs, Fail, connect, database, needs_database, parse_positive_duration, runtime, schema,
+    usage,
 };
 
 #[derive(Args, Debug)]

@@ -1,0 +1,198 @@
+//! `prefork enqueue`: one job, N copies of one, or one per line of
+//! standard input, all or nothing.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use clap::Args;
+use fork_safe::queue::{self, Schema};
+
+use super::{
+    DbArgs, Fail, connect, database, needs_database, parse_duration, parse_positive_duration,
+    progress, runtime, schema, usage,
+};
+
+#[derive(Args, Debug)]
+pub(crate) struct EnqueueArgs {
+    /// The payload, or `-` for one payload per line of standard input.
+    payload: String,
+    /// Queue this many copies of PAYLOAD.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
+    /// Attempts before a job is failed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    max_attempts: i32,
+    /// When the jobs become runnable (a PostgreSQL timestamp).
+    #[arg(long, conflicts_with = "in_")]
+    run_at: Option<String>,
+    /// Runnable this long from now.
+    #[arg(long = "in", id = "in_", value_parser = parse_duration)]
+    in_: Option<Duration>,
+    /// Smaller runs first (0, the default, is the most urgent); within a
+    /// priority, the oldest first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    priority: i32,
+    /// At most one unfinished (queued or running) job of the queue has
+    /// this key: another enqueue with it queues nothing and names the job
+    /// that holds it (with `-`, each line is such an enqueue).
+    #[arg(long)]
+    unique_key: Option<String>,
+    /// This job's time limit [default: the fleet's --timeout].
+    #[arg(long, value_parser = parse_positive_duration)]
+    timeout: Option<Duration>,
+}
+
+/// Queues what `args` says on `db`'s queue, and says what was queued.
+pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
+    let schema = schema(db)?;
+    let url = needs_database(db, "enqueue")?;
+    let database = database(&url)?;
+    let stdin = args.payload == "-";
+    if stdin && args.count != 1 {
+        return Err(usage(
+            "--count applies to one PAYLOAD, not to standard input",
+        ));
+    }
+    if !stdin {
+        check_payload(args.payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
+    }
+    fork_safe::set_role("cli");
+    connect([database], &schema)?;
+    if let Some(at) = &args.run_at {
+        fork_safe::with_client(|c| {
+            c.execute_typed(
+                "SELECT $1::text::timestamptz",
+                &[(at, postgres::types::Type::TEXT)],
+            )
+        })
+        .map_err(|e| usage(format!("invalid --run-at {at:?}: {e}")))?;
+    }
+    let how = queue::Enqueue {
+        queue: &db.queue,
+        max_attempts: args.max_attempts,
+        run_at: args.run_at.as_deref(),
+        run_in: args.in_,
+        priority: args.priority,
+        unique_key: args.unique_key.as_deref(),
+        timeout: args.timeout,
+    };
+    let nothing = |e: fork_safe::Error| runtime(format!("{e}; nothing was queued"));
+    if stdin {
+        // A regular file's size is known: the line shows how much is read.
+        let size = std::fs::metadata("/dev/stdin")
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len());
+        let line = progress::Progress::lines(size);
+        let (lines, queued) = enqueue_lines(&schema, &how, std::io::stdin().lock(), line.as_ref())?;
+        drop(line);
+        match &args.unique_key {
+            Some(key) if lines > queued => println!(
+                "queued {queued} job(s) on {:?}; {} line(s) found unique key {key:?} held",
+                db.queue,
+                lines - queued
+            ),
+            _ => println!("queued {queued} job(s) on {:?}", db.queue),
+        }
+    } else if args.count == 1 {
+        let done = fork_safe::with_client(|c| queue::enqueue_one(c, &schema, &how, &args.payload))
+            .map_err(nothing)?;
+        match (done.created, &args.unique_key) {
+            (true, _) => println!("queued job {} on {:?}", done.id, db.queue),
+            (false, key) => println!(
+                "job {} on {:?} already holds unique key {:?}; nothing was queued",
+                done.id,
+                db.queue,
+                key.as_deref().unwrap_or_default()
+            ),
+        }
+    } else {
+        let queued = fork_safe::with_client(|c| {
+            queue::enqueue_copies(c, &schema, &how, &args.payload, args.count)
+        })
+        .map_err(nothing)?;
+        println!("queued {queued} job(s) on {:?}", db.queue);
+    }
+    fork_safe::close_all();
+    Ok(())
+}
+
+/// Lines of standard input sent to the server at once: memory stays
+/// bounded by this many payloads, whatever the input's length.
+const LINES_PER_INSERT: usize = 10_000;
+
+/// Queues one job per line of `input`, all in one transaction: a bad line
+/// (not UTF-8, a NUL byte), a read error or a server error queues nothing,
+/// and says which line. Returns the lines read and the jobs queued (fewer
+/// when a unique key was held).
+fn enqueue_lines(
+    schema: &Schema,
+    how: &queue::Enqueue<'_>,
+    mut input: impl BufRead,
+    progress: Option<&progress::Progress>,
+) -> Result<(u64, u64), Fail> {
+    let streamed = fork_safe::with_client(|c| {
+        let mut tx = c.transaction()?;
+        let mut line = 0u64;
+        let mut bytes = 0u64;
+        let mut queued = 0;
+        let mut chunk = Vec::with_capacity(LINES_PER_INSERT);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let read = match input.read_until(b'\n', &mut buf) {
+                Ok(read) => read,
+                Err(e) => {
+                    let why = format!("reading standard input after line {line}: {e}");
+                    return Ok(Err(why));
+                }
+            };
+            if read > 0 {
+                line += 1;
+                bytes += read as u64;
+                if let Some(p) = progress.filter(|_| line % progress::READ_STRIDE == 0) {
+                    p.read(line, bytes);
+                }
+                // As `BufRead::lines`: the line ends at "\n" or "\r\n".
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                match check_payload(&buf) {
+                    Ok(payload) => chunk.push(payload.to_owned()),
+                    Err(why) => return Ok(Err(format!("line {line}: {why}"))),
+                }
+            }
+            if chunk.len() == LINES_PER_INSERT || (read == 0 && !chunk.is_empty()) {
+                queued += queue::enqueue_in(&mut tx, schema, how, &chunk)?;
+                chunk.clear();
+            }
+            if read == 0 {
+                break;
+            }
+        }
+        tx.commit()?;
+        Ok(Ok((line, queued)))
+    });
+    match streamed {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(why)) => Err(runtime(format!("{why}; nothing was queued"))),
+        Err(e) => Err(runtime(format!("{e}; nothing was queued"))),
+    }
+}
+
+/// A payload as PostgreSQL can store it in `text`: UTF-8 without NUL.
+pub(crate) fn check_payload(bytes: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 (byte {})", e.valid_up_to() + 1))?;
+    match text.find('\0') {
+        Some(at) => Err(format!(
+            "a NUL byte (byte {}), which text cannot hold",
+            at + 1
+        )),
+        None => Ok(text),
+    }
+}

@@ -1,0 +1,102 @@
+//! `prefork status`: a queue's jobs by state, its live children, and the
+//! fleet's backends (programs' included), as text or one JSON object.
+
+use clap::Args;
+use fork_safe::queue;
+use postgres::types::Type;
+
+use super::{DbArgs, Fail, connect, database, needs_database, runtime, schema};
+
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the queue's counts, live children and the fleet's backends.
+pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
+    let schema = schema(db)?;
+    let url = needs_database(db, "status")?;
+    let database = database(&url)?;
+    fork_safe::set_role("cli");
+    connect([database], &schema)?;
+    let counts =
+        fork_safe::with_client(|c| queue::counts(c, &schema, &db.queue)).map_err(runtime)?;
+    let backends: Vec<(String, i64)> = fork_safe::with_client(|c| {
+        // This database's backends of the fleets (master, children), not
+        // of status or enqueue commands.
+        let rows = c.query_typed(
+            "SELECT application_name, count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE $1
+               AND application_name NOT LIKE $2
+             GROUP BY 1 ORDER BY 1",
+            &[
+                (
+                    &format!("{}%", fork_safe::APPLICATION_NAME_PREFIX),
+                    Type::TEXT,
+                ),
+                (
+                    &format!("{}cli:%", fork_safe::APPLICATION_NAME_PREFIX),
+                    Type::TEXT,
+                ),
+            ],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    })
+    .map_err(runtime)?;
+    let children =
+        fork_safe::with_client(|c| queue::live_children(c, &schema, &db.queue)).map_err(runtime)?;
+    fork_safe::close_all();
+    if args.json {
+        let children: Vec<serde_json::Value> = children
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "host": c.host,
+                    "pid": c.pid.as_raw(),
+                    "master_pid": c.master_pid.as_raw(),
+                    "since": c.since,
+                    "jobs": c.jobs,
+                })
+            })
+            .collect();
+        let backends: serde_json::Map<String, serde_json::Value> = backends
+            .into_iter()
+            .map(|(name, n)| (name, n.into()))
+            .collect();
+        let status = serde_json::json!({
+            "queue": db.queue,
+            "queued": counts.queued,
+            "running": counts.running,
+            "done": counts.done,
+            "failed": counts.failed,
+            "cancelled": counts.cancelled,
+            "children": children,
+            "backends": backends,
+        });
+        println!("{status}");
+    } else {
+        println!(
+            "queue {:?}: {} queued, {} running, {} done, {} failed, {} cancelled",
+            db.queue, counts.queued, counts.running, counts.done, counts.failed, counts.cancelled
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        for c in &children {
+            println!(
+                "  child {}:{} (master {}) up {:.0}s, {} job(s) done",
+                c.host,
+                c.pid,
+                c.master_pid,
+                (now - c.since).max(0.0),
+                c.jobs
+            );
+        }
+        for (name, n) in backends {
+            println!("  {name}: {n} backend(s)");
+        }
+    }
+    Ok(())
+}
