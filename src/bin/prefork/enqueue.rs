@@ -8,8 +8,8 @@ use clap::Args;
 use fork_safe::queue::{self, Schema};
 
 use super::{
-    DbArgs, Fail, connect, database, needs_database, parse_duration, parse_positive_duration,
-    progress, runtime, schema, usage,
+    DbArgs, Fail, connect_command, parse_duration, parse_positive_duration, progress, runtime,
+    schema, usage,
 };
 
 #[derive(Args, Debug)]
@@ -46,8 +46,6 @@ pub(crate) struct EnqueueArgs {
 /// Queues what `args` says on `db`'s queue, and says what was queued.
 pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
     let schema = schema(db)?;
-    let url = needs_database(db, "enqueue")?;
-    let database = database(&url)?;
     let stdin = args.payload == "-";
     if stdin && args.count != 1 {
         return Err(usage(
@@ -57,8 +55,7 @@ pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> 
     if !stdin {
         check_payload(args.payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
     }
-    fork_safe::set_role("cli");
-    connect([database], &schema)?;
+    connect_command(db, "enqueue", &schema)?;
     if let Some(at) = &args.run_at {
         fork_safe::with_client(|c| {
             c.execute_typed(

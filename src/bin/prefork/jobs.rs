@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use fork_safe::queue::admin::{self, JobInfo, JobsError, ListFilter, Which};
 
-use super::{DbArgs, Fail, connect, database, needs_database, runtime, schema};
+use super::{DbArgs, Fail, connect_command, runtime, schema};
 
 #[derive(Args, Debug)]
 pub(crate) struct JobsArgs {
@@ -60,10 +60,7 @@ enum Action {
 
 pub(crate) fn jobs_main(db: &DbArgs, args: &JobsArgs) -> Result<(), Fail> {
     let schema = schema(db)?;
-    let url = needs_database(db, "jobs")?;
-    let database = database(&url)?;
-    fork_safe::set_role("cli");
-    connect([database], &schema)?;
+    connect_command(db, "jobs", &schema)?;
     let queue = db.queue.as_str();
     match &args.action {
         Action::List { state, limit, json } => {

@@ -570,6 +570,16 @@ fn connect(databases: impl IntoIterator<Item = Database>, schema: &Schema) -> Re
     Ok(())
 }
 
+/// Connects a command (`status`, `jobs`, ...) to the database `db` names,
+/// as role `cli`, with `schema` migrated. Called once the command's own
+/// arguments are checked: bad input is refused before any connection.
+fn connect_command(db: &DbArgs, command: &str, schema: &Schema) -> Result<(), Fail> {
+    let url = needs_database(db, command)?;
+    let database = database(&url)?;
+    fork_safe::set_role("cli");
+    connect([database], schema)
+}
+
 fn database(url: &str) -> Result<Database, Fail> {
     Database::new("default", url).map_err(|e| usage(format!("invalid --database-url: {e}")))
 }

@@ -8,10 +8,7 @@ use fork_safe::queue;
 use fork_safe::queue::schedule::{self, ScheduleError};
 
 use super::enqueue::check_payload;
-use super::{
-    DbArgs, Fail, connect, database, needs_database, parse_positive_duration, runtime, schema,
-    usage,
-};
+use super::{DbArgs, Fail, connect_command, parse_positive_duration, runtime, schema, usage};
 
 #[derive(Args, Debug)]
 pub(crate) struct ScheduleArgs {
@@ -79,10 +76,7 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
         check_payload(payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
         schedule::When::parse(cron, timezone.as_deref()).map_err(|e| usage(e.to_string()))?;
     }
-    let url = needs_database(db, "schedule")?;
-    let database = database(&url)?;
-    fork_safe::set_role("cli");
-    connect([database], &schema)?;
+    connect_command(db, "schedule", &schema)?;
     match &args.action {
         Action::Add {
             name,

@@ -5,7 +5,7 @@ use clap::Args;
 use fork_safe::queue;
 use postgres::types::Type;
 
-use super::{DbArgs, Fail, connect, database, needs_database, runtime, schema};
+use super::{DbArgs, Fail, connect_command, runtime, schema};
 
 #[derive(Args, Debug)]
 pub(crate) struct StatusArgs {
@@ -17,10 +17,7 @@ pub(crate) struct StatusArgs {
 /// Prints the queue's counts, live children and the fleet's backends.
 pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
     let schema = schema(db)?;
-    let url = needs_database(db, "status")?;
-    let database = database(&url)?;
-    fork_safe::set_role("cli");
-    connect([database], &schema)?;
+    connect_command(db, "status", &schema)?;
     let counts =
         fork_safe::with_client(|c| queue::counts(c, &schema, &db.queue)).map_err(runtime)?;
     let backends: Vec<(String, i64)> = fork_safe::with_client(|c| {
