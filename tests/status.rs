@@ -245,6 +245,29 @@ fn metrics_agree(ctx: &mut Ctx) {
             .get("prefork_queue_jobs{queue=\"default\",state=\"queued\"}")
             .is_some_and(|v| *v == 0.0)
     });
+    // While scrapes come, the counts are kept fresh without being asked:
+    // jobs queued after a scrape (and after the read it asked for) show in
+    // the next one 7.5 s later (one scrape behind, it would still say 0).
+    scrape(&addr);
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = cli::prefork(
+        &ctx.url,
+        &["enqueue", "later", "--in", "1h", "--count", "7"],
+    )
+    .output()
+    .unwrap();
+    assert!(later.status.success());
+    std::thread::sleep(Duration::from_millis(7500));
+    assert_eq!(
+        at(
+            &scrape(&addr),
+            "prefork_queue_jobs{queue=\"default\",state=\"queued\"}"
+        ),
+        7.0
+    );
+    obs.client()
+        .batch_execute("DELETE FROM prefork.jobs_live WHERE payload = 'later'")
+        .unwrap();
     // A child killed mid-run: its exit is counted under "signal", and what
     // it had counted stays in the fleet's sums.
     let lines: String = (3001..=6000).map(|i| format!("{i}\n")).collect();
