@@ -400,6 +400,9 @@ fn manual(_: &mut Ctx) {
     let page = text(&output(&["man"], &[]).stdout);
     assert!(page.contains(".TH prefork 1"), "{page}");
     assert!(page.contains("\\-\\-procs"), "{page}");
+    // --help's examples, as lines of their own.
+    let examples = page.split(".SH EXAMPLES\n.nf\n").nth(1).expect("EXAMPLES");
+    assert!(examples.contains("\\&prefork \\-\\-procs 4"), "{page}");
     let page = text(&output(&["man", "enqueue"], &[]).stdout);
     assert!(
         page.contains(".TH prefork\\-enqueue 1") || page.contains(".TH prefork-enqueue 1"),

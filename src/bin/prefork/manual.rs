@@ -63,9 +63,41 @@ pub fn man(command: Command, sub: Option<&str>) -> Result<(), String> {
                 .version(env!("CARGO_PKG_VERSION"))
         }
     };
-    let mut out = Vec::new();
-    clap_mangen::Man::new(page)
-        .render(&mut out)
-        .and_then(|()| std::io::stdout().lock().write_all(&out))
+    render(page)
+        .and_then(|out| std::io::stdout().lock().write_all(&out))
         .map_err(|e| format!("writing the man page: {e}"))
+}
+
+/// clap_mangen's sections, with `--help`'s closing examples as an
+/// EXAMPLES section of their own whose lines stay lines (as plain EXTRA
+/// text, roff would run them together into one paragraph).
+fn render(page: Command) -> std::io::Result<Vec<u8>> {
+    let examples = page.get_after_help().map(ToString::to_string);
+    let man = clap_mangen::Man::new(page.clone());
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    if page.get_arguments().next().is_some() {
+        man.render_options_section(&mut out)?;
+    }
+    if page.has_subcommands() {
+        man.render_subcommands_section(&mut out)?;
+    }
+    if let Some(text) = examples {
+        let body = text.trim_start_matches("Examples:").trim_matches('\n');
+        writeln!(out, ".SH EXAMPLES\n.nf")?;
+        for line in body.lines() {
+            // Roff: a backslash is escaped, and a line starting with a
+            // dot or a quote would be a request.
+            let line = line.trim_start().replace('\\', "\\e").replace('-', "\\-");
+            writeln!(out, "\\&{line}")?;
+        }
+        writeln!(out, ".fi")?;
+    }
+    if page.get_version().is_some() {
+        man.render_version_section(&mut out)?;
+    }
+    Ok(out)
 }
