@@ -198,6 +198,13 @@ fn precedence(ctx: &mut Ctx) {
 
 /// Everything from the file: the URL, the shape, `drain`, the handler.
 fn runs_from_file(ctx: &mut Ctx) {
+    // The example shipped with the sources parses, every key of it.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/prefork.toml");
+    let out = output(&["--config", example, "config"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r = text(&out.stdout);
+    assert_eq!(setting(&r, "threads").0, "8", "{r}");
+    assert!(r.contains("worker = [\"python3\""), "{r}");
     let mut obs = reset(&ctx.url);
     enqueue_lines(&ctx.url, "1\n2\n3\n4\n5\n", &[]);
     let path = file(
