@@ -333,15 +333,8 @@ fn progress(ctx: &mut Ctx) {
         "{seen:?}"
     );
     // A drain shows jobs finished of the total.
-    let drain = [
-        "--procs",
-        "2",
-        "--threads",
-        "2",
-        "--drain",
-        "--sql",
-        "SELECT $1",
-    ];
+    let mut drain: Vec<&str> = "--procs 2 --threads 2 --drain --sql".split(' ').collect();
+    drain.push("SELECT $1");
     let (code, seen) = on_a_terminal(ctx, &drain, Stdio::null());
     assert_eq!(code, 0, "{seen}");
     assert!(
