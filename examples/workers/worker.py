@@ -39,35 +39,33 @@ def run(handler):
     fd = int(os.environ["PREFORK_WORKER_FD"])
     dumps, loads = json.dumps, json.loads
 
-    def send(message):
+    def send(data):
         # Plain os.write on the descriptor: socket.makefile's layers cost
         # more than the job itself for a quick one.
-        data = memoryview((dumps(message) + "\n").encode())
+        data = memoryview(data)
         while data:
             data = data[os.write(fd, data):]
 
-    send({"ready": True, "protocol": PROTOCOL})
+    send(b'{"ready": true, "protocol": %d}\n' % PROTOCOL)
     pending = b""
     while True:
         chunk = os.read(fd, 1 << 16)
         if not chunk:
             return  # prefork closed the channel: the fleet stops
-        pending += chunk
-        while True:
-            end = pending.find(b"\n")
-            if end < 0:
-                break
-            line, pending = pending[:end], pending[end + 1:]
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()  # the start of a line still coming
+        for line in lines:
             job = loads(line)
             try:
                 result = handler(job)
                 if result is not None and not isinstance(result, str):
                     result = dumps(result)
-                answer = {"id": job["id"], "ok": True, "result": result}
+                answer = '{"id": %d, "ok": true, "result": %s}\n' % (job["id"], dumps(result))
             except Exception as e:  # the job fails; the program goes on
                 traceback.print_exc()
-                answer = {"id": job["id"], "ok": False, "error": f"{type(e).__name__}: {e}"}
-            send(answer)
+                error = dumps(f"{type(e).__name__}: {e}")
+                answer = '{"id": %d, "ok": false, "error": %s}\n' % (job["id"], error)
+            send(answer.encode())
 
 
 def job(handler):

@@ -1344,15 +1344,22 @@ pub(super) fn migrate_to(
         .skip(version as usize)
     {
         tx.batch_execute(&migration.replace("{s}", s))?;
-        log::info!("queue schema {s}: migrated to version {}", i + 1);
+        log::debug!("queue schema {s}: migration {} applied", i + 1);
     }
-    if (version as usize) < target {
-        let latest = target as i32;
-        tx.execute(&format!("DELETE FROM {s}.schema_version"), &[])?;
-        tx.execute(
-            &format!("INSERT INTO {s}.schema_version VALUES ($1)"),
-            &[&latest],
-        )?;
+    if (version as usize) >= target {
+        return tx.commit();
     }
-    tx.commit()
+    let latest = target as i32;
+    tx.execute(&format!("DELETE FROM {s}.schema_version"), &[])?;
+    tx.execute(
+        &format!("INSERT INTO {s}.schema_version VALUES ($1)"),
+        &[&latest],
+    )?;
+    tx.commit()?;
+    // One line, once it is true: the migrations are one transaction.
+    match version {
+        0 => log::info!("queue schema {s}: created at version {latest}"),
+        _ => log::info!("queue schema {s}: migrated from version {version} to {latest}"),
+    }
+    Ok(())
 }
