@@ -84,8 +84,16 @@ const FROM_RUNNER_FD: i32 = 101;
 pub const LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs the child or the test named in the environment, if any; otherwise
-/// every test whose name contains the first command-line argument, each in
-/// its own process. Exits the process.
+/// the runner: a libtest-compatible front end (`--list`, filters,
+/// `--exact`, `--skip`, `--ignored`, so `cargo nextest run` works too) over
+/// the per-process runner, each test in its own process. Exits the
+/// process.
+///
+/// The tests share one cluster, started by the first test that runs (none
+/// for `--list`), and hold it in turn, so they run one at a time whatever
+/// `--test-threads` says: some restart the server or count its backends.
+/// nextest runs each test as a process of its own, with a cluster of its
+/// own.
 pub fn main(
     builder: fork_safe::cluster::Builder,
     configure: fn(&str),
@@ -102,40 +110,65 @@ pub fn main(
     if let Ok(name) = std::env::var(RUN_ENV) {
         run_one(&name, configure, tests);
     }
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads.get_or_insert(1);
     let limit = std::env::var(LIMIT_ENV)
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(LIMIT, Duration::from_secs);
     // Orphans of a test come back to the runner, to be killed.
     nix::sys::prctl::set_child_subreaper(true).expect("becoming a subreaper");
-    let mut cluster = builder.start().unwrap_or_else(|e| {
-        eprintln!("cannot start a PostgreSQL cluster: {e}");
-        std::process::exit(1);
+    let cluster = std::sync::Arc::new(SharedCluster {
+        builder: std::sync::Mutex::new(Some(builder)),
+        cluster: std::sync::Mutex::new(None),
     });
-    let (mut passed, mut failed) = (0, 0);
-    for (name, _) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
+    let trials = tests
+        .iter()
+        .map(|&(name, _)| {
+            let cluster = cluster.clone();
+            libtest_mimic::Trial::test(name, move || {
+                let mut slot = cluster.started()?;
+                let cluster = slot.as_mut().expect("started");
+                supervise_test(name, cluster, limit).map_err(Into::into)
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The server stops before the process exits.
+    drop(
+        cluster
+            .cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(),
+    );
+    conclusion.exit()
+}
+
+/// The tests' one cluster, started by the first test that runs.
+struct SharedCluster {
+    builder: std::sync::Mutex<Option<fork_safe::cluster::Builder>>,
+    cluster: std::sync::Mutex<Option<TempCluster>>,
+}
+
+impl SharedCluster {
+    /// The cluster, started if this is the first test.
+    fn started(&self) -> Result<std::sync::MutexGuard<'_, Option<TempCluster>>, String> {
+        let mut slot = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let builder = self
+                .builder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            let builder = builder.ok_or("the cluster failed to start for an earlier test")?;
+            let started = builder
+                .start()
+                .map_err(|e| format!("cannot start a PostgreSQL cluster: {e}"))?;
+            *slot = Some(started);
         }
-        eprintln!("running {name}");
-        let started = Instant::now();
-        match supervise_test(name, &mut cluster, limit) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.2?})", started.elapsed());
-            }
-            Err(why) => {
-                failed += 1;
-                eprintln!("{name}: {why}");
-                println!("test {name} ... FAILED");
-            }
-        }
+        Ok(slot)
     }
-    drop(cluster);
-    println!();
-    println!("test result: {passed} passed, {failed} failed");
-    std::process::exit(if failed == 0 { 0 } else { 1 })
 }
 
 /// In the test's own process: runs it, exits 0 if it passed.
