@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use fork_safe::cluster::TempCluster;
-use fork_safe::prefork::{App, Prefork, Worker};
+use fork_safe::prefork::{App, BoxError, ChildInfo, Prefork, Worker};
 use fork_safe::{Database, MaxAge};
 
 struct HttpApp {
@@ -29,7 +29,13 @@ struct HttpApp {
 }
 
 impl App for HttpApp {
-    fn run_worker(&self, worker: &Worker) {
+    type Child = ();
+
+    fn init_child(&self, _: &ChildInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn run_worker(&self, _: &(), worker: &Worker) {
         while !worker.stopping() {
             // Wait for a connection at most 200 ms, so a stop is noticed.
             let mut fd = libc::pollfd {

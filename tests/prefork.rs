@@ -81,6 +81,8 @@ struct TestApp {
 }
 
 impl App for TestApp {
+    type Child = ();
+
     fn init_child(&self, _: &ChildInfo) -> Result<(), BoxError> {
         if self.fail_boot {
             return Err("configured to fail".into());
@@ -106,7 +108,7 @@ impl App for TestApp {
         }
     }
 
-    fn run_worker(&self, worker: &Worker) {
+    fn run_worker(&self, _: &(), worker: &Worker) {
         let pid = std::process::id() as i32;
         let secs = self.task_ms as f64 / 1000.0;
         while !worker.stopping() {

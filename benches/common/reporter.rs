@@ -33,12 +33,14 @@ impl Reporter {
 }
 
 impl App for Reporter {
+    type Child = ();
+
     fn init_child(&self, _: &ChildInfo) -> Result<(), BoxError> {
         self.say(format!("S {} {}\n", std::process::id(), monotonic_nanos()));
         Ok(())
     }
 
-    fn run_worker(&self, worker: &Worker) {
+    fn run_worker(&self, _: &(), worker: &Worker) {
         self.say(format!("R {} {}\n", std::process::id(), monotonic_nanos()));
         while !worker.wait(Duration::from_secs(60)) {}
     }

@@ -17,16 +17,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// connections or start threads before `run`: the fork guard refuses to
 /// fork a process with either.
 pub trait App: Send + Sync + 'static {
-    /// Runs once in each child, after the fork and before its workers start.
+    /// What a child sets up for its workers in [`App::init_child`], owned
+    /// by the child and shared by its workers (`()` if nothing).
+    type Child: Send + Sync + 'static;
+
+    /// Runs once in each child, after the fork and before its workers
+    /// start: builds what they share (a local queue, a watchdog thread).
     ///
     /// # Errors
     ///
     /// An error is logged and the child exits; the master counts it as a
     /// child that died young and restarts it with backoff.
-    fn init_child(&self, child: &ChildInfo) -> Result<(), BoxError> {
-        let _ = child;
-        Ok(())
-    }
+    fn init_child(&self, child: &ChildInfo) -> Result<Self::Child, BoxError>;
 
     /// Runs in the master after children died abruptly (killed, crashed, or
     /// stopped fast), once their leftover backends have been ended. A job
@@ -75,11 +77,12 @@ pub trait App: Send + Sync + 'static {
 
     /// The body of each worker thread: take work until
     /// [`Worker::stopping`], running each job in [`Worker::job`] (or a
-    /// batch of jobs in [`Worker::jobs`]).
+    /// batch of jobs in [`Worker::jobs`]). `child` is what
+    /// [`App::init_child`] built in this child.
     ///
     /// Returning (or panicking) before the child is told to stop is treated
     /// as a fault: the child stops and the master replaces it.
-    fn run_worker(&self, worker: &Worker);
+    fn run_worker(&self, child: &Self::Child, worker: &Worker);
 }
 
 /// A child that died with work perhaps in hand, for [`App::children_lost`].

@@ -73,10 +73,13 @@ pub(super) fn run<A: App>(app: Arc<A>, settings: &Settings, start: Start) -> ! {
         threads: settings.threads,
         waker: Waker(shared.clone()),
     };
-    if let Err(e) = app.init_child(&info) {
-        log::error!("child {index}: init failed: {e}");
-        std::process::exit(EXIT_INIT_FAILED);
-    }
+    let state = match app.init_child(&info) {
+        Ok(state) => Arc::new(state),
+        Err(e) => {
+            log::error!("child {index}: init failed: {e}");
+            std::process::exit(EXIT_INIT_FAILED);
+        }
+    };
 
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
     let mut threads = Vec::with_capacity(settings.threads);
@@ -88,12 +91,13 @@ pub(super) fn run<A: App>(app: Arc<A>, settings: &Settings, start: Start) -> ! {
             seen: std::cell::Cell::new(0),
         };
         let app = app.clone();
+        let state = state.clone();
         let done = Done(done_tx.clone(), w);
         let spawned = crate::thread::Builder::new()
             .name(format!("worker-{index}.{w}"))
             .spawn(move || {
                 let _done = done;
-                app.run_worker(&worker);
+                app.run_worker(&state, &worker);
             });
         match spawned {
             Ok(handle) => threads.push(handle),

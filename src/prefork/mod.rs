@@ -1,13 +1,19 @@
 //! The prefork master: N child processes x M worker threads, supervised.
 //!
 //! ```no_run
-//! use fork_safe::prefork::{App, Prefork, Worker};
+//! use fork_safe::prefork::{App, BoxError, ChildInfo, Prefork, Worker};
 //! use std::time::Duration;
 //!
 //! struct Hello;
 //!
 //! impl App for Hello {
-//!     fn run_worker(&self, worker: &Worker) {
+//!     type Child = ();
+//!
+//!     fn init_child(&self, _: &ChildInfo) -> Result<(), BoxError> {
+//!         Ok(())
+//!     }
+//!
+//!     fn run_worker(&self, _: &(), worker: &Worker) {
 //!         while !worker.stopping() {
 //!             worker.job("hello", || {
 //!                 let _ = fork_safe::with_client(|c| c.execute("SELECT 1", &[]));

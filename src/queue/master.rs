@@ -8,9 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::app::QueueApp;
+use super::QueueConfig;
+use super::metrics::QueueMetrics;
 use super::store;
 use crate::prefork::{ChildStatus, LostChild};
 use crate::{Pid, application_name};
@@ -21,16 +23,22 @@ pub struct FleetStats {
     /// The most backends the fleet (master and children) held at once, as
     /// sampled in `pg_stat_activity` every 250 ms.
     pub peak_backends: AtomicU64,
-    pub(super) last_sample: std::sync::Mutex<Option<Instant>>,
-    pub(super) last_record: std::sync::Mutex<Option<Instant>>,
-    pub(super) last_cancel_check: std::sync::Mutex<Option<Instant>>,
+}
+
+/// The queue's duties in the master, and when each is next due.
+pub(super) struct Duties {
+    config: QueueConfig,
+    stats: Arc<FleetStats>,
+    last_sample: Mutex<Option<Instant>>,
+    last_record: Mutex<Option<Instant>>,
+    last_cancel_check: Mutex<Option<Instant>>,
     /// Programs of cancelled jobs sent TERM, by process group: when they
     /// get KILL if still there.
-    pub(super) cancelling: std::sync::Mutex<HashMap<Pid, Instant>>,
+    cancelling: Mutex<HashMap<Pid, Instant>>,
     /// When the master next looks for due schedules.
-    pub(super) next_schedules: std::sync::Mutex<Option<Instant>>,
+    next_schedules: Mutex<Option<Instant>>,
     /// The children last recorded with the heartbeat.
-    pub(super) recorded: std::sync::Mutex<Vec<Pid>>,
+    recorded: Mutex<Vec<Pid>>,
 }
 
 /// This host's name, as claims and heartbeats carry it.
@@ -46,7 +54,22 @@ pub(super) fn process_of(pid: Pid) -> String {
     format!("{}:{pid}", hostname())
 }
 
-impl QueueApp {
+impl Duties {
+    /// The duties of a fleet working `config`, whose observations go to
+    /// `stats`.
+    pub(super) fn new(config: QueueConfig, stats: Arc<FleetStats>) -> Duties {
+        Duties {
+            config,
+            stats,
+            last_sample: Mutex::default(),
+            last_record: Mutex::default(),
+            last_cancel_check: Mutex::default(),
+            cancelling: Mutex::default(),
+            next_schedules: Mutex::default(),
+            recorded: Mutex::default(),
+        }
+    }
+
     /// [`App::children_lost`](crate::prefork::App::children_lost): hands
     /// back the jobs of children that died (attempt counted) or that the
     /// master stopped before they finished (attempt given back).
@@ -79,8 +102,8 @@ impl QueueApp {
 
     /// [`App::master_tick`](crate::prefork::App::master_tick): the
     /// master's duties, each at its own pace.
-    pub(super) fn tick(&self, children: &[ChildStatus]) {
-        let due = |last: &std::sync::Mutex<Option<Instant>>, every: Duration| {
+    pub(super) fn tick(&self, children: &[ChildStatus], metrics: &QueueMetrics) {
+        let due = |last: &Mutex<Option<Instant>>, every: Duration| {
             let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
             let due = last.is_none_or(|t| t.elapsed() >= every) || children.is_empty();
             if due {
@@ -94,11 +117,10 @@ impl QueueApp {
             .flat_map(|c| &c.programs)
             .filter_map(|p| Some((job_of_label(&p.label)?, p.group)))
             .collect();
-        let check =
-            !programs.is_empty() && due(&self.stats.last_cancel_check, Duration::from_secs(1));
+        let check = !programs.is_empty() && due(&self.last_cancel_check, Duration::from_secs(1));
         self.stop_cancelled(&programs, check);
         self.fire_schedules();
-        if !children.is_empty() && due(&self.stats.last_sample, Duration::from_millis(250)) {
+        if !children.is_empty() && due(&self.last_sample, Duration::from_millis(250)) {
             let mut names: Vec<String> = children
                 .iter()
                 .map(|c| application_name("child", c.pid))
@@ -118,13 +140,8 @@ impl QueueApp {
         // The heartbeat, with the children: every second, and at once when
         // a child is new, so that its jobs can be rescued with it.
         let pids: Vec<Pid> = children.iter().map(|c| c.pid).collect();
-        let changed = *self
-            .stats
-            .recorded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            != pids;
-        if due(&self.stats.last_record, Duration::from_secs(1)) || changed {
+        let changed = *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) != pids;
+        if due(&self.last_record, Duration::from_secs(1)) || changed {
             let rows: Vec<(i32, f64, i64)> = children
                 .iter()
                 .map(|c| {
@@ -148,21 +165,15 @@ impl QueueApp {
             }) {
                 log::debug!("recording the children: {e}");
             } else {
-                *self
-                    .stats
-                    .recorded
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = pids;
+                *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = pids;
             }
             if let Some(after) = c.rescue_after {
                 self.rescue(after, master);
             }
         }
-        self.metrics.refresh(&self.config.schema);
+        metrics.refresh(&self.config.schema);
     }
-}
 
-impl QueueApp {
     /// In the master: stops the programs of running jobs cancelled with
     /// `prefork jobs cancel` (`programs` are the running programs' jobs and
     /// process groups, from the scoreboard). `check`: look in the database
@@ -173,11 +184,7 @@ impl QueueApp {
     /// finishes its attempt and is recorded as cancelled if it fails.
     fn stop_cancelled(&self, programs: &[(i64, Pid)], check: bool) {
         use nix::sys::signal::{Signal, killpg};
-        let mut cancelling = self
-            .stats
-            .cancelling
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cancelling = self.cancelling.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         cancelling.retain(|group, kill_at| {
             let running = programs.iter().any(|(_, g)| g == group);
@@ -224,7 +231,6 @@ impl QueueApp {
     /// [`SCHEDULE_LOOK`] for schedules added meanwhile.
     fn fire_schedules(&self) {
         let mut next = self
-            .stats
             .next_schedules
             .lock()
             .unwrap_or_else(|e| e.into_inner());

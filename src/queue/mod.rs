@@ -25,33 +25,40 @@
 //! | [`admin`] | looking at jobs, retrying and cancelling them (`prefork jobs`) |
 //! | [`schedule`] | jobs queued on a cron expression, each tick exactly once |
 //! | `store` | every statement the queue runs |
-//! | `app` | [`QueueApp`]: what each worker thread does, and the master's accounting |
-//! | `idle` | the protocol of a child's idle workers (leader and followers) |
-//! | `prefetch` | a child's local queue: one claim for all its workers |
+//! | `app` | [`QueueApp`] and a worker's loop |
+//! | `runner` | what runs a batch: one module per [`Handler`] |
+//! | `prefetch` | a child's local queue: one claim for all its workers, sized by the child's pace |
+//! | `claims` | the owner stamps of a child's claims, and what it holds of each |
 //! | `completions` | a child's outcomes, recorded together |
+//! | `stranded` | what a failure left stamped but unrecorded, handed back by its stamp |
+//! | `idle` | the protocol of a child's idle workers (leader and followers) |
+//! | `housekeeping` | a child's periodic duties: vacuum, pruning, expired leases |
 //! | `deadline` | a job's statement cancelled at its timeout, by a watchdog per child |
-//! | `exec` | the `--exec` handler: one program per job |
+//! | `master` | the queue's duties in the master: heartbeat, rescue, schedules, cancels |
+//! | `metrics` | the queue's counters and gauges for the status endpoint |
 
 pub mod admin;
 mod app;
+mod claims;
 mod completions;
 mod deadline;
-mod exec;
+mod housekeeping;
 mod idle;
 mod master;
 mod metrics;
 mod prefetch;
-mod resident;
+mod runner;
 pub mod schedule;
 mod schema;
 mod store;
+mod stranded;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::Client;
 
-pub use app::QueueApp;
+pub use app::{QueueApp, QueueChild};
 pub use master::FleetStats;
 pub use metrics::FinishedJobs;
 pub use store::{

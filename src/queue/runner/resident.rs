@@ -66,8 +66,18 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::{Value, json};
 
-use super::{Job, MemoryLimits};
+use super::{Context, Needs, Ran, Runner, batch_label, own_limit};
 use crate::prefork::{Program, Worker, kill_grace};
+use crate::queue::metrics::Verdict;
+use crate::queue::prefetch::{Batch, Sizing};
+use crate::queue::{Job, MemoryLimits};
+
+/// Outcomes are recorded with the child's others; the worker holds its
+/// program to each job's limit itself.
+pub(super) const NEEDS: Needs = Needs {
+    sizing: Sizing::Shared,
+    deadlines: false,
+};
 
 /// The protocol's version, in the ready line.
 pub const PROTOCOL: u64 = 1;
@@ -102,7 +112,7 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How a job fared in a program.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Ran {
+pub(super) enum Fared {
     /// It ran: the outcome the program gave (or the failure it caused).
     Outcome(Result<String, String>),
     /// It ran past its limit and the program was stopped.
@@ -168,7 +178,7 @@ impl<'w> Resident<'w> {
 
     /// Runs `jobs` in the program (started first if none runs), each within
     /// its limit, and says how each fared (and how long it took), in
-    /// order: [`Ran::NotStarted`] for those no program ran.
+    /// order: [`Fared::NotStarted`] for those no program ran.
     ///
     /// The jobs are pipelined: while the program works on one, the next
     /// ones wait in its channel (at most [`PIPELINE_BYTES`] of them
@@ -182,8 +192,8 @@ impl<'w> Resident<'w> {
         worker: &'w Worker,
         jobs: &[Job],
         limit: impl Fn(&Job) -> Option<Duration>,
-    ) -> Vec<(Ran, Duration)> {
-        let mut ran: Vec<(Ran, Duration)> = Vec::with_capacity(jobs.len());
+    ) -> Vec<(Fared, Duration)> {
+        let mut ran: Vec<(Fared, Duration)> = Vec::with_capacity(jobs.len());
         while ran.len() < jobs.len() {
             let budget = self.max_jobs.map_or(usize::MAX, |max| {
                 let done = self.running.as_ref().map_or(0, |r| r.jobs);
@@ -198,7 +208,7 @@ impl<'w> Resident<'w> {
             self.recycle_if_due(worker);
         }
         while ran.len() < jobs.len() {
-            ran.push((Ran::NotStarted, Duration::ZERO));
+            ran.push((Fared::NotStarted, Duration::ZERO));
         }
         self.check_memory(worker);
         ran
@@ -265,7 +275,7 @@ impl<'w> Resident<'w> {
         worker: &'w Worker,
         jobs: &[Job],
         limit: &impl Fn(&Job) -> Option<Duration>,
-        ran: &mut Vec<(Ran, Duration)>,
+        ran: &mut Vec<(Fared, Duration)>,
     ) {
         if self.running.is_none() && self.start(worker).is_err() {
             return;
@@ -310,18 +320,18 @@ impl<'w> Resident<'w> {
                 Ok(Some(Ok(outcome))) => {
                     running.jobs += 1;
                     self.failures = 0;
-                    ran.push((Ran::Outcome(outcome), took));
+                    ran.push((Fared::Outcome(outcome), took));
                     started = Instant::now();
                 }
                 Ok(None) => {
                     let limit = limit(job).unwrap_or_default();
                     self.stop(Some(kill_grace(limit)));
-                    ran.push((Ran::TimedOut(format!("timed out after {limit:?}")), took));
+                    ran.push((Fared::TimedOut(format!("timed out after {limit:?}")), took));
                     return;
                 }
                 Ok(Some(Err(e))) | Err(e) => {
                     let e = self.fail(worker, &e);
-                    ran.push((Ran::Outcome(Err(e)), took));
+                    ran.push((Fared::Outcome(Err(e)), took));
                     return;
                 }
             }
@@ -676,6 +686,36 @@ fn forward(
         });
     if let Err(e) = spawned {
         log::warn!("cannot forward a worker program's output: {e}");
+    }
+}
+
+impl<'a> Runner<'a> for Resident<'a> {
+    fn run(&mut self, cx: &Context<'a>, batch: &Batch) -> Result<Ran, crate::Error> {
+        let jobs = &batch.jobs;
+        let fared = cx.worker.jobs_within(
+            jobs.len() as u32,
+            &batch_label(jobs),
+            own_limit(jobs),
+            || self.run_batch(cx.worker, jobs, |j| cx.limit(j)),
+        );
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for (j, (fared, took)) in jobs.iter().zip(fared) {
+            let (verdict, outcome) = match fared {
+                Fared::Outcome(o) => (Verdict::of(o.is_ok(), j.attempt, j.max_attempts), o),
+                Fared::TimedOut(e) => (Verdict::TimedOut, Err(e)),
+                // No program ran it: it and the rest of the batch are
+                // handed back unstarted.
+                Fared::NotStarted => break,
+            };
+            cx.count(j, verdict, took);
+            outcomes.push(outcome);
+        }
+        Ok(Ran::Outcomes(outcomes))
+    }
+
+    fn end(&mut self, cx: &Context<'a>) {
+        // Stopping: the program reads the end of its input and exits.
+        Resident::end(self, cx.worker, None);
     }
 }
 

@@ -35,6 +35,10 @@ use std::time::Duration;
 
 use super::Job;
 
+mod pace;
+
+pub(super) use pace::{Pace, Sizing};
+
 /// Longest a worker waits for another worker's claim.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
 

@@ -20,10 +20,56 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::Job;
+use super::{Context, Needs, Ran, Runner, job_label};
 use crate::prefork::{Worker, kill_grace};
+use crate::queue::Job;
+use crate::queue::metrics::Verdict;
+use crate::queue::prefetch::{Batch, Sizing};
+
+/// Jobs are slow and run one at a time, each by the worker that claimed
+/// it; the worker stops the program itself at its limit.
+pub(super) const NEEDS: Needs = Needs {
+    sizing: Sizing::One,
+    deadlines: false,
+};
+
+/// Runs each job of a batch through a program of its own.
+pub(super) struct Exec<'a> {
+    argv: &'a [String],
+}
+
+impl<'a> Exec<'a> {
+    pub(super) fn new(argv: &'a [String]) -> Exec<'a> {
+        Exec { argv }
+    }
+}
+
+impl<'a> Runner<'a> for Exec<'_> {
+    fn run(&mut self, cx: &Context<'a>, batch: &Batch) -> Result<Ran, crate::Error> {
+        let worker = cx.worker;
+        let mut outcomes = Vec::new();
+        for j in &batch.jobs {
+            let started = Instant::now();
+            let ran = worker.jobs_within(1, &job_label(j.id), j.timeout, || {
+                run(worker, self.argv, cx.limit(j), j)
+            });
+            let verdict = match ran.ending {
+                Ending::TimedOut => Verdict::TimedOut,
+                Ending::Signalled if cx.cancelled(j) => Verdict::Cancelled,
+                // The master ended the program because the child's
+                // graceful stop ran out: interrupted, not failed. It and
+                // the rest of the batch are handed back.
+                Ending::Signalled if worker.stopping() => break,
+                _ => Verdict::of(ran.outcome.is_ok(), j.attempt, j.max_attempts),
+            };
+            cx.count(j, verdict, started.elapsed());
+            outcomes.push(ran.outcome);
+        }
+        Ok(Ran::Outcomes(outcomes))
+    }
+}
 
 /// What of standard output is kept as the job's result.
 const OUTPUT_CAP: usize = 64 * 1024;
@@ -32,7 +78,7 @@ const ERROR_TAIL: usize = 4 * 1024;
 
 /// How a job's program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ending {
+enum Ending {
     /// It exited (with any code), or could not start.
     Exited,
     /// A signal ended it, not this worker's time limit: perhaps the master
@@ -43,16 +89,16 @@ pub(super) enum Ending {
 }
 
 /// What one job's program did: the job's outcome, and how it ended.
-pub(super) struct Ran {
-    pub(super) outcome: Result<String, String>,
-    pub(super) ending: Ending,
+struct Attempt {
+    outcome: Result<String, String>,
+    ending: Ending,
 }
 
 /// Runs one job through an external program.
-pub(super) fn run(worker: &Worker, argv: &[String], timeout: Option<Duration>, job: &Job) -> Ran {
+fn run(worker: &Worker, argv: &[String], timeout: Option<Duration>, job: &Job) -> Attempt {
     let mut ending = Ending::Exited;
     let outcome = run_program(worker, argv, timeout, job, &mut ending);
-    Ran { outcome, ending }
+    Attempt { outcome, ending }
 }
 
 fn run_program(
