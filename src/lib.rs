@@ -137,10 +137,8 @@ pub use conn::{
 };
 pub use error::Error;
 pub use fork::{Fork, ForkError, fork, install_atfork_handlers, ready_to_fork};
-/// A process id, the one pid type of the public API (nix's, re-exported so
-/// that callers need not depend on nix).
-pub use nix::unistd::Pid;
 pub use pool::{ThreadPool, thread};
+pub use procfs::Pid;
 pub use thread::CloseOnExit;
 
 /// Configures the process's databases, replacing any earlier configuration.

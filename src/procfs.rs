@@ -7,7 +7,9 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use crate::Pid;
+/// A process id, the one pid type of the public API (nix's, re-exported so
+/// that callers need not depend on nix).
+pub use nix::unistd::Pid;
 
 /// One read of a process's `stat` file.
 pub(crate) struct Stat(String);

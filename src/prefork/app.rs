@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use super::board::RunningProgram;
 use super::worker::{Waker, Worker};
 use crate::Pid;
 
@@ -125,17 +126,6 @@ pub struct Gauge {
     pub labels: Vec<(&'static str, String)>,
     /// The value.
     pub value: f64,
-}
-
-/// A program a worker runs, as the master sees it on the scoreboard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunningProgram {
-    /// The worker, from 0.
-    pub worker: usize,
-    /// The label of the worker's unit of work ([`Worker::job`](super::Worker::job)).
-    pub label: String,
-    /// The program's process group.
-    pub group: Pid,
 }
 
 /// What a fleet did, returned by [`Prefork::run`](super::Prefork::run) once

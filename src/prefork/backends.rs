@@ -7,8 +7,8 @@
 
 use postgres::types::Type;
 
-use super::builder::Settings;
 use super::error::PreforkError;
+use super::settings::Settings;
 use crate::{Pid, application_name};
 
 /// Warns (or with `strict`, refuses) when the fleet's connections cannot

@@ -14,9 +14,19 @@ use std::time::Duration;
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
-use super::app::RunningProgram;
 use super::metrics::MAX_COUNTERS;
 use crate::Pid;
+
+/// A program a worker runs, as the master sees it on the scoreboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningProgram {
+    /// The worker, from 0.
+    pub worker: usize,
+    /// The label of the worker's unit of work ([`Worker::job`](super::Worker::job)).
+    pub label: String,
+    /// The program's process group.
+    pub group: Pid,
+}
 
 /// Most threads a child may run (`--threads`).
 pub const MAX_THREADS: usize = 1024;
@@ -220,7 +230,7 @@ impl Board {
                     limit,
                     label: String::new(),
                 };
-                (busy.elapsed() >= super::builder::stuck_after(limit, busy.budget)).then_some(busy)
+                (busy.elapsed() >= super::settings::stuck_after(limit, busy.budget)).then_some(busy)
             })
             .max_by_key(|busy| busy.nanos)
             .map(|busy| Busy {

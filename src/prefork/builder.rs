@@ -1,4 +1,5 @@
-//! The fleet's settings and the [`Prefork`] builder that runs it.
+//! The [`Prefork`] builder: the fleet's settings, set one by one, and the
+//! run.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,83 +7,10 @@ use std::time::Duration;
 use super::app::{App, Report};
 use super::board::MAX_THREADS;
 use super::error::PreforkError;
+use super::settings::{ConnectionBounds, Settings};
 use super::supervise;
 #[cfg(doc)]
 use super::worker::Worker;
-
-/// How long a worker may stay in one unit of work that may take `budget`
-/// timeouts before the master kills its child: twice the budget, so that a
-/// worker that stops a job itself at its timeout (killing a program, say)
-/// has the time to do so and to record the outcome.
-pub(crate) fn stuck_after(timeout: Duration, budget: u32) -> Duration {
-    timeout.saturating_mul(budget.max(1)).saturating_mul(2)
-}
-
-/// The most connections a fleet whose workers hold one connection each
-/// (a job queue's do) holds at once, the master's included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionBounds {
-    /// While every slot has its one child: `procs x threads + 1`.
-    pub steady: usize,
-    /// While a retiring child (HUP, `--max-requests`, lifetime, memory) is
-    /// being replaced: one child more, `(procs + 1) x threads + 1`. The
-    /// replacement is ready before the old child is told to stop, and the
-    /// next replacement starts only once the old child has exited.
-    pub replacing: usize,
-}
-
-/// Settings of a fleet; see the [`Prefork`] setters.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) name: String,
-    pub(crate) procs: usize,
-    pub(crate) threads: usize,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) boot_timeout: Duration,
-    pub(crate) graceful_timeout: Duration,
-    pub(crate) max_requests: Option<u64>,
-    pub(crate) max_requests_jitter: u64,
-    pub(crate) max_lifetime: Option<Duration>,
-    pub(crate) max_lifetime_jitter: Duration,
-    pub(crate) reload_on_rss: Option<u64>,
-    pub(crate) max_memory: Option<u64>,
-    pub(crate) max_memory_readings: u32,
-    pub(crate) crash_limit: Option<u32>,
-    pub(crate) strict: bool,
-    pub(crate) pidfile: Option<PathBuf>,
-    pub(crate) status_addr: Option<super::StatusAddr>,
-    pub(crate) min_ready: Option<usize>,
-}
-
-impl Settings {
-    /// The settings as the status endpoint's `/status` shows them.
-    pub(crate) fn describe(&self) -> serde_json::Value {
-        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        serde_json::json!({
-            "name": self.name,
-            "procs": self.procs,
-            "threads": self.threads,
-            "timeout_seconds": secs(self.timeout),
-            "boot_timeout_seconds": self.boot_timeout.as_secs_f64(),
-            "graceful_timeout_seconds": self.graceful_timeout.as_secs_f64(),
-            "max_requests": self.max_requests,
-            "max_lifetime_seconds": secs(self.max_lifetime),
-            "reload_on_rss_megabytes": self.reload_on_rss,
-            "max_memory_megabytes": self.max_memory,
-            "max_memory_readings": self.max_memory_readings,
-            "crash_limit": self.crash_limit,
-            "status_addr": self.status_addr.as_ref().map(ToString::to_string),
-            "min_ready": self.min_ready,
-        })
-    }
-
-    pub(crate) fn connection_bounds(&self) -> ConnectionBounds {
-        ConnectionBounds {
-            steady: self.procs * self.threads + 1,
-            replacing: (self.procs + 1) * self.threads + 1,
-        }
-    }
-}
 
 /// Builds and runs a supervised fleet of prefork children.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::app::{App, ChildInfo};
 use super::board::SharedBoard;
-use super::builder::Settings;
+use super::settings::Settings;
 use super::title;
 use super::worker::{ChildShared, Waker, Worker};
 use crate::Pid;

@@ -21,12 +21,12 @@ use nix::sys::wait::WaitStatus;
 use super::app::{ChildStatus, LostChild, Report};
 use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
-use super::builder::Settings;
 use super::error::PreforkError;
 use super::exit::ExitReason;
 use super::metrics::MAX_COUNTERS;
 use super::notify::Health;
 use super::program::kill_grace;
+use super::settings::Settings;
 use super::status::{ChildView, FleetView, MasterView};
 use crate::Pid;
 

@@ -57,7 +57,8 @@
 //! | module | what it is |
 //! |---|---|
 //! | `app` | the [`App`] trait: what a fleet runs |
-//! | `builder` | the [`Prefork`] builder and the fleet's settings |
+//! | `builder` | the [`Prefork`] builder |
+//! | `settings` | the fleet's settings, as the master and its children read them |
 //! | `worker` | a worker thread's handle: stop flag, wake-ups, job accounting |
 //! | `program` | programs a worker runs, started and ended as whole process groups |
 //! | `supervise` | the master's loop and the system calls behind its decisions |
@@ -88,20 +89,23 @@ mod metrics;
 mod notify;
 mod pidfile;
 mod program;
+mod settings;
 mod signals;
 mod status;
 mod supervise;
 mod title;
 mod worker;
 
-pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, LostChild, Report, RunningProgram};
+pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, LostChild, Report};
 pub use board::MAX_THREADS;
-pub use builder::{ConnectionBounds, Prefork};
+pub use board::RunningProgram;
+pub use builder::Prefork;
 pub use error::PreforkError;
 pub use exit::ExitReason;
 pub use metrics::{Counted, Counter, Histogram, MAX_COUNTERS, Metrics};
 pub use program::Program;
 pub(crate) use program::kill_grace;
+pub use settings::ConnectionBounds;
 pub use signals::hold_signals;
 pub use status::StatusAddr;
 pub(crate) use supervise::list;

@@ -34,19 +34,20 @@
 //!    (closing a copy does not touch the master's, and a Unix socket's file
 //!    is left to the master, which removes it when it stops).
 
+pub(super) mod addr;
 mod http;
 mod view;
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use nix::poll::PollFlags;
 
+pub use addr::StatusAddr;
 pub(crate) use view::{ChildView, FleetView, MasterView};
 
 use http::{Parsed, Response};
@@ -60,49 +61,6 @@ const REQUEST_TIME: Duration = Duration::from_secs(5);
 
 /// Most connections accepted per turn of the master's loop.
 const ACCEPTS_PER_TURN: usize = 16;
-
-/// Where the status endpoint listens: a TCP address (`127.0.0.1:9187`,
-/// `[::1]:9187`) or a Unix socket path (anything with a `/`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatusAddr {
-    /// A TCP address and port.
-    Tcp(SocketAddr),
-    /// A Unix socket's path.
-    Unix(PathBuf),
-}
-
-impl FromStr for StatusAddr {
-    type Err = String;
-
-    /// # Errors
-    ///
-    /// Neither a path (with a `/`) nor `IP:PORT`; names are not resolved,
-    /// except `localhost`, which is `127.0.0.1`.
-    fn from_str(s: &str) -> Result<StatusAddr, String> {
-        if s.contains('/') {
-            return Ok(StatusAddr::Unix(PathBuf::from(s)));
-        }
-        let s2 = s
-            .strip_prefix("localhost:")
-            .map(|port| format!("127.0.0.1:{port}"));
-        s2.as_deref()
-            .unwrap_or(s)
-            .parse()
-            .map(StatusAddr::Tcp)
-            .map_err(|_| {
-                format!("{s:?} is neither IP:PORT (127.0.0.1:9187, [::1]:9187) nor a socket path")
-            })
-    }
-}
-
-impl std::fmt::Display for StatusAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StatusAddr::Tcp(addr) => write!(f, "http://{addr}"),
-            StatusAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
 
 enum Listener {
     Tcp(TcpListener),

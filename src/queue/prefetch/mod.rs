@@ -33,11 +33,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::Job;
+use super::store::Job;
 
 mod pace;
 
-pub(super) use pace::{Pace, Sizing};
+pub(super) use pace::{Pace, Size, Sizing};
 
 /// Longest a worker waits for another worker's claim.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
@@ -65,22 +65,6 @@ struct State {
     claims: u64,
     /// The last claim brought all it asked for: there is probably more.
     full: bool,
-}
-
-/// How many jobs a worker takes from the local queue.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Size {
-    /// At least this many, if they wait (fewer wait: all of them), and the
-    /// local queue runs low below this many per worker.
-    pub(super) min: usize,
-    /// At most this many (never under `min`).
-    pub(super) most: usize,
-    /// Whether a worker takes only its fair share of what waits (its
-    /// length over the workers), so a deep queue is worked in bigger
-    /// batches (fewer commits) and a shallow one spreads over the workers;
-    /// else up to `most`, for batches that run as one statement on the
-    /// server however many workers share them.
-    pub(super) share: bool,
 }
 
 /// What [`Prefetch::take`] found.

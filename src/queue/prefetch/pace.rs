@@ -25,8 +25,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::Size;
-
 /// How a worker's batches are sized: what its handler needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::queue) enum Sizing {
@@ -37,6 +35,22 @@ pub(in crate::queue) enum Sizing {
     Timed,
     /// One job at a time, claimed by the worker that runs it (scenario 4).
     One,
+}
+
+/// How many jobs a worker takes from the local queue.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::queue) struct Size {
+    /// At least this many, if they wait (fewer wait: all of them), and the
+    /// local queue runs low below this many per worker.
+    pub(in crate::queue) min: usize,
+    /// At most this many (never under `min`).
+    pub(in crate::queue) most: usize,
+    /// Whether a worker takes only its fair share of what waits (its
+    /// length over the workers), so a deep queue is worked in bigger
+    /// batches (fewer commits) and a shallow one spreads over the workers;
+    /// else up to `most`, for batches that run as one statement on the
+    /// server however many workers share them.
+    pub(in crate::queue) share: bool,
 }
 
 /// A child's pace and the sizes it sets.

@@ -27,17 +27,59 @@ use std::time::Duration;
 use postgres::Client;
 use postgres::error::SqlState;
 
+use super::config::QueueConfig;
 use super::deadline::Deadlines;
 use super::metrics::{QueueMetrics, Verdict};
 use super::prefetch::{Batch, Sizing};
-use super::store::{self, Finished, Outcome};
-use super::{Handler, Job, QueueConfig};
+use super::store::{self, Finished, Job, Outcome};
 use crate::prefork::Worker;
 
 mod exec;
 mod resident;
 mod rust;
 mod sql;
+
+/// A job handler in Rust: the job and the worker thread's own connection
+/// in, the result to store (or the error) out.
+pub type RustHandler = Arc<dyn Fn(&Job, &mut Client) -> Result<String, String> + Send + Sync>;
+
+/// What runs a job.
+#[derive(Clone)]
+pub enum Handler {
+    /// A statement run with the payload as `$1` (a `text` parameter: cast it,
+    /// `$1::int`), in the same transaction that marks the job done, so its
+    /// effect commits exactly once per successful attempt. An error fails
+    /// the attempt with the server's message and SQLSTATE.
+    Sql(String),
+    /// A program run directly (no shell), the payload on its standard input
+    /// and `PREFORK_JOB_ID`, `PREFORK_QUEUE`, `PREFORK_ATTEMPT` in its
+    /// environment. Exit 0: done, standard output (first 64 KiB) kept as the
+    /// result. Otherwise a failed attempt with the tail of standard error.
+    Exec {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
+    /// A long-lived program per worker thread, fed one job at a time over
+    /// a channel of its own (see the README's protocol): the program and
+    /// its interpreter load once, not per job.
+    Worker {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
+    /// Rust code, given the job and the worker thread's own connection.
+    Rust(RustHandler),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handler::Sql(sql) => f.debug_tuple("Sql").field(sql).finish(),
+            Handler::Exec { argv } => f.debug_struct("Exec").field("argv", argv).finish(),
+            Handler::Worker { argv } => f.debug_struct("Worker").field("argv", argv).finish(),
+            Handler::Rust(_) => f.write_str("Rust(..)"),
+        }
+    }
+}
 
 /// What a handler needs of the child its workers run in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
