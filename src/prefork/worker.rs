@@ -123,7 +123,7 @@ pub struct Worker {
 
 impl fmt::Debug for Worker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Worker")
+        f.debug_struct("Resident")
             .field("index", &self.index)
             .field("child", &self.child)
             .field("stopping", &self.stopping())

@@ -55,15 +55,15 @@ pub struct QueueConfig {
     /// children's running jobs back (attempt counted); `None`: only the
     /// lease brings them back. Default: 15 seconds.
     pub rescue_after: Option<Duration>,
-    /// A [`Handler::Worker`](super::Handler::Worker) program is started afresh after this many
+    /// A [`Handler::Resident`](super::Handler::Resident) program is started afresh after this many
     /// jobs. Default: `None` (never).
-    pub worker_max_jobs: Option<u64>,
-    /// How long a [`Handler::Worker`](super::Handler::Worker) program may take to say it is ready.
+    pub resident_max_jobs: Option<u64>,
+    /// How long a [`Handler::Resident`](super::Handler::Resident) program may take to say it is ready.
     /// Default: 30 seconds.
-    pub worker_boot_timeout: Duration,
-    /// The memory limits a [`Handler::Worker`](super::Handler::Worker) program is held to, as a
+    pub resident_boot_timeout: Duration,
+    /// The memory limits a [`Handler::Resident`](super::Handler::Resident) program is held to, as a
     /// child is (`--max-memory`, `--reload-on-rss`). Default: none.
-    pub worker_memory: MemoryLimits,
+    pub resident_memory: MemoryLimits,
 }
 
 /// Memory limits for a long-lived program: it is started afresh past them.
@@ -99,9 +99,9 @@ impl Default for QueueConfig {
             listen: None,
             keep_finished: None,
             rescue_after: Some(Duration::from_secs(15)),
-            worker_max_jobs: None,
-            worker_boot_timeout: Duration::from_secs(30),
-            worker_memory: MemoryLimits::default(),
+            resident_max_jobs: None,
+            resident_boot_timeout: Duration::from_secs(30),
+            resident_memory: MemoryLimits::default(),
         }
     }
 }

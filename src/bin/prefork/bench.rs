@@ -20,9 +20,10 @@ pub enum BenchHandler {
     Noop,
     /// `--sql`'s statement, with the payload as $1.
     Sql,
-    /// A `--worker` program (`--program`): a long-lived program per
-    /// worker, fed the jobs over its channel.
-    Worker,
+    /// A resident program (`--worker`, given by `--program`): each worker
+    /// runs one long-lived copy, fed the jobs over its channel.
+    #[value(alias = "worker")]
+    Resident,
 }
 
 #[derive(Args, Debug)]
@@ -43,9 +44,9 @@ pub struct BenchArgs {
     /// The statement of `--handler sql`; the payload, a number, is $1.
     #[arg(long, default_value = "SELECT $1")]
     sql: String,
-    /// The program of `--handler worker` and its arguments, split on
+    /// The program of `--handler resident` and its arguments, split on
     /// spaces.
-    #[arg(long, default_value = "python3 examples/workers/worker.py")]
+    #[arg(long, default_value = "python3 examples/resident/resident.py")]
     program: String,
     /// Finished jobs' history, as the fleet's option: "forever" (kept), or
     /// 0 (done jobs deleted as they complete).
@@ -135,10 +136,10 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
     let handler = match args.handler {
         BenchHandler::Noop => Handler::Rust(std::sync::Arc::new(|_, _| Ok(String::new()))),
         BenchHandler::Sql => Handler::Sql(args.sql.clone()),
-        BenchHandler::Worker => {
+        BenchHandler::Resident => {
             let argv: Vec<String> = args.program.split_whitespace().map(str::to_owned).collect();
             match argv.first() {
-                Some(program) if super::find_program(program) => Handler::Worker { argv },
+                Some(program) if super::find_program(program) => Handler::Resident { argv },
                 _ => {
                     return Err(super::usage(format!(
                         "--program {:?}: not found or not executable",
@@ -240,7 +241,7 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
     let handler = match args.handler {
         BenchHandler::Noop => "a Rust no-op".to_owned(),
         BenchHandler::Sql => format!("--sql {:?}", args.sql),
-        BenchHandler::Worker => format!("--worker {}", args.program),
+        BenchHandler::Resident => format!("--worker {}", args.program),
     };
     println!(
         "prefork bench: {} children x {} workers, {} jobs queued, {handler}, batch {}, {}",

@@ -20,11 +20,11 @@ use fork_safe::{Database, MaxAge};
 mod bench;
 mod config;
 mod enqueue;
-mod fleet;
 mod jobs;
 mod logging;
 mod manual;
 mod progress;
+mod run;
 mod schedule;
 mod status;
 
@@ -34,8 +34,9 @@ const USAGE: u8 = 2;
 /// A prefork master: N children (processes) x M workers (threads) working a PostgreSQL job queue.
 ///
 /// Run the fleet with `--sql STATEMENT`, `--exec PROGRAM [ARGS...]` (a
-/// program per job) or `--worker PROGRAM [ARGS...]` (a long-lived program
-/// per worker, fed one job at a time: see the README's protocol); `--exec`
+/// program per job) or `--worker PROGRAM [ARGS...]` (each worker runs
+/// PROGRAM as its resident program: loaded once, fed one job at a time;
+/// see the README's protocol); `--exec`
 /// and `--worker` take everything after them, so put them last. With no database
 /// configured at all (no --database-url, DATABASE_URL, PGHOST or
 /// PGDATABASE) the fleet runs on a throwaway PostgreSQL cluster. Settings
@@ -107,8 +108,8 @@ Examples:
   # 4 children x 8 workers, each job's payload as $1 of a statement:
   prefork --procs 4 --threads 8 --sql 'UPDATE accounts SET seen = now() WHERE id = $1::int'
 
-  # A Python program per worker, loaded once, fed one job at a time:
-  prefork --procs 4 --threads 8 --timeout 5m --worker python3 examples/workers/worker.py
+  # Each worker runs a resident Python program, loaded once, fed one job at a time:
+  prefork --procs 4 --threads 8 --timeout 5m --worker python3 examples/resident/resident.py
 
   # Queue a file's lines as jobs, then work them until none is left:
   prefork enqueue - < ids.txt && prefork --drain --sql 'SELECT process($1)'
@@ -210,7 +211,7 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_MIN_READY",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     min_ready: Option<u32>,
-    /// A --worker program is started afresh after this many jobs.
+    /// A resident program (--worker) is started afresh after this many jobs.
     #[arg(long, env = "PREFORK_WORKER_MAX_JOBS",
           value_parser = clap::value_parser!(u64).range(1..))]
     worker_max_jobs: Option<u64>,
@@ -306,7 +307,7 @@ fn main() -> ExitCode {
         Some(Command::Man(args)) => {
             manual::man(Cli::command(), args.subcommand.as_deref()).map_err(usage)
         }
-        None => fleet::fleet_main(cli.fleet, program),
+        None => run::fleet_main(cli.fleet, program),
     };
     // Every path, including errors, ends with no connection open.
     fork_safe::close_all();

@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | `sql` | [`Handler::Sql`] | one statement that runs and records the whole batch |
 //! | `exec` | [`Handler::Exec`] | one program per job, a job at a time |
-//! | `resident` | [`Handler::Worker`] | jobs fed to the worker's own long-lived program |
+//! | `resident` | [`Handler::Resident`] | jobs fed to the worker's own resident program (`--worker`) |
 //! | `rust` | [`Handler::Rust`] | a Rust function per job, on the worker's connection |
 //!
 //! A new handler is a new module with a [`Needs`] and a [`Runner`], and a
@@ -59,10 +59,11 @@ pub enum Handler {
         /// The program and its arguments.
         argv: Vec<String>,
     },
-    /// A long-lived program per worker thread, fed one job at a time over
-    /// a channel of its own (see the README's protocol): the program and
-    /// its interpreter load once, not per job.
-    Worker {
+    /// A resident program: each worker thread runs one long-lived copy,
+    /// fed one job at a time over a channel of its own (`--worker`; see the
+    /// README's protocol): the program and its interpreter load once, not
+    /// per job.
+    Resident {
         /// The program and its arguments.
         argv: Vec<String>,
     },
@@ -75,7 +76,7 @@ impl std::fmt::Debug for Handler {
         match self {
             Handler::Sql(sql) => f.debug_tuple("Sql").field(sql).finish(),
             Handler::Exec { argv } => f.debug_struct("Exec").field("argv", argv).finish(),
-            Handler::Worker { argv } => f.debug_struct("Worker").field("argv", argv).finish(),
+            Handler::Resident { argv } => f.debug_struct("Resident").field("argv", argv).finish(),
             Handler::Rust(_) => f.write_str("Rust(..)"),
         }
     }
@@ -124,7 +125,7 @@ impl Handler {
         match self {
             Handler::Sql(_) => sql::NEEDS,
             Handler::Exec { .. } => exec::NEEDS,
-            Handler::Worker { .. } => resident::NEEDS,
+            Handler::Resident { .. } => resident::NEEDS,
             Handler::Rust(_) => rust::NEEDS,
         }
     }
@@ -134,11 +135,11 @@ impl Handler {
         match self {
             Handler::Sql(statement) => Box::new(sql::Sql::new(statement)),
             Handler::Exec { argv } => Box::new(exec::Exec::new(argv)),
-            Handler::Worker { argv } => Box::new(resident::Resident::new(
+            Handler::Resident { argv } => Box::new(resident::Resident::new(
                 argv.clone(),
-                config.worker_boot_timeout,
-                config.worker_max_jobs,
-                config.worker_memory,
+                config.resident_boot_timeout,
+                config.resident_max_jobs,
+                config.resident_memory,
             )),
             Handler::Rust(f) => Box::new(rust::Rust::new(f)),
         }

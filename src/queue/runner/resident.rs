@@ -255,7 +255,7 @@ impl<'w> Resident<'w> {
         };
         if let Some((kind, bytes, limit)) = over {
             log::info!(
-                "child {} worker {}: worker program {pid} recycled: {kind} memory {} MB over {} MB",
+                "child {} worker {}: resident program {pid} recycled: {kind} memory {} MB over {} MB",
                 worker.child_index(),
                 worker.index(),
                 bytes / (1024 * 1024),
@@ -345,7 +345,7 @@ impl<'w> Resident<'w> {
         };
         if self.max_jobs.is_some_and(|max| running.jobs >= max) {
             log::info!(
-                "child {} worker {}: worker program recycled after {} jobs",
+                "child {} worker {}: resident program recycled after {} jobs",
                 worker.child_index(),
                 worker.index(),
                 running.jobs
@@ -376,7 +376,7 @@ impl<'w> Resident<'w> {
         let status = running.program.finish();
         if !exited || !status.as_ref().is_ok_and(|s| s.success()) {
             log::warn!(
-                "child {} worker {}: worker program {pid} ended at end of input: {}",
+                "child {} worker {}: resident program {pid} ended at end of input: {}",
                 worker.child_index(),
                 worker.index(),
                 status.map_or_else(|e| e.to_string(), |s| s.to_string())
@@ -401,7 +401,7 @@ impl<'w> Resident<'w> {
             Err(e) => {
                 let backoff = self.failed();
                 log::error!(
-                    "child {} worker {}: worker program {:?} failed to start ({} failure(s) in a row): {e}; next try in {backoff:.1?}",
+                    "child {} worker {}: resident program {:?} failed to start ({} failure(s) in a row): {e}; next try in {backoff:.1?}",
                     worker.child_index(),
                     worker.index(),
                     self.argv[0],
@@ -479,7 +479,7 @@ impl<'w> Resident<'w> {
         let backoff = self.failed();
         if !backoff.is_zero() {
             log::warn!(
-                "child {} worker {}: worker program failed {} time(s) in a row; next start in {backoff:.1?}",
+                "child {} worker {}: resident program failed {} time(s) in a row; next start in {backoff:.1?}",
                 worker.child_index(),
                 worker.index(),
                 self.failures
@@ -529,7 +529,7 @@ fn end_backends(program: crate::Pid) {
     });
     match ended {
         Ok(0) => {}
-        Ok(n) => log::warn!("ended {n} backend(s) left by a worker program ({name})"),
+        Ok(n) => log::warn!("ended {n} backend(s) left by a resident program ({name})"),
         Err(e) => log::warn!("could not end the backends of {name}: {e}"),
     }
 }
@@ -685,7 +685,7 @@ fn forward(
             }
         });
     if let Err(e) = spawned {
-        log::warn!("cannot forward a worker program's output: {e}");
+        log::warn!("cannot forward a resident program's output: {e}");
     }
 }
 

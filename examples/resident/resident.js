@@ -1,14 +1,14 @@
 #!/usr/bin/env node
-// A prefork worker program in Node.js, standard library only.
+// A prefork resident program (--worker) in Node.js, standard library only.
 //
-//     prefork --procs 4 --threads 8 --worker node examples/workers/worker.js
+//     prefork --procs 4 --threads 8 --worker node examples/resident/resident.js
 //
 // Each prefork worker thread starts one copy of this program and feeds it
 // one job at a time over the channel named by PREFORK_WORKER_FD (protocol
 // 1: one JSON object per line; see the README). console.log freely: stdout
 // and stderr go to prefork's log, not to the channel.
 //
-// As a library: require('./worker').run(async (job) => result). A handler
+// As a library: require('./resident').run(async (job) => result). A handler
 // gets the job (id, queue, attempt, max_attempts, priority, payload,
 // timeout) and returns the result (undefined for none; anything not a
 // string is sent as JSON), or throws to fail the attempt. Run as it is,

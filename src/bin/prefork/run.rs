@@ -51,7 +51,7 @@ pub(crate) fn fleet_main(args: FleetArgs, program: Option<config::Program>) -> R
                 )));
             }
             match flag {
-                "--worker" => Handler::Worker { argv },
+                "--worker" => Handler::Resident { argv },
                 _ => Handler::Exec { argv },
             }
         }
@@ -123,9 +123,9 @@ pub(crate) fn fleet_main(args: FleetArgs, program: Option<config::Program>) -> R
         poll: args.poll,
         keep_finished: args.keep_finished.0,
         rescue_after: args.rescue_after.0,
-        worker_max_jobs: args.worker_max_jobs,
-        worker_boot_timeout: args.boot_timeout,
-        worker_memory: queue::MemoryLimits {
+        resident_max_jobs: args.worker_max_jobs,
+        resident_boot_timeout: args.boot_timeout,
+        resident_memory: queue::MemoryLimits {
             pss: args.max_memory.map(|mb| mb * 1024 * 1024),
             readings: args.max_memory_readings,
             rss: args.reload_on_rss.map(|mb| mb * 1024 * 1024),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""A prefork worker program in Python, standard library only.
+"""A prefork resident program (--worker) in Python, standard library only.
 
-    prefork --procs 4 --threads 8 --worker python3 examples/workers/worker.py
+    prefork --procs 4 --threads 8 --worker python3 examples/resident/resident.py
 
 Each prefork worker thread starts one copy of this program and feeds it one
 job at a time over the channel named by PREFORK_WORKER_FD (protocol 1: one
@@ -10,7 +10,7 @@ prefork's log, not to the channel.
 
 Use it as a library, with a decorator:
 
-    from worker import job
+    from resident import job
 
     @job
     def handle(job):

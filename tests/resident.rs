@@ -1,5 +1,5 @@
 //! `--worker` programs in real processes against a real server: long-lived
-//! Python programs (examples/workers/worker.py) fed one job at a time, and
+//! Python programs (examples/resident/resident.py) fed one job at a time, and
 //! programs that misbehave.
 
 #[path = "common/cli.rs"]
@@ -56,10 +56,10 @@ fn main() {
 }
 
 /// `python3 -c CODE` with the example library importable: CODE calls
-/// `worker.run(handler)`.
+/// `resident.run(handler)`.
 fn python(code: &str) -> Vec<String> {
-    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/workers");
-    let code = format!("import sys, os\nsys.path.insert(0, {lib:?})\nimport worker\n{code}");
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/resident");
+    let code = format!("import sys, os\nsys.path.insert(0, {lib:?})\nimport resident\n{code}");
     vec!["python3".into(), "-c".into(), code]
 }
 
@@ -103,7 +103,7 @@ fn twenty_thousand(ctx: &mut Ctx) {
     let mut obs = reset(&ctx.url);
     enqueue_lines(&ctx.url, &lines(20_000), &[]);
     let mut args = vec!["--procs", "4", "--threads", "8", "--drain"];
-    let program = python("worker.run(lambda job: str(os.getpid()))");
+    let program = python("resident.run(lambda job: str(os.getpid()))");
     args.push("--worker");
     args.extend(program.iter().map(String::as_str));
     let mut master = Master::start(&ctx.url, &args);
@@ -131,7 +131,7 @@ fn crashes(ctx: &mut Ctx) {
     let program = python(
         "def handle(job):\n    if int(job['payload']) % 100 == 0:\n        \
          print('crashing on', job['payload'], file=sys.stderr, flush=True)\n        \
-         os._exit(3)\n    return 'ok'\nworker.run(handle)",
+         os._exit(3)\n    return 'ok'\nresident.run(handle)",
     );
     let master = fleet(ctx, &["--procs", "2", "--threads", "2"], &program);
     wait_finished(&mut obs, Duration::from_secs(60));
@@ -153,7 +153,7 @@ fn hangs(ctx: &mut Ctx) {
     enqueue_lines(&ctx.url, "1\nhang\n2\n3\n", &["--max-attempts", "1"]);
     let program = python(
         "import time\ndef handle(job):\n    if job['payload'] == 'hang':\n        \
-         time.sleep(3600)\n    return 'ok'\nworker.run(handle)",
+         time.sleep(3600)\n    return 'ok'\nresident.run(handle)",
     );
     let master = fleet(
         ctx,
@@ -177,7 +177,7 @@ fn max_jobs_and_output(ctx: &mut Ctx) {
     enqueue_lines(&ctx.url, &lines(100), &[]);
     let program = python(
         "def handle(job):\n    print('said between answers', job['payload'], flush=True)\n    \
-         return str(os.getpid())\nworker.run(handle)",
+         return str(os.getpid())\nresident.run(handle)",
     );
     let mut args = vec![
         "--procs",
@@ -215,7 +215,7 @@ fn environment(ctx: &mut Ctx) {
         "import json\ndef handle(job):\n    fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n    \
          return json.dumps({'fds': fds, 'channel': int(os.environ['PREFORK_WORKER_FD']), 'pid': os.getpid(),\n        \
          'app': os.environ.get('PGAPPNAME'), 'protocol': os.environ.get('PREFORK_PROTOCOL')})\n\
-         worker.run(handle)",
+         resident.run(handle)",
     );
     let master = fleet(ctx, &["--procs", "1", "--threads", "1"], &program);
     wait_finished(&mut obs, Duration::from_secs(30));
@@ -324,7 +324,8 @@ fn master_running(master: &Master) -> bool {
 fn master_killed(ctx: &mut Ctx) {
     let mut obs = reset(&ctx.url);
     enqueue_lines(&ctx.url, "1\n2\n3\n4\n", &[]);
-    let program = python("import time\ndef handle(job):\n    time.sleep(3600)\nworker.run(handle)");
+    let program =
+        python("import time\ndef handle(job):\n    time.sleep(3600)\nresident.run(handle)");
     let master = fleet(
         ctx,
         &[
@@ -377,7 +378,7 @@ fn leftover_backend(ctx: &mut Ctx) {
     let program = python(
         "import subprocess, time\ndef handle(job):\n    \
          subprocess.Popen(['psql', os.environ['DATABASE_URL'], '-qc', 'SELECT pg_sleep(3600)'])\n    \
-         time.sleep(3600)\nworker.run(handle)",
+         time.sleep(3600)\nresident.run(handle)",
     );
     let master = fleet(
         ctx,
@@ -416,7 +417,7 @@ fn program_memory(ctx: &mut Ctx) {
     enqueue_lines(&ctx.url, &lines(40), &[]);
     let program = python(
         "import time\nballast = b'x' * (40 * 1024 * 1024)\ndef handle(job):\n    \
-         time.sleep(0.1)\n    return str(os.getpid())\nworker.run(handle)",
+         time.sleep(0.1)\n    return str(os.getpid())\nresident.run(handle)",
     );
     let mut args = vec![
         "--procs",
@@ -452,7 +453,7 @@ fn program_memory(ctx: &mut Ctx) {
 fn node_example(ctx: &mut Ctx) {
     let mut obs = reset(&ctx.url);
     enqueue_lines(&ctx.url, &lines(2000), &[]);
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/workers/worker.js");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/resident/resident.js");
     let master = fleet(
         ctx,
         &["--procs", "2", "--threads", "4"],
