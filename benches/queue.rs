@@ -248,7 +248,7 @@ fn main() {
     let claim_complete = "\\set owner random(1, 1000000)\n\
         SELECT array_agg(job_id) AS ids, array_agg(job_attempt) AS attempts, \
                array_agg(job_payload) AS payloads \
-          FROM prefork.claim('default', 8, 'bench/' || :owner, 300) \\gset\n\
+          FROM prefork.claim(ARRAY['default'], 8, 'bench/' || :owner, 300) \\gset\n\
         SELECT prefork.run_sql('SELECT $1', 'bench/' || :owner, :ids::int8[], :attempts::int[], \
                                :payloads::text[], true);\n";
     let pg48 = pgbench(&cluster, claim_complete, 32, 10).map(|tps| tps * 8.0);

@@ -454,7 +454,7 @@ fn drain_by_others(ctx: &mut Ctx) {
     let id: i64 = obs
         .client()
         .query_one(
-            "SELECT job_id FROM prefork.claim('default', 1, 'elsewhere:1/0', 600)",
+            "SELECT job_id FROM prefork.claim(ARRAY['default'], 1, 'elsewhere:1/0', 600)",
             &[],
         )
         .unwrap()
@@ -485,7 +485,8 @@ fn drain_by_others(ctx: &mut Ctx) {
     );
     obs.client()
         .execute(
-            "SELECT prefork.complete('elsewhere:1/0', ARRAY[$1::int8], ARRAY[true], ARRAY['ran elsewhere'])",
+            "SELECT prefork.complete('elsewhere:1/0', ARRAY[$1::int8], ARRAY[1], ARRAY[true],
+                                     ARRAY['ran elsewhere'], true)",
             &[&id],
         )
         .unwrap();

@@ -21,7 +21,7 @@
 //!
 //! | module | what it is |
 //! |---|---|
-//! | `schema` | the schema's name, the queue names it accepts, the migrations |
+//! | `schema` | the schema's name, the queue names it accepts; its migrations and functions as SQL files |
 //! | [`admin`] | looking at jobs, retrying and cancelling them (`prefork jobs`) |
 //! | [`schedule`] | jobs queued on a cron expression, each tick exactly once |
 //! | `store` | every statement the queue runs |

@@ -400,7 +400,7 @@ pub(crate) struct Finished {
 
 /// Records the outcomes of finished jobs, of any number of claims, in one
 /// statement: done (moved to the finished jobs, or with `keep` false only
-/// deleted), or queued again after a backoff (0.2 s x 4^(attempt-1), at
+/// deleted), or queued again after a backoff (`retry_delay`: 0.2 s x 4^(attempt-1), at
 /// most an hour), or failed after the last attempt. A job its claim no
 /// longer holds at the attempt it claimed (its lease was taken over) is
 /// left alone. Returns how many it recorded.
@@ -1027,7 +1027,7 @@ pub fn live_children(
 
 #[cfg(all(test, feature = "cluster"))]
 mod tests {
-    use super::super::schema::migrate_to;
+    use super::super::schema::at_version;
     use super::*;
     use crate::cluster::TempCluster;
 
@@ -1115,7 +1115,7 @@ mod tests {
         let cluster = TempCluster::start().unwrap();
         let mut client = Client::connect(&cluster.connection_string(), postgres::NoTls).unwrap();
         let schema = Schema::new("upgrade").unwrap();
-        migrate_to(&mut client, &schema, 3).unwrap();
+        at_version(&mut client, &schema, 3);
         client
             .batch_execute(
                 "INSERT INTO upgrade.jobs (queue, payload, state, finished_at)

@@ -1,0 +1,46 @@
+-- Claims up to p_limit runnable jobs of the queues, in the order given,
+-- for p_owner, leased for p_lease seconds.
+--
+-- Claims of a queue take turns on a transaction-level advisory lock per
+-- queue (which PgBouncer's transaction pooling keeps), taken in name
+-- order so two fleets working the same queues in other orders cannot
+-- deadlock: a claim never meets another's rows in flight, and updates
+-- what it picked without locking it first (migration 10). In each queue
+-- it walks the priority levels that have queued jobs, one ordered index
+-- descent each (`ORDER BY priority LIMIT 1`, not `min()`, which a table
+-- not yet analysed planned as a scan of the whole backlog: migration 14),
+-- and in each level the due jobs oldest first. A row another session
+-- changed after this statement's snapshot has another tuple id by then:
+-- take_picked skips it, and the claim returns one job fewer.
+CREATE OR REPLACE FUNCTION {s}.claim(p_queues text[], p_limit int, p_owner text, p_lease float8)
+RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
+               job_priority int, job_timeout float8, job_max_attempts int)
+LANGUAGE plpgsql AS $f$
+DECLARE
+    picked tid[] := '{}';
+    q text;
+    level int;
+BEGIN
+    -- Commit without waiting for the WAL flush: see claim() in store.rs.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    FOR q IN SELECT DISTINCT u.q FROM unnest(p_queues) AS u(q) ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(hashtext('{s}.claim'), hashtext(q));
+    END LOOP;
+    FOREACH q IN ARRAY p_queues LOOP
+        level := -1;
+        LOOP
+            level := (SELECT k.priority FROM {s}.jobs_live AS k
+                      WHERE k.queue = q AND k.state = 'queued' AND k.priority > level
+                      ORDER BY k.priority LIMIT 1);
+            EXIT WHEN level IS NULL;
+            picked := picked || ARRAY(
+                SELECT k.ctid FROM {s}.jobs_live AS k
+                WHERE k.queue = q AND k.state = 'queued' AND k.priority = level
+                  AND k.run_at <= now()
+                ORDER BY k.run_at, k.id LIMIT p_limit - cardinality(picked));
+            EXIT WHEN cardinality(picked) >= p_limit;
+        END LOOP;
+        EXIT WHEN cardinality(picked) >= p_limit;
+    END LOOP;
+    RETURN QUERY SELECT * FROM {s}.take_picked(picked, p_queues, p_owner, p_lease);
+END $f$;

@@ -1,0 +1,75 @@
+-- The outcomes of jobs of any number of claims, each job's owner stamp
+-- beside it, in one statement: a child's workers record together (see
+-- completions.rs). Failed attempts with attempts left, not cancelled, are
+-- queued again after a backoff, the attempt's error kept; done jobs, and
+-- failed or cancelled ones out of attempts, move to jobs_finished (done
+-- ones are only deleted without history, p_keep false). Jobs no longer
+-- held by that owner at that attempt are left alone. Returns how many it
+-- recorded.
+--
+-- Every statement names the batch's ids (`id = ANY`), which only an index
+-- scan of the primary key answers, and the join to the outcomes hashes
+-- (no nested loops): the planner, estimating one outcome row, nested a
+-- rescan of them inside each job (migration 9).
+CREATE OR REPLACE FUNCTION {s}.complete_jobs(p_owners text[], p_ids int8[], p_attempts int[],
+                                             p_oks bool[], p_texts text[], p_keep bool)
+RETURNS int8 LANGUAGE plpgsql SET enable_nestloop = off AS $f$
+DECLARE
+    requeued int8 := 0;
+    gone int8 := 0;
+    moved int8;
+BEGIN
+    -- Failed attempts with attempts left, not cancelled: queued again
+    -- after a backoff, the attempt's error kept.
+    IF NOT true = ALL(p_oks) THEN
+        UPDATE {s}.jobs_live AS j SET
+            state = 'queued', last_error = o.text,
+            errors = j.errors || jsonb_build_object('attempt', j.attempts, 'error', o.text,
+                                                    'at', now(), 'by', j.locked_by),
+            run_at = now() + {s}.retry_delay(j.attempts),
+            locked_by = NULL, locked_until = NULL
+        FROM unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
+             AS o(owner, id, attempt, ok, text)
+        WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+          AND j.locked_by = o.owner AND j.state = 'running' AND NOT o.ok
+          AND j.attempts < j.max_attempts AND NOT j.cancel_requested;
+        GET DIAGNOSTICS requeued = ROW_COUNT;
+    END IF;
+    IF NOT p_keep THEN
+        DELETE FROM {s}.jobs_live AS j
+        USING unnest(p_owners, p_ids, p_attempts, p_oks) AS o(owner, id, attempt, ok)
+        WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+          AND j.locked_by = o.owner AND j.state = 'running' AND o.ok;
+        GET DIAGNOSTICS gone = ROW_COUNT;
+        IF requeued + gone = cardinality(p_ids) THEN
+            RETURN requeued + gone;
+        END IF;
+    END IF;
+    WITH finished AS (
+        DELETE FROM {s}.jobs_live AS j
+        USING unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
+              AS o(owner, id, attempt, ok, text)
+        WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
+          AND j.locked_by = o.owner AND j.state = 'running'
+          AND (o.ok OR j.attempts >= j.max_attempts OR j.cancel_requested)
+        RETURNING j.*, o.ok, o.text
+    )
+    INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
+                                   run_at, locked_by, result, last_error, created_at,
+                                   finished_at, priority, unique_key, timeout, errors,
+                                   cancel_requested)
+    SELECT f.id, f.queue, f.payload,
+           CASE WHEN f.ok THEN 'done' WHEN f.cancel_requested THEN 'cancelled'
+                ELSE 'failed' END,
+           f.attempts, f.max_attempts, f.run_at, f.locked_by,
+           CASE WHEN f.ok THEN f.text ELSE f.result END,
+           CASE WHEN f.ok THEN f.last_error ELSE f.text END,
+           f.created_at, now(), f.priority, f.unique_key, f.timeout,
+           CASE WHEN f.ok THEN f.errors
+                ELSE f.errors || jsonb_build_object('attempt', f.attempts, 'error', f.text,
+                                                    'at', now(), 'by', f.locked_by) END,
+           f.cancel_requested
+    FROM finished AS f;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN requeued + gone + moved;
+END $f$;

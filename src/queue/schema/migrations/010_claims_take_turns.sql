@@ -1,0 +1,19 @@
+-- Migration 10: one claim of a queue at a time. Claims that ran together each
+-- walked the rows the others had locked and not yet committed: a
+-- SKIP LOCKED try per row, and a lock record in the WAL for each row
+-- it took before updating it. Claims now take turns on a
+-- transaction-level advisory lock per queue (which PgBouncer's
+-- transaction pooling keeps), so a claim never meets another's rows
+-- in flight, and updates what it picked without locking it first.
+--
+-- Without the row locks, a row that another session updated after
+-- this statement's snapshot (a release, a cancel) is found changed by
+-- the update, which then rechecks it in its newest version: that
+-- version has another tuple id, so the update skips it. The claim
+-- returns fewer jobs than it picked, and never a job that is no longer
+-- queued.
+--
+-- (Its functions are defined in ../functions/, applied after the
+-- migrations whenever the version changes.)
+
+-- Nothing but functions: see ../functions/.
