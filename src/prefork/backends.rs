@@ -1,6 +1,7 @@
 //! The master's database duties: checking, before it starts, that the fleet
 //! fits in the server's free connection slots, and ending the backends that
-//! children which died abruptly left behind.
+//! children which died abruptly left behind (and, for a worker, those of a
+//! resident program it killed).
 //!
 //! Both use the master's own connection and close it again at once: the
 //! master forks next, and the fork guard refuses with a connection open.
@@ -38,16 +39,25 @@ pub(super) fn check_slots(settings: &Settings) -> Result<(), PreforkError> {
 
 /// Ends the backends of the children `pids`, so that no lock holder of a
 /// dead child lingers "idle in transaction"; returns how many it ended.
+/// The master's connection is closed again: it forks next.
 pub(super) fn end_leftovers(pids: &[Pid]) -> Result<usize, crate::Error> {
-    let names: Vec<String> = pids.iter().map(|p| application_name("child", *p)).collect();
-    let ended = crate::with_client(|c| {
+    let ended = end_backends("child", pids);
+    crate::close_all();
+    ended
+}
+
+/// Ends the backends that processes `pids` of `role` (`child`, `program`)
+/// left, found by their `application_name` ([`application_name`]): what
+/// a dead child, or a resident program that was killed, leaves behind.
+/// Returns how many it ended.
+pub(crate) fn end_backends(role: &str, pids: &[Pid]) -> Result<usize, crate::Error> {
+    let names: Vec<String> = pids.iter().map(|p| application_name(role, *p)).collect();
+    crate::with_client(|c| {
         let rows = c.query_typed(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE application_name = ANY($1) AND pid <> pg_backend_pid()",
             &[(&names, Type::TEXT_ARRAY)],
         )?;
         Ok(rows.len())
-    });
-    crate::close_all();
-    ended
+    })
 }

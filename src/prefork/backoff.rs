@@ -1,4 +1,6 @@
-//! When to start a worker slot's next child after its last one died.
+//! When to start a worker slot's next child after its last one died, and
+//! a worker's next resident program after its last one failed: one
+//! schedule for both ([`restart_delay`]), with a cap each.
 //!
 //! The first death restarts at once. A child that dies young again and
 //! again is restarted after an exponentially growing delay, capped, so a
@@ -14,7 +16,22 @@ use std::time::Duration;
 /// is ready, "died young".
 pub(crate) const YOUNG: Duration = Duration::from_secs(2);
 const BASE: Duration = Duration::from_millis(100);
+/// The longest wait before a slot's next child.
 const CAP: Duration = Duration::from_secs(5);
+/// The longest wait before a worker's next resident program: longer than
+/// a child's, since the worker hands its jobs back meanwhile and the fleet
+/// goes on without it.
+pub(crate) const PROGRAM_CAP: Duration = Duration::from_secs(10);
+
+/// How long to wait before the next start after `failures` in a row: none
+/// after the first (one crash, one bad job, costs nothing more), then
+/// 100 ms, doubling, at most `cap`.
+pub(crate) fn restart_delay(failures: u32, cap: Duration) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => BASE.saturating_mul(1 << (n - 2).min(16)).min(cap),
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Backoff {
@@ -35,10 +52,7 @@ impl Backoff {
             return Duration::ZERO;
         }
         self.young_deaths += 1;
-        match self.young_deaths {
-            1 => Duration::ZERO,
-            n => BASE.saturating_mul(1 << (n - 2).min(16)).min(CAP),
-        }
+        restart_delay(self.young_deaths, CAP)
     }
 
     /// A child of this slot has lived long enough: forget past deaths.

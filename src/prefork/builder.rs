@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::app::{App, Report};
 use super::board::MAX_THREADS;
 use super::error::PreforkError;
+use super::memory::MemoryLimits;
 use super::settings::{ConnectionBounds, Settings};
 use super::supervise;
 #[cfg(doc)]
@@ -39,9 +40,7 @@ impl Prefork {
                 max_requests_jitter: 0,
                 max_lifetime: None,
                 max_lifetime_jitter: Duration::ZERO,
-                reload_on_rss: None,
-                max_memory: None,
-                max_memory_readings: 3,
+                memory: MemoryLimits::default(),
                 crash_limit: None,
                 strict: false,
                 pidfile: None,
@@ -130,7 +129,7 @@ impl Prefork {
     /// Recycle a child whose resident memory exceeds this many megabytes.
     /// Default: never.
     pub fn reload_on_rss(mut self, megabytes: Option<u64>) -> Prefork {
-        self.settings.reload_on_rss = megabytes.filter(|n| *n > 0);
+        self.settings.memory.rss = MemoryLimits::from_megabytes(megabytes, None, 1).rss;
         self
     }
 
@@ -145,8 +144,9 @@ impl Prefork {
     /// If `readings` is 0.
     pub fn max_memory(mut self, megabytes: Option<u64>, readings: u32) -> Prefork {
         assert!(readings > 0, "max_memory needs at least one reading");
-        self.settings.max_memory = megabytes.filter(|n| *n > 0);
-        self.settings.max_memory_readings = readings;
+        let limits = MemoryLimits::from_megabytes(None, megabytes, readings);
+        self.settings.memory.pss = limits.pss;
+        self.settings.memory.readings = limits.readings;
         self
     }
 

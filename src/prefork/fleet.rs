@@ -23,6 +23,7 @@ use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
 use super::error::PreforkError;
 use super::exit::ExitReason;
+use super::memory::PssReadings;
 use super::metrics::MAX_COUNTERS;
 use super::notify::Health;
 use super::program::kill_grace;
@@ -105,8 +106,8 @@ struct Child {
     faulted: bool,
     max_requests: Option<u64>,
     max_lifetime: Option<Duration>,
-    /// Consecutive readings of its PSS over `--max-memory`.
-    over_memory: u32,
+    /// Its readings of PSS over `--max-memory` in a row.
+    pss: PssReadings,
 }
 
 #[derive(Clone, Copy)]
@@ -565,18 +566,16 @@ impl Fleet {
 
     /// Marks children for replacement by job count, age or memory.
     fn check_recycling(&mut self, now: Now, fx: &mut impl Effects) {
-        let rss_limit = self.settings.reload_on_rss.map(|mb| mb * 1024 * 1024);
+        let limits = self.settings.memory;
         // PSS walks every mapping of the child: read once a second, not
         // every turn.
-        let pss_limit = self.settings.max_memory.map(|mb| mb * 1024 * 1024);
-        let read_pss = pss_limit.is_some()
+        let read_pss = limits.pss.is_some()
             && self
                 .memory_read_at
                 .is_none_or(|t| now.at.saturating_duration_since(t) >= MEMORY_READ_EVERY);
         if read_pss {
             self.memory_read_at = Some(now.at);
         }
-        let readings = self.settings.max_memory_readings;
         for child in &mut self.children {
             if child.stop.is_some() || child.ready_at.is_none() {
                 continue;
@@ -593,17 +592,13 @@ impl Fleet {
             if child.replaces.is_some() || child.retire.is_some() {
                 continue;
             }
-            if let (true, Some(limit)) = (read_pss, pss_limit) {
-                let over = fx.proportional_bytes(child.pid).is_some_and(|p| p >= limit);
-                child.over_memory = if over { child.over_memory + 1 } else { 0 };
-            }
+            let pss_over = read_pss && child.pss.read(&limits, fx.proportional_bytes(child.pid));
             child.retire = if child.max_requests.is_some_and(|max| jobs >= max) {
                 Some(ExitReason::RecycledRequests)
             } else if child.max_lifetime.is_some_and(|max| age >= max) {
                 Some(ExitReason::RecycledLifetime)
-            } else if rss_limit
-                .is_some_and(|limit| fx.resident_bytes(child.pid).is_some_and(|r| r >= limit))
-                || child.over_memory >= readings
+            } else if pss_over
+                || (limits.rss.is_some() && limits.rss_over(fx.resident_bytes(child.pid)))
             {
                 Some(ExitReason::RecycledMemory)
             } else {
@@ -722,7 +717,7 @@ impl Fleet {
             faulted: false,
             max_requests,
             max_lifetime,
-            over_memory: 0,
+            pss: PssReadings::default(),
         });
         Ok(())
     }

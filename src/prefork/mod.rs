@@ -70,7 +70,8 @@
 //! | `status` | the status endpoint: `/metrics`, `/status`, `/livez`, `/readyz`, served from the master's loop |
 //! | `metrics` | the app's counters and histograms ([`Metrics`]), kept on the scoreboards and summed by the master |
 //! | `notify` | systemd's notifications (`READY`, `RELOADING`, `STOPPING`, `WATCHDOG`) |
-//! | `backoff` | when a slot's next child starts after its last one died |
+//! | `backoff` | when a slot's next child (or a worker's next resident program) starts after its last one died |
+//! | `memory` | the memory limits children and resident programs are held to ([`MemoryLimits`]) |
 //! | `backends` | the master's database duties: the slot check, dead children's backends |
 //! | `pidfile` | the master's pidfile, held with `flock` |
 //! | `title` | process titles |
@@ -85,6 +86,7 @@ mod child;
 mod error;
 mod exit;
 mod fleet;
+mod memory;
 mod metrics;
 mod notify;
 mod pidfile;
@@ -97,11 +99,15 @@ mod title;
 mod worker;
 
 pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, LostChild, Report};
+pub(crate) use backends::end_backends;
+pub(crate) use backoff::{PROGRAM_CAP, restart_delay};
 pub use board::MAX_THREADS;
 pub use board::RunningProgram;
 pub use builder::Prefork;
 pub use error::PreforkError;
 pub use exit::ExitReason;
+pub use memory::MemoryLimits;
+pub(crate) use memory::PssReadings;
 pub use metrics::{Counted, Counter, Histogram, MAX_COUNTERS, Metrics};
 pub use program::Program;
 pub(crate) use program::kill_grace;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::memory::MemoryLimits;
 use super::status::addr::StatusAddr;
 
 /// How long a worker may stay in one unit of work that may take `budget`
@@ -40,9 +41,8 @@ pub(crate) struct Settings {
     pub(crate) max_requests_jitter: u64,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) max_lifetime_jitter: Duration,
-    pub(crate) reload_on_rss: Option<u64>,
-    pub(crate) max_memory: Option<u64>,
-    pub(crate) max_memory_readings: u32,
+    /// `--reload-on-rss` and `--max-memory`, in bytes.
+    pub(crate) memory: MemoryLimits,
     pub(crate) crash_limit: Option<u32>,
     pub(crate) strict: bool,
     pub(crate) pidfile: Option<PathBuf>,
@@ -63,9 +63,9 @@ impl Settings {
             "graceful_timeout_seconds": self.graceful_timeout.as_secs_f64(),
             "max_requests": self.max_requests,
             "max_lifetime_seconds": secs(self.max_lifetime),
-            "reload_on_rss_megabytes": self.reload_on_rss,
-            "max_memory_megabytes": self.max_memory,
-            "max_memory_readings": self.max_memory_readings,
+            "reload_on_rss_megabytes": self.memory.rss.map(|b| b / (1024 * 1024)),
+            "max_memory_megabytes": self.memory.pss.map(|b| b / (1024 * 1024)),
+            "max_memory_readings": self.memory.readings,
             "crash_limit": self.crash_limit,
             "status_addr": self.status_addr.as_ref().map(ToString::to_string),
             "min_ready": self.min_ready,

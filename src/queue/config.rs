@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::schema::Schema;
+use crate::prefork::MemoryLimits;
 
 /// Settings of a [`QueueApp`](super::QueueApp).
 #[derive(Debug, Clone)]
@@ -64,18 +65,6 @@ pub struct QueueConfig {
     /// The memory limits a [`Handler::Resident`](super::Handler::Resident) program is held to, as a
     /// child is (`--max-memory`, `--reload-on-rss`). Default: none.
     pub resident_memory: MemoryLimits,
-}
-
-/// Memory limits for a long-lived program: it is started afresh past them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MemoryLimits {
-    /// Proportional memory (PSS), in bytes, over which it is recycled after
-    /// `readings` consecutive readings a second apart.
-    pub pss: Option<u64>,
-    /// Consecutive readings over `pss` (at least 1).
-    pub readings: u32,
-    /// Resident memory (RSS), in bytes, over which it is recycled at once.
-    pub rss: Option<u64>,
 }
 
 impl QueueConfig {

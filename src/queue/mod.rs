@@ -56,7 +56,7 @@ mod store;
 mod stranded;
 
 pub use app::{QueueApp, QueueChild};
-pub use config::{MemoryLimits, QueueConfig};
+pub use config::QueueConfig;
 pub use master::FleetStats;
 pub use metrics::FinishedJobs;
 pub use runner::{Handler, RustHandler};

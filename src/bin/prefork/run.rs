@@ -125,11 +125,11 @@ pub(crate) fn fleet_main(args: FleetArgs, program: Option<config::Program>) -> R
         rescue_after: args.rescue_after.0,
         resident_max_jobs: args.worker_max_jobs,
         resident_boot_timeout: args.boot_timeout,
-        resident_memory: queue::MemoryLimits {
-            pss: args.max_memory.map(|mb| mb * 1024 * 1024),
-            readings: args.max_memory_readings,
-            rss: args.reload_on_rss.map(|mb| mb * 1024 * 1024),
-        },
+        resident_memory: fork_safe::prefork::MemoryLimits::from_megabytes(
+            args.reload_on_rss,
+            args.max_memory,
+            args.max_memory_readings,
+        ),
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),

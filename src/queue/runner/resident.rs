@@ -39,7 +39,7 @@
 //! 4. **It cannot start** (not found, exits or never says ready within
 //!    `--boot-timeout`): the job is handed back unstarted (no attempt is
 //!    spent on a broken deploy), and the worker waits before the next try,
-//!    longer each time (at most [`MAX_BACKOFF`]), saying so in the log.
+//!    longer each time (`prefork::backoff`'s schedule, at most 10 s), saying so in the log.
 //! 5. **`--worker-max-jobs`.** After that many jobs the program is ended
 //!    (as at a stop) and the next job starts a fresh copy.
 //! 6. **Stop.** The channel's write side is shut down and the program given
@@ -67,10 +67,12 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::{Value, json};
 
 use super::{Context, Needs, Ran, Runner, batch_label, own_limit};
-use crate::prefork::{Program, Worker, kill_grace};
+use crate::prefork::{
+    MemoryLimits, PROGRAM_CAP, Program, PssReadings, Worker, kill_grace, restart_delay,
+};
+use crate::queue::Job;
 use crate::queue::metrics::Verdict;
 use crate::queue::prefetch::{Batch, Sizing};
-use crate::queue::{Job, MemoryLimits};
 
 /// Outcomes are recorded with the child's others; the worker holds its
 /// program to each job's limit itself.
@@ -107,9 +109,6 @@ const RECYCLE_EXIT: Duration = Duration::from_secs(10);
 /// The end of a program's stderr kept for a failed attempt's error.
 const STDERR_TAIL: usize = 4 * 1024;
 
-/// The longest wait between two tries to start a program that fails to.
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
 /// How a job fared in a program.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Fared {
@@ -128,7 +127,7 @@ pub(super) struct Resident<'w> {
     max_jobs: Option<u64>,
     memory: MemoryLimits,
     /// Readings over `memory.pss` in a row, and when the last was taken.
-    over_memory: u32,
+    pss: PssReadings,
     memory_read_at: Option<Instant>,
     /// The program running now, if any.
     running: Option<Running<'w>>,
@@ -137,16 +136,6 @@ pub(super) struct Resident<'w> {
     /// may start: at once after one failure, then later each time.
     failures: u32,
     next_start: Instant,
-}
-
-/// How long to wait before the next start after `failures` in a row: none
-/// after the first (a crash on one bad job costs nothing more), then 100
-/// ms, doubling, at most [`MAX_BACKOFF`].
-fn backoff_after(failures: u32) -> Duration {
-    match failures {
-        0 | 1 => Duration::ZERO,
-        n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 2)).min(MAX_BACKOFF),
-    }
 }
 
 struct Running<'w> {
@@ -168,7 +157,7 @@ impl<'w> Resident<'w> {
             boot_timeout,
             max_jobs,
             memory,
-            over_memory: 0,
+            pss: PssReadings::default(),
             memory_read_at: None,
             running: None,
             failures: 0,
@@ -222,7 +211,7 @@ impl<'w> Resident<'w> {
             return;
         };
         let limits = self.memory;
-        if limits.pss.is_none() && limits.rss.is_none() {
+        if !limits.any() {
             return;
         }
         if self
@@ -233,27 +222,19 @@ impl<'w> Resident<'w> {
         }
         self.memory_read_at = Some(Instant::now());
         let pid = running.program.id();
-        let rss = limits
-            .rss
-            .and_then(|limit| Some((crate::procfs::resident_bytes(pid)?, limit)))
-            .filter(|(bytes, limit)| bytes >= limit);
+        let rss = limits.rss.and_then(|_| crate::procfs::resident_bytes(pid));
         let pss = limits
             .pss
-            .and_then(|limit| Some((crate::procfs::proportional_bytes(pid)?, limit)))
-            .filter(|(bytes, limit)| bytes >= limit);
-        self.over_memory = if pss.is_some() {
-            self.over_memory + 1
+            .and_then(|_| crate::procfs::proportional_bytes(pid));
+        let pss_over = self.pss.read(&limits, pss);
+        let over = if limits.rss_over(rss) {
+            Some(("resident", rss, limits.rss))
+        } else if pss_over {
+            Some(("proportional", pss, limits.pss))
         } else {
-            0
+            None
         };
-        let over = match (rss, pss) {
-            (Some((bytes, limit)), _) => Some(("resident", bytes, limit)),
-            (None, Some((bytes, limit))) if self.over_memory >= limits.readings.max(1) => {
-                Some(("proportional", bytes, limit))
-            }
-            _ => None,
-        };
-        if let Some((kind, bytes, limit)) = over {
+        if let Some((kind, Some(bytes), Some(limit))) = over {
             log::info!(
                 "child {} worker {}: resident program {pid} recycled: {kind} memory {} MB over {} MB",
                 worker.child_index(),
@@ -261,7 +242,7 @@ impl<'w> Resident<'w> {
                 bytes / (1024 * 1024),
                 limit / (1024 * 1024)
             );
-            self.over_memory = 0;
+            self.pss.reset();
             self.end(worker, Some(RECYCLE_EXIT));
         }
     }
@@ -498,7 +479,7 @@ impl<'w> Resident<'w> {
     /// Counts a failure in a row; the wait before the next start.
     fn failed(&mut self) -> Duration {
         self.failures += 1;
-        let backoff = backoff_after(self.failures);
+        let backoff = restart_delay(self.failures, PROGRAM_CAP);
         self.next_start = Instant::now() + backoff;
         backoff
     }
@@ -518,19 +499,10 @@ impl<'w> Resident<'w> {
 
 /// Ends the backends the program `program` left (by its `PGAPPNAME`).
 fn end_backends(program: crate::Pid) {
-    let name = crate::application_name("program", program);
-    let ended = crate::with_client(|client| {
-        let rows = client.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE application_name = $1",
-            &[&name],
-        )?;
-        Ok(rows.len())
-    });
-    match ended {
+    match crate::prefork::end_backends("program", &[program]) {
         Ok(0) => {}
-        Ok(n) => log::warn!("ended {n} backend(s) left by a resident program ({name})"),
-        Err(e) => log::warn!("could not end the backends of {name}: {e}"),
+        Ok(n) => log::warn!("ended {n} backend(s) left by resident program {program}"),
+        Err(e) => log::warn!("could not end the backends of resident program {program}: {e}"),
     }
 }
 
@@ -726,7 +698,7 @@ mod tests {
     #[test]
     fn restarts_wait_longer_after_each_failure_in_a_row() {
         let waits: Vec<u64> = (1..=10)
-            .map(|n| backoff_after(n).as_millis() as u64)
+            .map(|n| restart_delay(n, PROGRAM_CAP).as_millis() as u64)
             .collect();
         assert_eq!(
             waits,
