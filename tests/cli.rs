@@ -107,6 +107,9 @@ fn bad_input(ctx: &mut Ctx) {
         &["enqueue", "x", "--run-at", "not a time"],
         &["enqueue", "x", "--count", "0"],
         &["--no-such-flag"],
+        &["--procs", "2", "status"],
+        &["--threads", "2", "--sql", "SELECT 1", "enqueue", "x"],
+        &["status", "--procs", "2"],
     ];
     for args in cases {
         let out = run(ctx, args);
@@ -122,6 +125,7 @@ fn bad_input(ctx: &mut Ctx) {
         assert!(err.contains(what), "{args:?}: {err} does not name {what:?}");
     };
     named(&["enqueue"], "<PAYLOAD>");
+    named(&["--procs", "2", "status"], "--procs");
     named(&["--sql", "SELECT $2::int"], "$2");
     named(
         &[

@@ -80,7 +80,8 @@ fn priorities_and_queues(ctx: &mut Ctx) {
     let backlog: String = (1..=200).map(|i| format!("low{i}\n")).collect();
     cli::enqueue_lines(&ctx.url, &backlog, &["--queue", "a", "--priority", "5"]);
     for i in 1..=3 {
-        ok(ctx, &["enqueue", &format!("b{i}"), "--queue", "b"]);
+        // The options every command takes go before the subcommand too.
+        ok(ctx, &["--queue", "b", "enqueue", &format!("b{i}")]);
         ok(ctx, &["enqueue", &format!("urgent{i}"), "--queue", "a"]);
         ok(
             ctx,

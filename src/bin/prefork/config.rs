@@ -250,7 +250,7 @@ pub fn report(
         let Some(long) = arg.get_long() else {
             continue;
         };
-        if NOT_SETTINGS.contains(&id) {
+        if NOT_SETTINGS.contains(&id) || PROGRAMS.contains(&id) {
             continue;
         }
         let values: Vec<String> = matches

@@ -37,7 +37,10 @@ const USAGE: u8 = 2;
 /// program per job) or `--worker PROGRAM [ARGS...]` (each worker runs
 /// PROGRAM as its resident program: loaded once, fed one job at a time;
 /// see the README's protocol); `--exec`
-/// and `--worker` take everything after them, so put them last. With no database
+/// and `--worker` take everything after them, so put them last. The
+/// subcommands take the options every command takes (`--config`,
+/// `--database-url`, `--schema`, `--queue`, `--log-format`) before or after
+/// their name, and none of the fleet's others. With no database
 /// configured at all (no --database-url, DATABASE_URL, PGHOST or
 /// PGDATABASE) the fleet runs on a throwaway PostgreSQL cluster. Settings
 /// may come from a TOML file (`--config`): a flag beats its environment
@@ -46,7 +49,7 @@ const USAGE: u8 = 2;
 #[command(
     name = "prefork",
     version,
-    args_conflicts_with_subcommands = true,
+    override_usage = USAGE_LINES,
     after_help = EXAMPLES
 )]
 struct Cli {
@@ -102,6 +105,11 @@ enum Command {
     Man(manual::ManArgs),
 }
 
+/// The two ways to run `prefork`: a fleet, or a command.
+const USAGE_LINES: &str = "\
+prefork [OPTIONS] (--sql STATEMENT | --exec PROGRAM [ARGS]... | --worker PROGRAM [ARGS]...)
+       prefork [--config FILE] [--database-url URL] [--schema NAME] [--queue NAME] <COMMAND>";
+
 /// `--help`'s closing examples.
 const EXAMPLES: &str = "\
 Examples:
@@ -147,6 +155,16 @@ struct FleetArgs {
     /// Run each job's payload as $1 of this SQL statement (a text parameter).
     #[arg(long, env = "PREFORK_SQL")]
     sql: Option<String>,
+    /// Run PROGRAM [ARGS...] once per job, the payload on its standard
+    /// input; exit 0 is done, anything else fails the job. Takes everything
+    /// after it: put it last.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM")]
+    exec: Option<Vec<String>>,
+    /// Each worker runs PROGRAM [ARGS...] as its resident program: started
+    /// once, fed one job at a time (the README's protocol). Takes everything
+    /// after it: put it last.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM")]
+    worker: Option<Vec<String>>,
     /// Connection max age: a duration, 0 (close after every job) or "forever".
     #[arg(long, env = "PREFORK_MAX_AGE", default_value = "30m", value_parser = parse_max_age)]
     max_age: MaxAge,
@@ -265,22 +283,7 @@ fn runtime(message: impl std::fmt::Display) -> Fail {
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().collect();
-    // `--exec PROGRAM [ARGS...]` or `--worker PROGRAM [ARGS...]`, whichever
-    // comes first, owns everything after it.
-    let program = args
-        .iter()
-        .position(|a| a == "--exec" || a == "--worker")
-        .map(|i| {
-            let rest = args.split_off(i);
-            let flag = if rest[0] == "--worker" {
-                "--worker"
-            } else {
-                "--exec"
-            };
-            config::Program::from_flag(flag, rest[1..].to_vec())
-        });
-    globals_after_subcommand(&mut args);
+    let args: Vec<String> = std::env::args().collect();
     let (mut cli, matches, file) = match parse(&args) {
         Ok(parsed) => parsed,
         Err(code) => return code,
@@ -289,9 +292,9 @@ fn main() -> ExitCode {
     let program = match &mut cli.command {
         Some(Command::Config(fleet)) => {
             let level = matches.subcommand_matches("config").unwrap_or(&matches);
-            handler(fleet, level, program, file.as_ref())
+            handler(fleet, level, file.as_ref())
         }
-        _ => handler(&mut cli.fleet, &matches, program, file.as_ref()),
+        _ => handler(&mut cli.fleet, &matches, file.as_ref()),
     };
     let result = match cli.command {
         Some(Command::Enqueue(args)) => enqueue::enqueue_main(&cli.fleet.db, &args),
@@ -316,41 +319,6 @@ fn main() -> ExitCode {
         Err(Fail(code, message)) => {
             eprintln!("error: {message}");
             ExitCode::from(code)
-        }
-    }
-}
-
-/// Options every command takes, with a value.
-const GLOBAL_OPTIONS: [&str; 5] = [
-    "--config",
-    "--database-url",
-    "--schema",
-    "--queue",
-    "--log-format",
-];
-
-/// Moves the options every command takes from before a subcommand to
-/// after it (`prefork --config f.toml enqueue x` as `prefork enqueue
-/// --config f.toml x`): the fleet's own options conflict with subcommands,
-/// and clap counts a global option given at the top as one of them. Only
-/// when nothing else comes before the subcommand.
-fn globals_after_subcommand(args: &mut Vec<String>) {
-    let command = Cli::command();
-    let mut i = 1;
-    while let Some(arg) = args.get(i) {
-        if GLOBAL_OPTIONS
-            .iter()
-            .any(|o| arg.starts_with(&format!("{o}=")))
-        {
-            i += 1;
-        } else if GLOBAL_OPTIONS.contains(&arg.as_str()) {
-            i += 2;
-        } else {
-            if i > 1 && command.find_subcommand(arg).is_some() {
-                let sub = args.remove(i);
-                args.insert(1, sub);
-            }
-            return;
         }
     }
 }
@@ -380,8 +348,39 @@ fn parse(args: &[String]) -> Result<(Cli, clap::ArgMatches, Option<config::File>
             .try_get_matches_from(args)
             .map_err(clap_exit)?,
     };
+    fleet_options_only_without_subcommand(&matches).map_err(clap_exit)?;
     let cli = Cli::from_arg_matches(&matches).map_err(clap_exit)?;
     Ok((cli, matches, file))
+}
+
+/// Refuses a fleet's option given with a subcommand (`prefork --procs 2
+/// status`): the subcommand would ignore it. The options every command
+/// takes (clap's global ones) may come before the subcommand's name.
+fn fleet_options_only_without_subcommand(matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+    use clap::parser::ValueSource;
+    let Some((name, _)) = matches.subcommand() else {
+        return Ok(());
+    };
+    let mut command = Cli::command();
+    command.build();
+    let given = command.get_arguments().find(|arg| {
+        !arg.is_global_set()
+            && matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+    });
+    match given {
+        None => Ok(()),
+        Some(arg) => {
+            let flag = arg
+                .get_long()
+                .map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}"));
+            Err(command.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "the subcommand '{name}' cannot be used with '{flag}': it is a fleet's option"
+                ),
+            ))
+        }
+    }
 }
 
 /// The handler that takes a program, deciding between the command line's
@@ -390,10 +389,15 @@ fn parse(args: &[String]) -> Result<(Cli, clap::ArgMatches, Option<config::File>
 fn handler(
     fleet: &mut FleetArgs,
     matches: &clap::ArgMatches,
-    given: Option<config::Program>,
     file: Option<&config::File>,
 ) -> Option<config::Program> {
     use clap::parser::ValueSource;
+    // One of the two takes the other with the rest of the line.
+    let given = match (fleet.exec.take(), fleet.worker.take()) {
+        (Some(argv), _) => Some(config::Program::from_flag("--exec", argv)),
+        (None, Some(argv)) => Some(config::Program::from_flag("--worker", argv)),
+        (None, None) => None,
+    };
     let sql_from_file = matches!(
         matches
             .try_get_raw("sql")
