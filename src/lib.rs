@@ -10,7 +10,7 @@
 //! - **Lazy, per-thread connections** ([`with_client`]): a thread opens no
 //!   connection until its first query, then reuses its own. A `Client` is
 //!   never shared between threads.
-//! - **Close on exit** ([`thread::spawn`], [`CloseOnExit`], [`ThreadPool`]):
+//! - **Close on exit** ([`thread::spawn`], [`thread::CloseOnExit`], [`ThreadPool`]):
 //!   a thread that ends, normally or by panic, closes its connections.
 //! - **Recycling at task boundaries** ([`close_old`], run by the pool after
 //!   every task): max age, idle limit, health checks, rollback after a
@@ -23,21 +23,35 @@
 //! Each layer uses only the layers above it in this table (a test,
 //! `tests/layers.rs`, reads the sources and fails on any other import):
 //!
-//! | layer | modules | what it is |
-//! |---|---|---|
-//! | helpers | `procfs`, [`duration`], [`Error`] | every `/proc` read; the one duration grammar; the core's errors |
-//! | connection core | [`conn`] | databases, per-thread connections, the process registry, socket neutralising |
-//! | fork guard | [`fork`](mod@fork) | forks only a single-threaded process with nothing open; the atfork handlers |
-//! | threads | [`pool`] | threads and a pool that close their connections when they end |
-//! | supervision | [`prefork`] | the master: N child processes x M worker threads, supervised |
-//! | job queue | [`queue`] | a PostgreSQL job queue, a [`prefork::App`] |
-//! | launcher | the `prefork` binary (feature `cli`) | the command line over the queue |
+//! | layer | modules | what it is | feature |
+//! |---|---|---|---|
+//! | helpers | `procfs`, [`duration`], `error` | every `/proc` read; the one duration grammar; the core's [`Error`] | |
+//! | connection core | `conn` | databases, per-thread connections ([`with_client`]), the process registry, socket neutralising | |
+//! | fork guard | `fork` | [`fork()`](fork()): forks only a single-threaded process with nothing open; the atfork handlers | |
+//! | threads | `pool` | [`thread`] and [`ThreadPool`]: threads that close their connections when they end | |
+//! | supervision | [`prefork`] | the master: N child processes x M worker threads, supervised | `supervisor` |
+//! | job queue | [`queue`] | a PostgreSQL job queue, a [`prefork::App`] | `queue` |
+//! | launcher | the `prefork` binary | the command line over the queue | `cli` |
 //!
-//! `cluster` (feature `cluster`, on by default) stands aside: throwaway
-//! PostgreSQL clusters for tests, benchmarks and the launcher's default
-//! database. A library user who wants neither the launcher nor clusters
-//! depends on the crate with `default-features = false` and compiles
-//! neither clap nor env_logger.
+//! `cluster` (feature `cluster`) stands aside: throwaway PostgreSQL
+//! clusters for tests, benchmarks and the launcher's default database.
+//!
+//! # Features
+//!
+//! The core (the first four layers) is always built, and its items are at
+//! the crate root; each feature adds a module:
+//!
+//! - `default-features = false`: the core alone, for a program that
+//!   manages its own processes and threads. It depends on postgres, nix,
+//!   libc, log, the TLS stack (rustls) and two small channel crates
+//!   (crossbeam-channel, oneshot).
+//! - `supervisor`: [`prefork`], a master that forks and supervises
+//!   children for a [`prefork::App`] of your own, with its status endpoint.
+//! - `queue` (implies `supervisor`): [`queue`], the job queue, to enqueue
+//!   from a program or run a fleet with Rust handlers.
+//! - `cluster`: throwaway clusters, for tests.
+//! - `cli` (the default; implies `queue` and `cluster`): the `prefork`
+//!   launcher.
 //!
 //! Linux only: the guard counts threads in `/proc/self/stat` and finds
 //! sockets in `/proc/self/fd`.
@@ -98,7 +112,7 @@
 //!    inherited sockets at `/dev/null`.
 //! 4. **Never let a thread-local destructor drop a `Client`.** It aborts the
 //!    process (tokio's context is already gone). Close connections
-//!    explicitly before a thread ends: [`thread::spawn`], [`CloseOnExit`]
+//!    explicitly before a thread ends: [`thread::spawn`], [`thread::CloseOnExit`]
 //!    and the pool do. A thread that ends without doing so has its
 //!    connections adopted by the registry, and the next [`close_all`] or
 //!    [`close_old`] on any thread closes them.
@@ -121,25 +135,29 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
-pub mod conn;
+mod conn;
 pub mod duration;
 mod error;
-pub mod fork;
-pub mod pool;
+mod fork;
+mod pool;
+#[cfg(feature = "supervisor")]
 pub mod prefork;
 mod procfs;
+#[cfg(feature = "queue")]
 pub mod queue;
 
+// The core's items have one path each: here, at the root. The modules that
+// hold them are private; the features' modules are public and re-export
+// nothing of each other's.
 pub use conn::{
-    APPLICATION_NAME_PREFIX, Database, MaxAge, Stats, ThreadStats, application_name, close,
-    close_all, close_old, is_configured, parse_application_name, stats, thread_open_count,
-    with_client, with_client_for,
+    APPLICATION_NAME_PREFIX, Canceller, Database, MaxAge, Stats, ThreadStats, application_name,
+    close, close_all, close_old, is_configured, parse_application_name, stats, thread_open_count,
+    with_client, with_client_cancellable, with_client_for,
 };
 pub use error::Error;
 pub use fork::{Fork, ForkError, fork, install_atfork_handlers, ready_to_fork};
-pub use pool::{ThreadPool, thread};
+pub use pool::{ShutdownTimeout, TaskError, TaskHandle, ThreadPool, ThreadPoolBuilder, thread};
 pub use procfs::Pid;
-pub use thread::CloseOnExit;
 
 /// Configures the process's databases, replacing any earlier configuration.
 ///

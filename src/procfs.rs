@@ -41,12 +41,14 @@ pub(crate) fn thread_count() -> Option<usize> {
 
 /// Where this process's argv strings live (`arg_start` and `arg_end`,
 /// fields 48 and 49 of `stat`).
+#[cfg(feature = "supervisor")]
 pub(crate) fn argv_area() -> Option<(usize, usize)> {
     let stat = Stat::of_self()?;
     Some((stat.field(48)? as usize, stat.field(49)? as usize))
 }
 
 /// Resident memory of process `pid` in bytes (`statm`, second field).
+#[cfg(feature = "supervisor")]
 pub(crate) fn resident_bytes(pid: Pid) -> Option<u64> {
     let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
@@ -61,6 +63,7 @@ pub(crate) fn resident_bytes(pid: Pid) -> Option<u64> {
 /// each page shared with N processes counts 1/N, so the fleet's sum is its
 /// real footprint (resident memory counts pages shared with the master
 /// once in every child).
+#[cfg(feature = "supervisor")]
 pub(crate) fn proportional_bytes(pid: Pid) -> Option<u64> {
     let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
@@ -94,6 +97,7 @@ pub(crate) fn fd_inode(fd: i32) -> Option<u64> {
 /// OOM kills counted in this process's memory cgroup and those below it:
 /// `oom_kill` in cgroup v2's `memory.events`, or in cgroup v1's
 /// `memory.oom_control`; `None` where neither can be read.
+#[cfg(feature = "supervisor")]
 pub(crate) fn cgroup_oom_kills() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let oom_kill = |file: String| -> Option<u64> {

@@ -22,6 +22,7 @@ const ROOT_ITEMS: &[(&str, &str)] = &[
     ("Pid", "procfs"),
     ("Error", "error"),
     ("APPLICATION_NAME_PREFIX", "conn"),
+    ("Canceller", "conn"),
     ("Database", "conn"),
     ("MaxAge", "conn"),
     ("Stats", "conn"),
@@ -35,6 +36,7 @@ const ROOT_ITEMS: &[(&str, &str)] = &[
     ("stats", "conn"),
     ("thread_open_count", "conn"),
     ("with_client", "conn"),
+    ("with_client_cancellable", "conn"),
     ("with_client_for", "conn"),
     ("set_role", "conn"),
     ("configure", "fork"),
@@ -42,9 +44,12 @@ const ROOT_ITEMS: &[(&str, &str)] = &[
     ("ForkError", "fork"),
     ("install_atfork_handlers", "fork"),
     ("ready_to_fork", "fork"),
+    ("ShutdownTimeout", "pool"),
+    ("TaskError", "pool"),
+    ("TaskHandle", "pool"),
     ("ThreadPool", "pool"),
+    ("ThreadPoolBuilder", "pool"),
     ("thread", "pool"),
-    ("CloseOnExit", "pool"),
 ];
 
 fn layer(module: &str) -> Option<usize> {
@@ -143,4 +148,53 @@ fn each_module_uses_only_lower_layers() {
     }
     assert!(checked > 50, "the scan found only {checked} uses");
     assert!(wrong.is_empty(), "layering broken:\n{}", wrong.join("\n"));
+}
+
+/// The `pub mod` names declared in `text`, and the modules `pub use`
+/// re-exports from (`pub use conn::{...}` names `conn`).
+fn public_modules_and_reexports(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut modules = BTreeSet::new();
+    let mut reexported = BTreeSet::new();
+    for line in text.lines().map(str::trim_start) {
+        if let Some(rest) = line.strip_prefix("pub mod ") {
+            modules.insert(rest.trim_end_matches(';').trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("pub use ") {
+            let path = rest.strip_prefix("self::").unwrap_or(rest);
+            if let Some((first, _)) = path.split_once("::") {
+                reexported.insert(first.to_owned());
+            }
+        }
+    }
+    (modules, reexported)
+}
+
+/// One path per public item: a module that is public is not also
+/// re-exported from by its parent, so `fork_safe::x::Item` and
+/// `fork_safe::Item` never both exist.
+#[test]
+fn each_public_item_has_one_path() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let mut wrong = Vec::new();
+    let mut parents = 0;
+    for file in all.iter().filter(|f| {
+        f.file_name()
+            .is_some_and(|n| n == "lib.rs" || n == "mod.rs")
+    }) {
+        parents += 1;
+        let (modules, reexported) =
+            public_modules_and_reexports(&fs::read_to_string(file).unwrap());
+        for both in modules.intersection(&reexported) {
+            wrong.push(format!(
+                "{}: `pub mod {both}` and `pub use {both}::...`: two paths to its items",
+                file.display()
+            ));
+        }
+    }
+    assert!(
+        parents > 5,
+        "the scan found only {parents} lib.rs/mod.rs files"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Ctx, Observer, backend_pid};
-use fork_safe::pool::{ShutdownTimeout, TaskError};
 use fork_safe::{Database, MaxAge, ThreadPool};
+use fork_safe::{ShutdownTimeout, TaskError};
 
 fn configure(url: &str) {
     fork_safe::configure([

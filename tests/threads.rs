@@ -99,7 +99,7 @@ fn scoped_guard(ctx: &mut Ctx) {
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
-                let _close = fork_safe::CloseOnExit::new();
+                let _close = fork_safe::thread::CloseOnExit::new();
                 query_once();
             });
         }

@@ -253,11 +253,19 @@ fn parse_detail(e: &postgres::Error) -> String {
 
 /// What cancels the statement running on one connection, from another
 /// thread: the connection's cancel key, and the TLS settings a cancel
-/// request must be sent with.
+/// request must be sent with. Given by [`with_client_cancellable`](crate::with_client_cancellable).
 #[derive(Clone)]
-pub(crate) struct Canceller {
+pub struct Canceller {
     token: postgres::CancelToken,
     tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canceller")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Canceller {
@@ -268,7 +276,7 @@ impl Canceller {
     /// # Errors
     ///
     /// The cancel request could not be delivered.
-    pub(crate) fn cancel(&self) -> Result<(), postgres::Error> {
+    pub fn cancel(&self) -> Result<(), postgres::Error> {
         match &self.tls {
             Some(tls) => self.token.cancel_query(tls.clone()),
             None => self.token.cancel_query(postgres::NoTls),

@@ -94,8 +94,13 @@ where
 }
 
 /// [`with_client`], with a [`Canceller`] for the statement `f` runs: another
-/// thread may cancel it on the server.
-pub(crate) fn with_client_cancellable<T, F>(f: F) -> Result<T, Error>
+/// thread may cancel it on the server (the queue's statement deadlines do),
+/// and the connection goes on.
+///
+/// # Errors
+///
+/// See [`with_client_for`].
+pub fn with_client_cancellable<T, F>(f: F) -> Result<T, Error>
 where
     F: FnOnce(&mut Client, Canceller) -> Result<T, postgres::Error>,
 {

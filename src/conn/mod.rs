@@ -31,8 +31,9 @@ mod spin;
 mod tls;
 
 pub use app_name::{APPLICATION_NAME_PREFIX, application_name, parse_application_name};
-pub(crate) use config::Canceller;
-pub use config::{Database, MaxAge};
-pub(crate) use local::with_client_cancellable;
-pub use local::{close, close_all, close_old, thread_open_count, with_client, with_client_for};
+pub use config::{Canceller, Database, MaxAge};
+pub use local::{
+    close, close_all, close_old, thread_open_count, with_client, with_client_cancellable,
+    with_client_for,
+};
 pub use registry::{Stats, ThreadStats, is_configured, stats};

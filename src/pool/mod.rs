@@ -26,15 +26,15 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Configures a [`ThreadPool`].
 #[derive(Debug, Clone)]
-pub struct Builder {
+pub struct ThreadPoolBuilder {
     threads: usize,
     name: String,
     idle_check: Duration,
 }
 
-impl Default for Builder {
-    fn default() -> Builder {
-        Builder {
+impl Default for ThreadPoolBuilder {
+    fn default() -> ThreadPoolBuilder {
+        ThreadPoolBuilder {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             name: "fork_safe-worker".to_owned(),
             idle_check: Duration::from_secs(1),
@@ -42,10 +42,10 @@ impl Default for Builder {
     }
 }
 
-impl Builder {
+impl ThreadPoolBuilder {
     /// A builder with the defaults below.
-    pub fn new() -> Builder {
-        Builder::default()
+    pub fn new() -> ThreadPoolBuilder {
+        ThreadPoolBuilder::default()
     }
 
     /// The number of worker threads. Default: the number of CPUs.
@@ -53,7 +53,7 @@ impl Builder {
     /// # Panics
     ///
     /// If `threads` is zero.
-    pub fn threads(mut self, threads: usize) -> Builder {
+    pub fn threads(mut self, threads: usize) -> ThreadPoolBuilder {
         assert!(threads > 0, "a pool needs at least one thread");
         self.threads = threads;
         self
@@ -61,7 +61,7 @@ impl Builder {
 
     /// The prefix of the workers' thread names; worker `i` is named
     /// `"{name}-{i}"`. Default: `fork_safe-worker`.
-    pub fn name(mut self, name: &str) -> Builder {
+    pub fn name(mut self, name: &str) -> ThreadPoolBuilder {
         self.name = name.to_owned();
         self
     }
@@ -72,7 +72,7 @@ impl Builder {
     /// # Panics
     ///
     /// If the duration is zero.
-    pub fn idle_check(mut self, every: Duration) -> Builder {
+    pub fn idle_check(mut self, every: Duration) -> ThreadPoolBuilder {
         assert!(!every.is_zero(), "idle_check must be non-zero");
         self.idle_check = every;
         self
@@ -170,7 +170,7 @@ impl fmt::Debug for ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool of `threads` workers with the other [`Builder`] defaults.
+    /// A pool of `threads` workers with the other [`ThreadPoolBuilder`] defaults.
     ///
     /// # Errors
     ///
@@ -180,12 +180,12 @@ impl ThreadPool {
     ///
     /// If `threads` is zero.
     pub fn new(threads: usize) -> io::Result<ThreadPool> {
-        Builder::new().threads(threads).build()
+        ThreadPoolBuilder::new().threads(threads).build()
     }
 
-    /// A [`Builder`] for a pool with other settings.
-    pub fn builder() -> Builder {
-        Builder::new()
+    /// A [`ThreadPoolBuilder`] for a pool with other settings.
+    pub fn builder() -> ThreadPoolBuilder {
+        ThreadPoolBuilder::new()
     }
 
     /// The number of worker threads.

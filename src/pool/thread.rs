@@ -21,7 +21,7 @@ use crate::conn::close_all;
 ///
 /// ```
 /// std::thread::spawn(|| {
-///     let _close = fork_safe::CloseOnExit::new();
+///     let _close = fork_safe::thread::CloseOnExit::new();
 ///     // ... fork_safe::with_client(...) ...
 /// })
 /// .join()

@@ -21,6 +21,7 @@ const CAP: Duration = Duration::from_secs(5);
 /// The longest wait before a worker's next resident program: longer than
 /// a child's, since the worker hands its jobs back meanwhile and the fleet
 /// goes on without it.
+#[cfg(feature = "queue")]
 pub(crate) const PROGRAM_CAP: Duration = Duration::from_secs(10);
 
 /// How long to wait before the next start after `failures` in a row: none

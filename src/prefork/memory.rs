@@ -72,6 +72,7 @@ impl PssReadings {
     }
 
     /// Starts over (the process was recycled).
+    #[cfg(feature = "queue")]
     pub(crate) fn reset(&mut self) {
         self.over = 0;
     }

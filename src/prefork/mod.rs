@@ -99,7 +99,10 @@ mod title;
 mod worker;
 
 pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, LostChild, Report};
+// The one supervision policy, used by the queue's resident programs too.
+#[cfg(feature = "queue")]
 pub(crate) use backends::end_backends;
+#[cfg(feature = "queue")]
 pub(crate) use backoff::{PROGRAM_CAP, restart_delay};
 pub use board::MAX_THREADS;
 pub use board::RunningProgram;
@@ -107,6 +110,7 @@ pub use builder::Prefork;
 pub use error::PreforkError;
 pub use exit::ExitReason;
 pub use memory::MemoryLimits;
+#[cfg(feature = "queue")]
 pub(crate) use memory::PssReadings;
 pub use metrics::{Counted, Counter, Histogram, MAX_COUNTERS, Metrics};
 pub use program::Program;
@@ -114,5 +118,6 @@ pub(crate) use program::kill_grace;
 pub use settings::ConnectionBounds;
 pub use signals::hold_signals;
 pub use status::StatusAddr;
+#[cfg(feature = "queue")]
 pub(crate) use supervise::list;
 pub use worker::{Wake, Waker, Worker};
