@@ -132,6 +132,7 @@
 
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(clippy::missing_errors_doc)]
 
 #[cfg(feature = "cluster")]
 pub mod cluster;

@@ -105,6 +105,7 @@ fn bad_input(ctx: &mut Ctx) {
         &["--queue", "no spaces", "--sql", "SELECT 1"],
         &["--schema", "Bad-Schema", "--sql", "SELECT 1"],
         &["enqueue", "x", "--run-at", "not a time"],
+        &["enqueue", "x", "--run-at", "infinity"],
         &["enqueue", "x", "--count", "0"],
         &["--no-such-flag"],
         &["--procs", "2", "status"],

@@ -7,11 +7,14 @@
 //! nothing.
 
 use std::fmt;
+use std::time::Duration;
 
 use postgres::Client;
 use postgres::types::Type;
 
-use super::Schema;
+use chrono::{DateTime, Utc};
+
+use super::{JobState, Schema};
 
 /// A job as `prefork jobs` shows it, from the live or the finished table.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,8 +23,8 @@ pub struct JobInfo {
     pub id: i64,
     /// Its queue.
     pub queue: String,
-    /// `queued`, `running`, `done`, `failed` or `cancelled`.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: JobState,
     /// Smaller runs first.
     pub priority: i32,
     /// Attempts made (the running one included).
@@ -40,16 +43,16 @@ pub struct JobInfo {
     pub locked_by: Option<String>,
     /// Its unique key.
     pub unique_key: Option<String>,
-    /// Its own time limit in seconds (none: the fleet's).
-    pub timeout: Option<f64>,
+    /// Its own time limit (none: the fleet's).
+    pub timeout: Option<Duration>,
     /// A cancel was asked for while it ran.
     pub cancel_requested: bool,
-    /// When it was queued (UTC, ISO 8601).
-    pub created_at: String,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
     /// When it is (or was) runnable.
-    pub run_at: String,
+    pub run_at: DateTime<Utc>,
     /// When it finished, if it has.
-    pub finished_at: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// What [`list`] shows.
@@ -58,13 +61,10 @@ pub struct ListFilter<'a> {
     /// Jobs of this queue only (`None`: every queue).
     pub queue: Option<&'a str>,
     /// Jobs in this state only.
-    pub state: Option<&'a str>,
+    pub state: Option<JobState>,
     /// At most this many, newest first.
     pub limit: i64,
 }
-
-/// The states a job can be in.
-pub const STATES: [&str; 5] = ["queued", "running", "done", "failed", "cancelled"];
 
 /// Why an action on jobs did nothing.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ pub enum JobsError {
         /// The job.
         id: i64,
         /// Its state.
-        state: String,
+        state: JobState,
         /// What the action needs, for the message ("failed or cancelled").
         wanted: &'static str,
     },
@@ -127,10 +127,7 @@ impl From<postgres::Error> for JobsError {
 /// The columns of [`JobInfo`], in order, from the view `jobs` as `j`.
 const COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempts, j.max_attempts, j.payload,
      j.result, j.last_error, j.errors::text, j.locked_by, j.unique_key, j.timeout,
-     j.cancel_requested,
-     to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-     to_char(j.run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-     to_char(j.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+     j.cancel_requested, j.created_at, j.run_at, j.finished_at";
 
 fn info(row: &postgres::Row) -> JobInfo {
     JobInfo {
@@ -146,7 +143,9 @@ fn info(row: &postgres::Row) -> JobInfo {
         errors: row.get(9),
         locked_by: row.get(10),
         unique_key: row.get(11),
-        timeout: row.get(12),
+        timeout: row
+            .get::<_, Option<f64>>(12)
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok()),
         cancel_requested: row.get(13),
         created_at: row.get(14),
         run_at: row.get(15),
@@ -179,7 +178,7 @@ pub fn list(
         ),
         &[
             (&filter.queue, Type::TEXT),
-            (&filter.state, Type::TEXT),
+            (&filter.state.map(JobState::as_str), Type::TEXT),
             (&filter.limit, Type::INT8),
         ],
     )?;
@@ -231,7 +230,7 @@ pub fn retry(
         &mut tx,
         schema,
         which,
-        &["failed", "cancelled"],
+        &[JobState::Failed, JobState::Cancelled],
         "failed or cancelled",
         "jobs_finished",
     )?;
@@ -303,9 +302,9 @@ pub fn cancel(
     let s = schema.name();
     let mut tx = client.transaction()?;
     // A whole queue: its queued jobs (running ones are cancelled by id).
-    let states: &[&str] = match which {
-        Which::Ids(_) => &["queued", "running"],
-        Which::All { .. } => &["queued"],
+    let states: &[JobState] = match which {
+        Which::Ids(_) => &[JobState::Queued, JobState::Running],
+        Which::All { .. } => &[JobState::Queued],
     };
     let ids = targets(
         &mut tx,
@@ -362,7 +361,7 @@ fn targets(
     tx: &mut postgres::Transaction<'_>,
     schema: &Schema,
     which: Which<'_>,
-    states: &[&str],
+    states: &[JobState],
     wanted: &'static str,
     table: &str,
 ) -> Result<Vec<i64>, JobsError> {
@@ -373,12 +372,13 @@ fn targets(
         }
         Which::All { queue } => {
             let s = schema.name();
+            let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
             let rows = tx.query_typed(
                 &format!(
                     "SELECT id FROM {s}.{table} WHERE queue = $1 AND state = ANY($2)
                      ORDER BY id FOR UPDATE"
                 ),
-                &[(&queue, Type::TEXT), (&states, Type::TEXT_ARRAY)],
+                &[(&queue, Type::TEXT), (&names, Type::TEXT_ARRAY)],
             )?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         }
@@ -391,7 +391,7 @@ fn check(
     tx: &mut postgres::Transaction<'_>,
     schema: &Schema,
     ids: &[i64],
-    states: &[&str],
+    states: &[JobState],
     wanted: &'static str,
 ) -> Result<(), JobsError> {
     let s = schema.name();
@@ -399,7 +399,7 @@ fn check(
         &format!("SELECT id, state FROM {s}.jobs_live WHERE id = ANY($1) ORDER BY id FOR UPDATE;"),
         &[(&ids, Type::INT8_ARRAY)],
     )?;
-    let mut found: std::collections::HashMap<i64, String> =
+    let mut found: std::collections::HashMap<i64, JobState> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     for r in tx.query_typed(
         &format!(
@@ -412,10 +412,10 @@ fn check(
     for &id in ids {
         match found.get(&id) {
             None => return Err(JobsError::NoSuchJob(id)),
-            Some(state) if !states.contains(&state.as_str()) => {
+            Some(state) if !states.contains(state) => {
                 return Err(JobsError::WrongState {
                     id,
-                    state: state.clone(),
+                    state: *state,
                     wanted,
                 });
             }

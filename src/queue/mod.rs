@@ -21,6 +21,7 @@
 //!
 //! | module | what it is |
 //! |---|---|
+//! | `state` | [`JobState`]: where a job is in its life |
 //! | `schema` | the schema's name, the queue names it accepts; its migrations and functions as SQL files |
 //! | [`admin`] | looking at jobs, retrying and cancelling them (`prefork jobs`) |
 //! | [`schedule`] | jobs queued on a cron expression, each tick exactly once |
@@ -52,6 +53,7 @@ mod prefetch;
 mod runner;
 pub mod schedule;
 mod schema;
+mod state;
 mod store;
 mod stranded;
 
@@ -60,7 +62,9 @@ pub use config::QueueConfig;
 pub use master::FleetStats;
 pub use metrics::FinishedJobs;
 pub use runner::{Handler, RustHandler};
+pub use state::{JobState, UnknownState};
 pub use store::{
-    ChildRow, Counts, Enqueue, Enqueued, Job, Release, Released, Schema, check_queue_name, counts,
-    enqueue, enqueue_copies, enqueue_in, enqueue_one, live_children, migrate, release,
+    ChildRow, Counts, Enqueue, Enqueued, Job, NameError, Release, Released, Schema,
+    check_queue_name, counts, enqueue, enqueue_copies, enqueue_in, enqueue_one, live_children,
+    migrate, release,
 };

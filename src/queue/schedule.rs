@@ -103,8 +103,8 @@ pub struct Schedule {
     pub priority: i32,
     /// Their attempts.
     pub max_attempts: i32,
-    /// Their own time limit, in seconds.
-    pub timeout: Option<f64>,
+    /// Their own time limit.
+    pub timeout: Option<Duration>,
     /// Their unique key: a tick while a job holds it queues nothing.
     pub unique_key: Option<String>,
     /// The next tick.
@@ -181,7 +181,7 @@ pub fn add(
     let when = When::parse(cron, timezone)?;
     let s = schema.name();
     let mut tx = client.transaction()?;
-    let now: DateTime<Utc> = tx.query_one("SELECT now()", &[])?.get(0);
+    let now: DateTime<Utc> = tx.query_typed_one("SELECT now()", &[])?.get(0);
     let next = when
         .next_after(now)
         .ok_or_else(|| ScheduleError::Never(cron.to_owned()))?;
@@ -220,7 +220,7 @@ pub fn add(
 /// The server's error.
 pub fn list(client: &mut Client, schema: &Schema) -> Result<Vec<Schedule>, postgres::Error> {
     let s = schema.name();
-    let rows = client.query(
+    let rows = client.query_typed(
         &format!(
             "SELECT name, cron, timezone, queue, payload, priority, max_attempts, timeout,
                     next_at, last_at, last_job, unique_key
@@ -238,7 +238,9 @@ pub fn list(client: &mut Client, schema: &Schema) -> Result<Vec<Schedule>, postg
             payload: r.get(4),
             priority: r.get(5),
             max_attempts: r.get(6),
-            timeout: r.get(7),
+            timeout: r
+                .get::<_, Option<f64>>(7)
+                .and_then(|t| Duration::try_from_secs_f64(t).ok()),
             unique_key: r.get(11),
             next_at: r.get(8),
             last: r
@@ -284,15 +286,15 @@ pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres:
     let s = schema.name();
     let mut tx = client.transaction()?;
     tx.batch_execute(super::store::MASTER_TX)?;
-    let now: DateTime<Utc> = tx.query_one("SELECT now()", &[])?.get(0);
-    let due = tx.query(
+    let now: DateTime<Utc> = tx.query_typed_one("SELECT now()", &[])?.get(0);
+    let due = tx.query_typed(
         &format!(
             "SELECT name, cron, timezone, queue, payload, priority, max_attempts, timeout,
                     unique_key
              FROM {s}.schedules WHERE next_at <= $1 ORDER BY next_at
              FOR UPDATE SKIP LOCKED"
         ),
-        &[&now],
+        &[(&now, Type::TIMESTAMPTZ)],
     )?;
     let mut fired = Vec::new();
     for row in &due {
@@ -329,23 +331,28 @@ pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres:
                 "schedule {name:?}: tick skipped, job {} still holds its unique key",
                 job.id
             );
-            tx.execute(
+            tx.execute_typed(
                 &format!("UPDATE {s}.schedules SET next_at = $2 WHERE name = $1"),
-                &[&name, &next],
+                &[(&name, Type::TEXT), (&next, Type::TIMESTAMPTZ)],
             )?;
             continue;
         }
-        tx.execute(
+        tx.execute_typed(
             &format!(
                 "UPDATE {s}.schedules SET next_at = $2, last_at = $3, last_job = $4
                  WHERE name = $1"
             ),
-            &[&name, &next, &now, &job.id],
+            &[
+                (&name, Type::TEXT),
+                (&next, Type::TIMESTAMPTZ),
+                (&now, Type::TIMESTAMPTZ),
+                (&job.id, Type::INT8),
+            ],
         )?;
         fired.push((name, job.id));
     }
     let next: Option<f64> = tx
-        .query_one(
+        .query_typed_one(
             &format!("SELECT extract(epoch FROM min(next_at) - now())::float8 FROM {s}.schedules"),
             &[],
         )?
@@ -353,7 +360,8 @@ pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres:
     tx.commit()?;
     Ok(Fired {
         fired,
-        next_due: next.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+        next_due: next
+            .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)),
     })
 }
 

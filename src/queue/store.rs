@@ -16,12 +16,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use postgres::Client;
 use postgres::types::{ToSql, Type};
 
 use crate::Pid;
 
-pub use super::schema::{Schema, check_queue_name, migrate};
+pub use super::schema::{NameError, Schema, check_queue_name, migrate};
 
 /// Most jobs one enqueue statement inserts.
 const INSERT_BATCH: usize = 10_000;
@@ -33,9 +34,8 @@ pub struct Enqueue<'a> {
     pub queue: &'a str,
     /// Attempts before a job is `failed`. Default: 3.
     pub max_attempts: i32,
-    /// When the jobs become runnable (`None`: now), a PostgreSQL timestamp.
-    /// Default: `None`.
-    pub run_at: Option<&'a str>,
+    /// When the jobs become runnable (`None`: now). Default: `None`.
+    pub run_at: Option<DateTime<Utc>>,
     /// This long after `run_at` (or now). Default: `None`.
     pub run_in: Option<Duration>,
     /// Smaller runs first; never negative. Within a priority, the oldest
@@ -101,13 +101,13 @@ pub fn enqueue_one(
     let row = client.query_typed_one(
         &format!(
             "SELECT job_id, created FROM {s}.enqueue_job($1, $2, $3,
-                 coalesce($4::text::timestamptz, now()) + make_interval(secs => $8), $5, $6, $7)"
+                 coalesce($4::timestamptz, now()) + make_interval(secs => $8), $5, $6, $7)"
         ),
         &[
             (&how.queue, Type::TEXT),
             (&payload, Type::TEXT),
             (&how.max_attempts, Type::INT4),
-            (&how.run_at, Type::TEXT),
+            (&how.run_at, Type::TIMESTAMPTZ),
             (&how.priority, Type::INT4),
             (&how.unique_key, Type::TEXT),
             (&how.timeout_secs(), Type::FLOAT8),
@@ -165,7 +165,7 @@ pub fn enqueue_in(
     }
     let insert = format!(
         "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at, priority, timeout)
-         SELECT $1, p, $2, coalesce($3::text::timestamptz, now()) + make_interval(secs => $7),
+         SELECT $1, p, $2, coalesce($3::timestamptz, now()) + make_interval(secs => $7),
                 $5, $6
          FROM unnest($4::text[]) AS p"
     );
@@ -176,7 +176,7 @@ pub fn enqueue_in(
             &[
                 (&how.queue, Type::TEXT),
                 (&how.max_attempts, Type::INT4),
-                (&how.run_at, Type::TEXT),
+                (&how.run_at, Type::TIMESTAMPTZ),
                 (&batch, Type::TEXT_ARRAY),
                 (&how.priority, Type::INT4),
                 (&how.timeout_secs(), Type::FLOAT8),
@@ -215,13 +215,13 @@ pub fn enqueue_copies(
         &format!(
             "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at, priority, timeout)
              SELECT $1, $4, $2,
-                    coalesce($3::text::timestamptz, now()) + make_interval(secs => $8), $6, $7
+                    coalesce($3::timestamptz, now()) + make_interval(secs => $8), $6, $7
              FROM generate_series(1::int8, $5::int8)"
         ),
         &[
             (&how.queue, Type::TEXT),
             (&how.max_attempts, Type::INT4),
-            (&how.run_at, Type::TEXT),
+            (&how.run_at, Type::TIMESTAMPTZ),
             (&payload, Type::TEXT),
             (&count, Type::INT8),
             (&how.priority, Type::INT4),
@@ -826,8 +826,8 @@ pub struct ChildRow {
     pub pid: Pid,
     /// Its master's pid.
     pub master_pid: Pid,
-    /// When it started (seconds since the Unix epoch).
-    pub since: f64,
+    /// When it started.
+    pub since: DateTime<Utc>,
     /// Jobs it finished.
     pub jobs: i64,
 }
@@ -1007,7 +1007,7 @@ pub fn live_children(
     let s = schema.name();
     let rows = client.query_typed(
         &format!(
-            "SELECT host, pid, master_pid, extract(epoch FROM since)::float8, jobs FROM {s}.children
+            "SELECT host, pid, master_pid, since, jobs FROM {s}.children
              WHERE $1 = ANY(string_to_array(queue, ','))
                AND seen_at > now() - interval '10 seconds' ORDER BY host, pid"
         ),

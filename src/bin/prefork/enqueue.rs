@@ -56,19 +56,25 @@ pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> 
         check_payload(args.payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
     }
     connect_command(db, "enqueue", &schema)?;
-    if let Some(at) = &args.run_at {
-        fork_safe::with_client(|c| {
-            c.execute_typed(
-                "SELECT $1::text::timestamptz",
-                &[(at, postgres::types::Type::TEXT)],
-            )
-        })
-        .map_err(|e| usage(format!("invalid --run-at {at:?}: {e}")))?;
-    }
+    // Read by the server, as any timestamp it takes (`2027-01-01 09:00`,
+    // `tomorrow`), in the session's time zone.
+    let run_at = match &args.run_at {
+        None => None,
+        Some(at) => Some(
+            fork_safe::with_client(|c| {
+                c.query_typed_one(
+                    "SELECT $1::text::timestamptz",
+                    &[(at, postgres::types::Type::TEXT)],
+                )
+                .and_then(|row| row.try_get::<_, chrono::DateTime<chrono::Utc>>(0))
+            })
+            .map_err(|e| usage(format!("invalid --run-at {at:?}: {e}")))?,
+        ),
+    };
     let how = queue::Enqueue {
         queue: &db.queue,
         max_attempts: args.max_attempts,
-        run_at: args.run_at.as_deref(),
+        run_at,
         run_in: args.in_,
         priority: args.priority,
         unique_key: args.unique_key.as_deref(),

@@ -1,7 +1,9 @@
 //! `prefork jobs`: list and show jobs, retry failed ones, cancel queued or
 //! running ones.
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
+use fork_safe::queue::JobState;
 use fork_safe::queue::admin::{self, JobInfo, JobsError, ListFilter, Which};
 
 use super::{DbArgs, Fail, connect_command, runtime, schema};
@@ -17,8 +19,9 @@ enum Action {
     /// The queue's jobs, newest first.
     List {
         /// Only jobs in this state.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(admin::STATES))]
-        state: Option<String>,
+        #[arg(long, value_parser = PossibleValuesParser::new(JobState::ALL.map(JobState::as_str))
+            .try_map(|name| name.parse::<JobState>()))]
+        state: Option<JobState>,
         /// At most this many.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
@@ -66,7 +69,7 @@ pub(crate) fn jobs_main(db: &DbArgs, args: &JobsArgs) -> Result<(), Fail> {
         Action::List { state, limit, json } => {
             let filter = ListFilter {
                 queue: Some(queue),
-                state: state.as_deref(),
+                state: *state,
                 limit: *limit,
             };
             let jobs =
@@ -151,7 +154,12 @@ fn one_line(j: &JobInfo) -> String {
     }
     format!(
         "{:>8}  {:<9}  p{:<3} attempt {}/{}  {}  {payload:?}",
-        j.id, j.state, j.priority, j.attempts, j.max_attempts, j.created_at
+        j.id,
+        j.state,
+        j.priority,
+        j.attempts,
+        j.max_attempts,
+        iso(j.created_at)
     )
 }
 
@@ -166,12 +174,12 @@ fn print_job(j: &JobInfo) {
         println!("  unique key: {key:?}");
     }
     if let Some(t) = j.timeout {
-        println!("  timeout:   {t}s");
+        println!("  timeout:   {}s", t.as_secs_f64());
     }
-    println!("  queued:    {}", j.created_at);
-    println!("  run at:    {}", j.run_at);
-    if let Some(at) = &j.finished_at {
-        println!("  finished:  {at}");
+    println!("  queued:    {}", iso(j.created_at));
+    println!("  run at:    {}", iso(j.run_at));
+    if let Some(at) = j.finished_at {
+        println!("  finished:  {}", iso(at));
     }
     if let Some(by) = &j.locked_by {
         println!("  ran by:    {by}");
@@ -179,7 +187,7 @@ fn print_job(j: &JobInfo) {
     if let Some(result) = &j.result {
         println!("  result:    {result:?}");
     }
-    if j.cancel_requested && j.state == "running" {
+    if j.cancel_requested && j.state == JobState::Running {
         println!("  cancel requested: finishes as cancelled");
     }
     let errors: Vec<serde_json::Value> = serde_json::from_str(&j.errors).unwrap_or_default();
@@ -200,7 +208,7 @@ fn to_json(j: &JobInfo) -> serde_json::Value {
     serde_json::json!({
         "id": j.id,
         "queue": j.queue,
-        "state": j.state,
+        "state": j.state.as_str(),
         "priority": j.priority,
         "attempts": j.attempts,
         "max_attempts": j.max_attempts,
@@ -210,10 +218,15 @@ fn to_json(j: &JobInfo) -> serde_json::Value {
         "errors": errors,
         "ran_by": j.locked_by,
         "unique_key": j.unique_key,
-        "timeout": j.timeout,
+        "timeout": j.timeout.map(|t| t.as_secs_f64()),
         "cancel_requested": j.cancel_requested,
-        "created_at": j.created_at,
-        "run_at": j.run_at,
-        "finished_at": j.finished_at,
+        "created_at": iso(j.created_at),
+        "run_at": iso(j.run_at),
+        "finished_at": j.finished_at.map(iso),
     })
+}
+
+/// A time as the job commands print it: UTC, ISO 8601, to the microsecond.
+fn iso(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }

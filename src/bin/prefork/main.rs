@@ -274,8 +274,8 @@ struct FleetArgs {
 /// A failure: exit status and one line.
 struct Fail(u8, String);
 
-fn usage(message: impl Into<String>) -> Fail {
-    Fail(USAGE, message.into())
+fn usage(message: impl std::fmt::Display) -> Fail {
+    Fail(USAGE, message.to_string())
 }
 
 fn runtime(message: impl std::fmt::Display) -> Fail {

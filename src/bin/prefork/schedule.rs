@@ -129,7 +129,7 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
                             "payload": s.payload,
                             "priority": s.priority,
                             "max_attempts": s.max_attempts,
-                            "timeout": s.timeout,
+                            "timeout": s.timeout.map(|t| t.as_secs_f64()),
                             "unique_key": s.unique_key,
                             "next_at": s.next_at.to_rfc3339(),
                             "last_at": s.last.map(|(at, _)| at.to_rfc3339()),

@@ -53,7 +53,8 @@ pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
                     "host": c.host,
                     "pid": c.pid.as_raw(),
                     "master_pid": c.master_pid.as_raw(),
-                    "since": c.since,
+                    // Seconds since the epoch, as before the field was a time.
+                    "since": c.since.timestamp_micros() as f64 / 1e6,
                     "jobs": c.jobs,
                 })
             })
@@ -78,16 +79,14 @@ pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
             "queue {:?}: {} queued, {} running, {} done, {} failed, {} cancelled",
             db.queue, counts.queued, counts.running, counts.done, counts.failed, counts.cancelled
         );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = chrono::Utc::now();
         for c in &children {
             println!(
-                "  child {}:{} (master {}) up {:.0}s, {} job(s) done",
+                "  child {}:{} (master {}) up {}s, {} job(s) done",
                 c.host,
                 c.pid,
                 c.master_pid,
-                (now - c.since).max(0.0),
+                (now - c.since).num_seconds().max(0),
                 c.jobs
             );
         }

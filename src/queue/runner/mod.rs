@@ -32,7 +32,7 @@ use super::deadline::Deadlines;
 use super::metrics::{QueueMetrics, Verdict};
 use super::prefetch::{Batch, Sizing};
 use super::store::{self, Finished, Job, Outcome};
-use crate::prefork::Worker;
+use crate::prefork::{BoxError, Worker};
 
 mod exec;
 mod resident;
@@ -40,8 +40,9 @@ mod rust;
 mod sql;
 
 /// A job handler in Rust: the job and the worker thread's own connection
-/// in, the result to store (or the error) out.
-pub type RustHandler = Arc<dyn Fn(&Job, &mut Client) -> Result<String, String> + Send + Sync>;
+/// in, the result to store out, or any error: the attempt fails with its
+/// message (`Err("no such account".into())`, or `?` on a statement).
+pub type RustHandler = Arc<dyn Fn(&Job, &mut Client) -> Result<String, BoxError> + Send + Sync>;
 
 /// What runs a job.
 #[derive(Clone)]

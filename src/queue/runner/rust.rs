@@ -36,7 +36,9 @@ impl<'a> Runner<'a> for Rust<'_> {
                 let started = Instant::now();
                 let limit = cx.limit(j);
                 let outcome = cx.worker.jobs_within(1, &job_label(j.id), j.timeout, || {
-                    cx.on_deadline(limit, |client| Ok((self.f)(j, client)))
+                    cx.on_deadline(limit, |client| {
+                        Ok((self.f)(j, client).map_err(|e| e.to_string()))
+                    })
                 })?;
                 let verdict = match &outcome {
                     None => Verdict::TimedOut,

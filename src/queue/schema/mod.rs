@@ -15,7 +15,44 @@
 //! FUNCTION IF EXISTS`); a function's arguments stay callable by the
 //! previous version's fleets, which may still run beside a new one.
 
+use std::fmt;
+
 use postgres::Client;
+use postgres::types::Type;
+
+/// A schema or queue name the queue does not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    /// A schema of PostgreSQL's own (`pg_*`, `information_schema`).
+    ReservedSchema(String),
+    /// A schema name that would need quoting, or is too long.
+    Schema(String),
+    /// A queue name with other characters than letters, digits, `_ - . :`,
+    /// empty or too long.
+    Queue(String),
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::ReservedSchema(name) => write!(
+                f,
+                "invalid schema name {name:?}: that schema belongs to PostgreSQL; \
+                 name one for the queue alone"
+            ),
+            NameError::Schema(name) => write!(
+                f,
+                "invalid schema name {name:?}: use lower-case letters, digits and _ (max 63)"
+            ),
+            NameError::Queue(name) => write!(
+                f,
+                "invalid queue name {name:?}: use 1 to 100 letters, digits, '_', '-', '.' or ':'"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
 
 /// A valid PostgreSQL schema name for the queue's tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,13 +65,10 @@ impl Schema {
     ///
     /// # Errors
     ///
-    /// A one-line description of what is wrong.
-    pub fn new(name: &str) -> Result<Schema, String> {
+    /// [`NameError::ReservedSchema`] or [`NameError::Schema`].
+    pub fn new(name: &str) -> Result<Schema, NameError> {
         if name.starts_with("pg_") || name == "information_schema" {
-            return Err(format!(
-                "invalid schema name {name:?}: that schema belongs to PostgreSQL; \
-                 name one for the queue alone"
-            ));
+            return Err(NameError::ReservedSchema(name.to_owned()));
         }
         let ok = !name.is_empty()
             && name.len() <= 63
@@ -45,9 +79,7 @@ impl Schema {
         if ok {
             Ok(Schema(name.to_owned()))
         } else {
-            Err(format!(
-                "invalid schema name {name:?}: use lower-case letters, digits and _ (max 63)"
-            ))
+            Err(NameError::Schema(name.to_owned()))
         }
     }
 
@@ -72,8 +104,8 @@ impl Default for Schema {
 ///
 /// # Errors
 ///
-/// A one-line description of what is wrong.
-pub fn check_queue_name(name: &str) -> Result<(), String> {
+/// [`NameError::Queue`].
+pub fn check_queue_name(name: &str) -> Result<(), NameError> {
     let ok = (1..=100).contains(&name.len())
         && name
             .chars()
@@ -81,9 +113,7 @@ pub fn check_queue_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid queue name {name:?}: use 1 to 100 letters, digits, '_', '-', '.' or ':'"
-        ))
+        Err(NameError::Queue(name.to_owned()))
     }
 }
 
@@ -179,16 +209,16 @@ fn upgrade(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> 
     let mut tx = client.transaction()?;
     // Serialises concurrent migrations; a transaction-level lock also works
     // behind PgBouncer in transaction mode.
-    tx.execute(
+    tx.execute_typed(
         "SELECT pg_advisory_xact_lock(hashtext($1))",
-        &[&format!("{s}.migrate")],
+        &[(&format!("{s}.migrate"), Type::TEXT)],
     )?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {s};
          CREATE TABLE IF NOT EXISTS {s}.schema_version (version int NOT NULL);"
     ))?;
     let version: i32 = tx
-        .query_opt(&format!("SELECT version FROM {s}.schema_version"), &[])?
+        .query_typed_opt(&format!("SELECT version FROM {s}.schema_version"), &[])?
         .map_or(0, |row| row.get(0));
     if version as usize >= MIGRATIONS.len() {
         return tx.commit();
@@ -202,10 +232,10 @@ fn upgrade(client: &mut Client, schema: &Schema) -> Result<(), postgres::Error> 
         log::debug!("queue schema {s}: function {name} defined");
     }
     let latest = MIGRATIONS.len() as i32;
-    tx.execute(&format!("DELETE FROM {s}.schema_version"), &[])?;
-    tx.execute(
+    tx.execute_typed(&format!("DELETE FROM {s}.schema_version"), &[])?;
+    tx.execute_typed(
         &format!("INSERT INTO {s}.schema_version VALUES ($1)"),
-        &[&latest],
+        &[(&latest, Type::INT4)],
     )?;
     tx.commit()?;
     // One line, once it is true: the migrations are one transaction.

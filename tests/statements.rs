@@ -1,0 +1,64 @@
+//! Every statement the library sends is unnamed, so it works behind
+//! PgBouncer in transaction mode: a string given to `query`, `query_one`,
+//! `query_opt`, `execute` or `prepare` makes the driver prepare a named
+//! statement, which another server connection may not have. The library
+//! uses `query_typed*`/`execute_typed` (and `batch_execute` for scripts
+//! without parameters). Reads `src/` as text, code only (no comments, no
+//! test modules).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Calls that prepare a named statement when given a string.
+const NAMED: [&str; 5] = [
+    ".query(",
+    ".query_one(",
+    ".query_opt(",
+    ".execute(",
+    ".prepare(",
+];
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The lines of `text` before its test module, without comments.
+fn code(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .take_while(|(_, l)| {
+            !l.trim_start().starts_with("#[cfg(all(test") && l.trim() != "#[cfg(test)]"
+        })
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+}
+
+#[test]
+fn every_statement_is_unnamed() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let mut named = Vec::new();
+    let mut typed = 0;
+    for file in &all {
+        let text = fs::read_to_string(file).unwrap();
+        for (n, line) in code(&text) {
+            typed += line.matches("_typed").count();
+            if NAMED.iter().any(|call| line.contains(call)) {
+                named.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(typed > 30, "the scan found only {typed} typed statements");
+    assert!(
+        named.is_empty(),
+        "named statements (use query_typed/execute_typed):\n{}",
+        named.join("\n")
+    );
+}
