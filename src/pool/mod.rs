@@ -22,7 +22,7 @@ use thread::CloseOnExit;
 
 pub mod thread;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+type Task = Box<dyn FnOnce() + Send + 'static>;
 
 /// Configures a [`ThreadPool`].
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ impl ThreadPoolBuilder {
     /// If the operating system cannot create a thread; the workers already
     /// started are stopped and joined first.
     pub fn build(self) -> io::Result<ThreadPool> {
-        let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
+        let (sender, receiver) = crossbeam_channel::unbounded::<Task>();
         let live = Arc::new(Live::default());
         let mut pool = ThreadPool {
             sender: Some(sender),
@@ -135,7 +135,7 @@ impl Drop for Exit<'_> {
     }
 }
 
-fn work(receiver: &Receiver<Job>, idle_check: Duration, live: &Live) {
+fn work(receiver: &Receiver<Task>, idle_check: Duration, live: &Live) {
     let _exit = Exit(live);
     let _close = CloseOnExit::new();
     loop {
@@ -155,7 +155,7 @@ fn work(receiver: &Receiver<Job>, idle_check: Duration, live: &Live) {
 /// Dropping the pool lets the workers finish every task already submitted,
 /// then joins them.
 pub struct ThreadPool {
-    sender: Option<Sender<Job>>,
+    sender: Option<Sender<Task>>,
     workers: Vec<JoinHandle<()>>,
     live: Arc<Live>,
 }
@@ -230,7 +230,7 @@ impl ThreadPool {
         }));
     }
 
-    fn send(&self, job: Job) {
+    fn send(&self, job: Task) {
         let sender = self.sender.as_ref().expect("the sender lives until drop");
         // The workers hold the receivers until the sender is gone, and they
         // survive panicking tasks, so the channel cannot be disconnected.

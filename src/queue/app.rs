@@ -54,11 +54,11 @@ pub struct QueueApp {
     /// The queue's duties in the master.
     duties: Duties,
     /// Told, in the master, what the fleet finished (see `on_progress`).
-    progress: Option<Progress>,
+    progress: Option<OnFinished>,
 }
 
 /// A callback of [`QueueApp::on_progress`].
-type Progress = Box<dyn Fn(FinishedJobs) + Send + Sync>;
+type OnFinished = Box<dyn Fn(FinishedJobs) + Send + Sync>;
 
 /// What a queue child's workers share, built after the fork
 /// ([`App::init_child`]).

@@ -100,11 +100,11 @@ pub(super) struct QueueMetrics {
     series: Vec<([Counter; 5], Histogram)>,
     /// The master's last read of the queues' counts, when, and whether a
     /// scrape asked for a newer one.
-    counts: Mutex<Counts>,
+    counts: Mutex<CountsRead>,
 }
 
 #[derive(Default)]
-struct Counts {
+struct CountsRead {
     gauges: Vec<Gauge>,
     read_at: Option<Instant>,
     wanted: bool,
@@ -146,7 +146,7 @@ impl QueueMetrics {
             declared,
             queues: queues.to_vec(),
             series,
-            counts: Mutex::new(Counts::default()),
+            counts: Mutex::new(CountsRead::default()),
         }
     }
 

@@ -54,7 +54,7 @@ pub struct File {
     path: PathBuf,
     settings: Vec<Setting>,
     /// `exec = [...]` or `worker = [...]`.
-    program: Option<Program>,
+    program: Option<ProgramHandler>,
 }
 
 /// One option's value from the file.
@@ -69,17 +69,17 @@ struct Setting {
 /// A handler that takes a program: its flag (`--exec`, `--worker`), the
 /// program and its arguments.
 #[derive(Debug, Clone)]
-pub struct Program {
+pub struct ProgramHandler {
     pub flag: &'static str,
     pub argv: Vec<String>,
     /// Where it was set, for the report: `None` on the command line.
     line: Option<usize>,
 }
 
-impl Program {
+impl ProgramHandler {
     /// A handler given on the command line.
-    pub fn from_flag(flag: &'static str, argv: Vec<String>) -> Program {
-        Program {
+    pub fn from_flag(flag: &'static str, argv: Vec<String>) -> ProgramHandler {
+        ProgramHandler {
             flag,
             argv,
             line: None,
@@ -133,7 +133,7 @@ impl File {
                     )));
                 }
                 let argv = program_argv(value).map_err(at)?;
-                file.program = Some(Program {
+                file.program = Some(ProgramHandler {
                     flag: if *flag == "exec" {
                         "--exec"
                     } else {
@@ -212,7 +212,7 @@ impl File {
     }
 
     /// The file's handler that takes a program, if it has one.
-    pub fn program(&self) -> Option<Program> {
+    pub fn program(&self) -> Option<ProgramHandler> {
         self.program.clone()
     }
 
@@ -241,7 +241,7 @@ pub fn report(
     command: &Command,
     matches: &ArgMatches,
     file: Option<&File>,
-    program: Option<&Program>,
+    program: Option<&ProgramHandler>,
     database_fallback: Option<&str>,
 ) -> String {
     let mut lines: Vec<(String, String)> = Vec::new();

@@ -390,12 +390,12 @@ fn handler(
     fleet: &mut FleetArgs,
     matches: &clap::ArgMatches,
     file: Option<&config::File>,
-) -> Option<config::Program> {
+) -> Option<config::ProgramHandler> {
     use clap::parser::ValueSource;
     // One of the two takes the other with the rest of the line.
     let given = match (fleet.exec.take(), fleet.worker.take()) {
-        (Some(argv), _) => Some(config::Program::from_flag("--exec", argv)),
-        (None, Some(argv)) => Some(config::Program::from_flag("--worker", argv)),
+        (Some(argv), _) => Some(config::ProgramHandler::from_flag("--exec", argv)),
+        (None, Some(argv)) => Some(config::ProgramHandler::from_flag("--worker", argv)),
         (None, None) => None,
     };
     let sql_from_file = matches!(
@@ -434,7 +434,7 @@ fn config_main(
     fleet: &FleetArgs,
     matches: &clap::ArgMatches,
     file: Option<&config::File>,
-    program: Option<&config::Program>,
+    program: Option<&config::ProgramHandler>,
 ) -> Result<(), Fail> {
     // Built, so that the options every command takes (`--log-format`) are
     // the subcommand's too.

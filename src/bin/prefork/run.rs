@@ -22,7 +22,10 @@ fn timeout(args: &FleetArgs) -> Option<Duration> {
 /// Runs the fleet `args` describe with `program` (a `--exec` or `--worker`
 /// handler, from the command line or the config file) until it is stopped
 /// or, with `--drain`, until nothing is left; then prints its summary.
-pub(crate) fn fleet_main(args: FleetArgs, program: Option<config::Program>) -> Result<(), Fail> {
+pub(crate) fn fleet_main(
+    args: FleetArgs,
+    program: Option<config::ProgramHandler>,
+) -> Result<(), Fail> {
     // A reload or a scaling signal sent while the master still starts up
     // waits for it.
     fork_safe::prefork::hold_signals().map_err(runtime)?;
@@ -43,7 +46,7 @@ pub(crate) fn fleet_main(args: FleetArgs, program: Option<config::Program>) -> R
         (None, Some(t)) if t.argv.is_empty() => {
             return Err(usage(format!("{} needs a PROGRAM", t.flag)));
         }
-        (None, Some(config::Program { flag, argv, .. })) => {
+        (None, Some(config::ProgramHandler { flag, argv, .. })) => {
             if !find_program(&argv[0]) {
                 return Err(usage(format!(
                     "{flag}: program {:?} not found or not executable",

@@ -95,7 +95,7 @@ impl Stream {
     }
 }
 
-struct Conn {
+struct Peer {
     stream: Stream,
     deadline: Instant,
     state: State,
@@ -109,7 +109,7 @@ enum State {
 /// The listener and its connections (see the module doc).
 pub(crate) struct StatusServer {
     listener: Listener,
-    conns: Vec<Conn>,
+    conns: Vec<Peer>,
 }
 
 impl StatusServer {
@@ -231,7 +231,7 @@ impl StatusServer {
             if nonblocking.is_err() {
                 continue;
             }
-            let mut conn = Conn {
+            let mut conn = Peer {
                 stream,
                 deadline: now + REQUEST_TIME,
                 state: State::Reading(Vec::new()),
@@ -265,7 +265,7 @@ impl Drop for StatusServer {
     }
 }
 
-impl Conn {
+impl Peer {
     /// Reads and drops what the client sent past its request (the rest of
     /// an oversized header, say), as far as it is there: a socket closed
     /// with unread input resets the connection, and the client would lose
