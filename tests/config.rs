@@ -59,8 +59,8 @@ fn text(bytes: &[u8]) -> String {
 
 /// Writes `contents` to a file of its own under the cluster's directory.
 fn file(ctx: &Ctx, name: &str, contents: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("prefork-config-{}-{name}", std::process::id()));
-    let _ = ctx;
+    // Removed with the cluster, whatever the test's end.
+    let path = ctx.socket_dir.join(format!("prefork-config-{name}"));
     std::fs::write(&path, contents).unwrap();
     path
 }
