@@ -3,9 +3,11 @@
 //! between them. Reads `src/` as text; a `crate::x` path in code (not in a
 //! comment) is a use of `x`.
 
+mod source;
+
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Top-level modules by layer, lowest first.
 const LAYERS: &[&[&str]] = &[
@@ -56,17 +58,6 @@ fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
 }
 
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 /// The top-level module a file belongs to (`None`: the crate root or the
 /// binary, which may use everything).
 fn home(src: &Path, file: &Path) -> Option<String> {
@@ -111,9 +102,8 @@ fn uses(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn each_module_uses_only_lower_layers() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut all = Vec::new();
-    files(&src, &mut all);
+    let src = source::src();
+    let all = source::rust_files(&src);
     let mut wrong = Vec::new();
     let mut checked = 0;
     for file in &all {
@@ -173,9 +163,8 @@ fn public_modules_and_reexports(text: &str) -> (BTreeSet<String>, BTreeSet<Strin
 /// `fork_safe::Item` never both exist.
 #[test]
 fn each_public_item_has_one_path() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut all = Vec::new();
-    files(&src, &mut all);
+    let src = source::src();
+    let all = source::rust_files(&src);
     let mut wrong = Vec::new();
     let mut parents = 0;
     for file in all.iter().filter(|f| {

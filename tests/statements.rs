@@ -6,8 +6,9 @@
 //! without parameters). Reads `src/` as text, code only (no comments, no
 //! test modules).
 
+mod source;
+
 use std::fs;
-use std::path::{Path, PathBuf};
 
 /// Calls that prepare a named statement when given a string.
 const NAMED: [&str; 5] = [
@@ -17,17 +18,6 @@ const NAMED: [&str; 5] = [
     ".execute(",
     ".prepare(",
 ];
-
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// The lines of `text` before its test module, without comments.
 fn code(text: &str) -> impl Iterator<Item = (usize, &str)> {
@@ -41,9 +31,8 @@ fn code(text: &str) -> impl Iterator<Item = (usize, &str)> {
 
 #[test]
 fn every_statement_is_unnamed() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut all = Vec::new();
-    files(&src, &mut all);
+    let src = source::src();
+    let all = source::rust_files(&src);
     let mut named = Vec::new();
     let mut typed = 0;
     for file in &all {
