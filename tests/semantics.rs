@@ -301,6 +301,11 @@ fn retry(ctx: &mut Ctx) {
         shown.contains("attempt 1 failed") && shown.contains("division by zero"),
         "{shown}"
     );
+    // Each failed attempt's time and claim are read back, not lost.
+    assert!(
+        !shown.contains("failed at ?") && !shown.contains("(?)"),
+        "{shown}"
+    );
     let out = ok(ctx, &["jobs", "retry", "--failed"]);
     assert!(out.starts_with("queued 2 job(s) again: 1, 2"), "{out}");
     assert_eq!(

@@ -37,8 +37,8 @@ pub struct JobInfo {
     pub result: Option<String>,
     /// The last failed attempt's error.
     pub last_error: Option<String>,
-    /// Every failed attempt: a JSON array of `{attempt, error, at, by}`.
-    pub errors: String,
+    /// Every failed attempt, oldest first.
+    pub errors: Vec<FailedAttempt>,
     /// The claim that runs (or last ran) it: `host:pid/worker.seq`.
     pub locked_by: Option<String>,
     /// Its unique key.
@@ -53,6 +53,43 @@ pub struct JobInfo {
     pub run_at: DateTime<Utc>,
     /// When it finished, if it has.
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One failed attempt of a job, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAttempt {
+    /// Which attempt (1 is the first).
+    pub attempt: i32,
+    /// Its error.
+    pub error: String,
+    /// When it failed.
+    pub at: Option<DateTime<Utc>>,
+    /// The claim that ran it: `host:pid/worker.seq`.
+    pub by: Option<String>,
+}
+
+impl FailedAttempt {
+    /// The history's entries (the `errors` column, a JSON array of
+    /// `{attempt, error, at, by}`); an entry that is not such an object
+    /// is kept with what it has.
+    fn parse_all(json: &str) -> Vec<FailedAttempt> {
+        let entries: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+        entries
+            .iter()
+            .map(|e| FailedAttempt {
+                attempt: e["attempt"]
+                    .as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .unwrap_or(0),
+                error: e["error"].as_str().unwrap_or_default().to_owned(),
+                at: e["at"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                by: e["by"].as_str().map(str::to_owned),
+            })
+            .collect()
+    }
 }
 
 /// What [`list`] shows.
@@ -140,7 +177,7 @@ fn info(row: &postgres::Row) -> JobInfo {
         payload: row.get(6),
         result: row.get(7),
         last_error: row.get(8),
-        errors: row.get(9),
+        errors: FailedAttempt::parse_all(row.get(9)),
         locked_by: row.get(10),
         unique_key: row.get(11),
         timeout: row

@@ -190,21 +190,30 @@ fn print_job(j: &JobInfo) {
     if j.cancel_requested && j.state == JobState::Running {
         println!("  cancel requested: finishes as cancelled");
     }
-    let errors: Vec<serde_json::Value> = serde_json::from_str(&j.errors).unwrap_or_default();
-    for e in &errors {
+    for e in &j.errors {
         println!(
             "  attempt {} failed at {} ({}): {}",
-            e["attempt"],
-            e["at"].as_str().unwrap_or("?"),
-            e["by"].as_str().unwrap_or("?"),
-            e["error"].as_str().unwrap_or("?")
+            e.attempt,
+            e.at.map_or_else(|| "?".to_owned(), iso),
+            e.by.as_deref().unwrap_or("?"),
+            e.error
         );
     }
 }
 
 fn to_json(j: &JobInfo) -> serde_json::Value {
-    let errors: serde_json::Value =
-        serde_json::from_str(&j.errors).unwrap_or(serde_json::Value::Null);
+    let errors: Vec<serde_json::Value> = j
+        .errors
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "attempt": e.attempt,
+                "error": e.error,
+                "at": e.at.map(iso),
+                "by": e.by,
+            })
+        })
+        .collect();
     serde_json::json!({
         "id": j.id,
         "queue": j.queue,
