@@ -38,11 +38,10 @@ fn main() {
     )
 }
 
-/// Where a test's fleet serves its status: a Unix socket of its own.
-fn socket(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("prefork-status-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name).to_string_lossy().into_owned()
+/// Where a test's fleet serves its status: a Unix socket of its own, in
+/// the cluster's directory (removed with the cluster).
+fn socket(ctx: &Ctx, name: &str) -> String {
+    ctx.socket_dir.join(name).to_string_lossy().into_owned()
 }
 
 /// A free TCP port on loopback (free a moment ago).
@@ -165,7 +164,7 @@ fn ready_children(addr: &str) -> f64 {
 
 fn metrics_agree(ctx: &mut Ctx) {
     let mut obs: Observer = reset(&ctx.url);
-    let addr = socket("agree.sock");
+    let addr = socket(ctx, "agree.sock");
     // 3,000 jobs that succeed, 5 that fail both their attempts.
     let mut lines: String = (1..=3000).map(|i| format!("{i}\n")).collect();
     lines.push_str("x\nx\nx\nx\nx\n");
@@ -412,7 +411,7 @@ fn slowloris(ctx: &mut Ctx) {
 
 fn bad_requests(ctx: &mut Ctx) {
     reset(&ctx.url);
-    let addr = socket("bad.sock");
+    let addr = socket(ctx, "bad.sock");
     let mut master = Master::start(
         &ctx.url,
         &[
