@@ -14,6 +14,7 @@ use postgres::types::Type;
 
 use chrono::{DateTime, Utc};
 
+use super::store::timeout_column;
 use super::{JobState, Schema};
 
 /// A job as `prefork jobs` shows it, from the live or the finished table.
@@ -180,9 +181,7 @@ fn info(row: &postgres::Row) -> JobInfo {
         errors: FailedAttempt::parse_all(row.get(9)),
         locked_by: row.get(10),
         unique_key: row.get(11),
-        timeout: row
-            .get::<_, Option<f64>>(12)
-            .and_then(|secs| Duration::try_from_secs_f64(secs).ok()),
+        timeout: timeout_column(row.get(12)),
         cancel_requested: row.get(13),
         created_at: row.get(14),
         run_at: row.get(15),

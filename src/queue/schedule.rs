@@ -33,6 +33,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use postgres::Client;
 use postgres::types::Type;
 
+use super::store::timeout_column;
 use super::{Enqueue, Schema, enqueue_one};
 
 /// When a schedule ticks: a cron expression in a time zone.
@@ -185,7 +186,7 @@ pub fn add(
     let next = when
         .next_after(now)
         .ok_or_else(|| ScheduleError::Never(cron.to_owned()))?;
-    let timeout = how.timeout.map(|t| t.as_secs_f64());
+    let timeout = how.timeout_secs();
     let added = tx.execute_typed(
         &format!(
             "INSERT INTO {s}.schedules (name, cron, timezone, queue, payload, priority,
@@ -238,9 +239,7 @@ pub fn list(client: &mut Client, schema: &Schema) -> Result<Vec<Schedule>, postg
             payload: r.get(4),
             priority: r.get(5),
             max_attempts: r.get(6),
-            timeout: r
-                .get::<_, Option<f64>>(7)
-                .and_then(|t| Duration::try_from_secs_f64(t).ok()),
+            timeout: timeout_column(r.get(7)),
             unique_key: r.get(11),
             next_at: r.get(8),
             last: r
@@ -303,13 +302,12 @@ pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres:
         let timezone: Option<String> = row.get(2);
         let queue: String = row.get(3);
         let payload: String = row.get(4);
-        let timeout: Option<f64> = row.get(7);
         let unique_key: Option<String> = row.get(8);
         let how = Enqueue {
             queue: &queue,
             priority: row.get(5),
             max_attempts: row.get(6),
-            timeout: timeout.and_then(|t| Duration::try_from_secs_f64(t).ok()),
+            timeout: timeout_column(row.get(7)),
             unique_key: unique_key.as_deref(),
             ..Enqueue::default()
         };

@@ -64,8 +64,14 @@ impl Default for Enqueue<'_> {
     }
 }
 
+/// A job's (or a schedule's) `timeout` column, seconds as `float8`, as a
+/// time limit: `None` for none (or one no `Duration` holds).
+pub(crate) fn timeout_column(secs: Option<f64>) -> Option<Duration> {
+    secs.and_then(|t| Duration::try_from_secs_f64(t).ok())
+}
+
 impl Enqueue<'_> {
-    fn timeout_secs(&self) -> Option<f64> {
+    pub(crate) fn timeout_secs(&self) -> Option<f64> {
         self.timeout.map(|t| t.as_secs_f64())
     }
 
@@ -313,9 +319,7 @@ pub(crate) fn claim(
             attempt: r.get(2),
             queue: r.get(3),
             priority: r.get(4),
-            timeout: r
-                .get::<_, Option<f64>>(5)
-                .and_then(|t| Duration::try_from_secs_f64(t).ok()),
+            timeout: timeout_column(r.get(5)),
             max_attempts: r.get(6),
         })
         .collect())
