@@ -82,11 +82,11 @@ pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
         let now = chrono::Utc::now();
         for c in &children {
             println!(
-                "  child {}:{} (master {}) up {}s, {} job(s) done",
+                "  child {}:{} (master {}) up {:.0}s, {} job(s) done",
                 c.host,
                 c.pid,
                 c.master_pid,
-                (now - c.since).num_seconds().max(0),
+                ((now - c.since).num_milliseconds() as f64 / 1000.0).max(0.0),
                 c.jobs
             );
         }
