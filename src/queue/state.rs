@@ -47,11 +47,6 @@ impl JobState {
             JobState::Cancelled => "cancelled",
         }
     }
-
-    /// Whether the job has finished (done, failed or cancelled).
-    pub fn is_finished(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Running)
-    }
 }
 
 impl fmt::Display for JobState {
