@@ -14,6 +14,8 @@
 //! a re-export), so a checker that finds nothing cannot pass for a clean
 //! tree.
 
+mod source;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,7 +33,22 @@ impl Tree {
     /// crates of their own and stand apart).
     fn read(src: &Path) -> Tree {
         let mut files = BTreeMap::new();
-        collect(src, src, &mut files);
+        for path in source::rust_files(src) {
+            let rel = path.strip_prefix(src).unwrap();
+            if rel.starts_with("bin") {
+                continue;
+            }
+            let mut m: ModPath = rel
+                .with_extension("")
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if matches!(m.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+                m.pop();
+            }
+            let text = source::without_tests(&fs::read_to_string(&path).unwrap());
+            files.insert(m, (rel.to_path_buf(), text));
+        }
         Tree { files }
     }
 
@@ -154,57 +171,6 @@ impl Tree {
             })
             .collect()
     }
-}
-
-/// Every `.rs` file below `dir`, by module path, but `src/bin`.
-fn collect(src: &Path, dir: &Path, out: &mut BTreeMap<ModPath, (PathBuf, String)>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let rel = path.strip_prefix(src).unwrap();
-        if path.is_dir() {
-            if rel != Path::new("bin") {
-                collect(src, &path, out);
-            }
-            continue;
-        }
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let mut m: ModPath = rel
-            .with_extension("")
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        if matches!(m.last().map(String::as_str), Some("mod" | "lib" | "main")) {
-            m.pop();
-        }
-        let text = without_tests(&fs::read_to_string(&path).unwrap());
-        out.insert(m, (rel.to_path_buf(), text));
-    }
-}
-
-/// The text with comments blanked and its `#[cfg(test)]` module cut off.
-fn without_tests(text: &str) -> String {
-    let mut kept = String::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("#[cfg(")
-            && trimmed.contains("test")
-            && lines
-                .peek()
-                .is_some_and(|next| next.trim_start().starts_with("mod "))
-        {
-            break;
-        }
-        let code = match line.find("//") {
-            Some(i) => &line[..i],
-            None => line,
-        };
-        kept.push_str(code);
-        kept.push('\n');
-    }
-    kept
 }
 
 /// The paths of the `use` declarations in `text`, expanded (`a::{b, c::d}`

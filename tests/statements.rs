@@ -19,16 +19,6 @@ const NAMED: [&str; 5] = [
     ".prepare(",
 ];
 
-/// The lines of `text` before its test module, without comments.
-fn code(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines()
-        .enumerate()
-        .take_while(|(_, l)| {
-            !l.trim_start().starts_with("#[cfg(all(test") && l.trim() != "#[cfg(test)]"
-        })
-        .filter(|(_, l)| !l.trim_start().starts_with("//"))
-}
-
 #[test]
 fn every_statement_is_unnamed() {
     let src = source::src();
@@ -36,8 +26,8 @@ fn every_statement_is_unnamed() {
     let mut named = Vec::new();
     let mut typed = 0;
     for file in &all {
-        let text = fs::read_to_string(file).unwrap();
-        for (n, line) in code(&text) {
+        let code = source::without_tests(&fs::read_to_string(file).unwrap());
+        for (n, line) in code.lines().enumerate() {
             typed += line.matches("_typed").count();
             if NAMED.iter().any(|call| line.contains(call)) {
                 named.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
