@@ -712,7 +712,8 @@ fn status_json(ctx: &mut Ctx) {
 }
 
 fn strict(ctx: &mut Ctx) {
-    // (60 + 1) x 2 + 1 connections cannot fit in a 100-connection server.
+    // (60 + 1) x (2 + 1) + 1 connections (a worker's each, a child's
+    // keeper's each) cannot fit in a 100-connection server.
     let out = run(
         ctx,
         &[
@@ -729,7 +730,7 @@ fn strict(ctx: &mut Ctx) {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("123 connections") && err.contains("free slots"),
+        err.contains("184 connections") && err.contains("free slots"),
         "{err}"
     );
 }

@@ -482,7 +482,7 @@ fn own_timeout(ctx: &mut Ctx) {
 }
 
 /// A whole fleet (master and child) frozen while its statements run on the
-/// server: a second fleet with `--rescue-after 3s` hands its jobs back and
+/// server, its children's leases 3 s long: a second fleet hands its jobs back and
 /// runs them within seconds; when the frozen statements end, their
 /// outcomes are refused and their effects rolled back with them; thawed,
 /// the first fleet runs nothing twice.
@@ -516,6 +516,8 @@ fn rescue(ctx: &mut Ctx) {
             "2",
             "--batch",
             "1",
+            "--rescue-after",
+            "3s",
             "--sql",
             gated,
         ],

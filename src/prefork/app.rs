@@ -31,22 +31,39 @@ pub trait App: Send + Sync + 'static {
     /// child that died young and restarts it with backoff.
     fn init_child(&self, child: &ChildInfo) -> Result<Self::Child, BoxError>;
 
-    /// Runs in the master after children died abruptly (killed, crashed, or
-    /// stopped fast), once their leftover backends have been ended. A job
-    /// queue requeues their claimed jobs here: as failed attempts, or, for
-    /// children the master itself stopped ([`LostChild::interrupted`]), as
-    /// attempts that never happened.
-    ///
-    /// It may use the database: the master's connections are closed again
-    /// before its next fork.
+    /// Connections each child holds besides one per worker: those of
+    /// threads the app starts itself (a job queue's keeper holds one).
+    /// They count in [`ConnectionBounds`](super::ConnectionBounds) and
+    /// the slots a fleet checks for before it starts. Default: 0.
+    fn child_connections(&self) -> usize {
+        0
+    }
+
+    /// Runs once in each child after its workers ended, before it exits
+    /// (not when it is killed, nor when it is orphaned past its grace):
+    /// stops the threads [`App::init_child`] started and closes what they
+    /// hold. Default: drops `child`.
+    fn end_child(&self, child: Self::Child) {
+        drop(child);
+    }
+
+    /// Runs in a handover process the master forks after children died
+    /// abruptly (killed, crashed, or stopped fast), once their leftover
+    /// backends have been ended: a job queue requeues their claimed jobs
+    /// here, as failed attempts, or, for children the master itself
+    /// stopped ([`LostChild::interrupted`]), as attempts that never
+    /// happened. It may use the database, and take its time: the master's
+    /// loop does not wait for it (a handover running past 30 s is killed
+    /// and the children handed to the next).
     fn children_lost(&self, lost: &[LostChild]) {
         let _ = lost;
     }
 
     /// Runs in the master on every turn of its loop (at least every 100 ms)
-    /// with the children's status, for accounting: a job queue records its
-    /// live children and samples its backends here. Keep it quick; any
-    /// database use is closed again before the master's next fork.
+    /// with the children's status, for accounting (a job queue keeps the
+    /// fleet's peak connections here). Keep it quick, and never use the
+    /// database: the master's loop must stay live whatever the server
+    /// does (the app's database duties belong in its children).
     fn master_tick(&self, children: &[ChildStatus]) {
         let _ = children;
     }
@@ -68,11 +85,14 @@ pub trait App: Send + Sync + 'static {
         None
     }
 
-    /// Gauges the master reads for the status endpoint (a job queue's
-    /// counts by state), served as they are. Runs in the master's loop
-    /// when it answers a request: return what is at hand (a cache
-    /// [`App::master_tick`] refreshes), never wait for the database here.
-    fn gauges(&self) -> Vec<Gauge> {
+    /// Gauges the master serves on the status endpoint (a job queue's
+    /// counts by state), from `published`: the values a child last
+    /// published with [`ChildInfo::publish_gauges`] (the freshest of any
+    /// child's), `None` if none did. Runs in the master's loop when it
+    /// answers a request, which never waits for the database: a child
+    /// reads them (it sees [`ChildInfo::gauges_asked`]).
+    fn gauges(&self, published: Option<&[f64]>) -> Vec<Gauge> {
+        let _ = published;
         Vec::new()
     }
 
@@ -113,6 +133,8 @@ pub struct ChildStatus {
     /// The programs its workers run now (see
     /// [`Worker::spawn`](super::Worker::spawn)).
     pub programs: Vec<RunningProgram>,
+    /// Connections it holds open, as it last counted them.
+    pub open_connections: u32,
 }
 
 /// One gauge sample for the status endpoint (see [`App::gauges`]).
@@ -164,5 +186,33 @@ impl ChildInfo {
     /// app starts itself (a LISTEN connection, an acceptor).
     pub fn waker(&self) -> Waker {
         self.waker.clone()
+    }
+
+    /// Jobs the child's workers finished so far, as the master counts them
+    /// ([`Worker::job`], [`Worker::jobs`]).
+    pub fn jobs(&self) -> u64 {
+        self.waker.0.board.jobs()
+    }
+
+    /// The programs the child's workers run now (see [`Worker::spawn`]).
+    pub fn programs(&self) -> Vec<RunningProgram> {
+        self.waker.0.board.running(self.threads)
+    }
+
+    /// How long ago the master last asked this child for the app's gauges
+    /// (a scrape of the status endpoint: the master asks one ready child
+    /// at a time); `None` if it never did.
+    pub fn gauges_asked(&self) -> Option<std::time::Duration> {
+        let asked = self.waker.0.board.asked();
+        (asked != 0).then(|| {
+            std::time::Duration::from_nanos(super::board::monotonic_nanos().saturating_sub(asked))
+        })
+    }
+
+    /// Publishes the app's gauges for the master, which hands the freshest
+    /// any child published to [`App::gauges`] (at most
+    /// [`MAX_GAUGES`](super::MAX_GAUGES) values; more are cut).
+    pub fn publish_gauges(&self, values: &[f64]) {
+        self.waker.0.board.publish(values);
     }
 }

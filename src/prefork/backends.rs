@@ -1,10 +1,10 @@
-//! The master's database duties: checking, before it starts, that the fleet
-//! fits in the server's free connection slots, and ending the backends that
-//! children which died abruptly left behind (and, for a worker, those of a
-//! resident program it killed).
-//!
-//! Both use the master's own connection and close it again at once: the
-//! master forks next, and the fork guard refuses with a connection open.
+//! The fleet's database duties outside its workers: checking, before the
+//! master starts, that the fleet fits in the server's free connection
+//! slots (on the master's own connection, closed again at once: it forks
+//! next, and the fork guard refuses with a connection open), and ending
+//! the backends that children which died abruptly left behind (in a
+//! handover process: see `handover`) or, for a worker, those of a
+//! resident program it killed.
 
 use postgres::types::Type;
 
@@ -35,15 +35,6 @@ pub(super) fn check_slots(settings: &Settings) -> Result<(), PreforkError> {
         log::warn!("{}", PreforkError::NotEnoughSlots { needed, free });
     }
     Ok(())
-}
-
-/// Ends the backends of the children `pids`, so that no lock holder of a
-/// dead child lingers "idle in transaction"; returns how many it ended.
-/// The master's connection is closed again: it forks next.
-pub(super) fn end_leftovers(pids: &[Pid]) -> Result<usize, crate::Error> {
-    let ended = end_backends("child", pids);
-    crate::close_all();
-    ended
 }
 
 /// Ends the backends that processes `pids` of `role` (`child`, `program`)

@@ -44,7 +44,27 @@ pub(crate) struct Board {
     /// The app's metrics (see `metrics`): added to by the workers, summed
     /// by the master.
     counters: [AtomicU64; MAX_COUNTERS],
+    /// CLOCK_MONOTONIC nanoseconds when the master last asked this child
+    /// for the app's gauges (a scrape of the status endpoint); 0: never.
+    asked: AtomicU64,
+    /// The app's gauges as this child last published them.
+    gauges: Gauges,
 }
+
+/// Gauges a child publishes for the master (see [`Board::publish`]).
+#[repr(C)]
+struct Gauges {
+    /// Odd while they are being written (a sequence lock).
+    seq: AtomicU32,
+    /// CLOCK_MONOTONIC nanoseconds when they were published; 0: never.
+    at: AtomicU64,
+    len: AtomicU32,
+    /// The values, as `f64` bits.
+    values: [AtomicU64; MAX_GAUGES],
+}
+
+/// Most gauge values a child publishes.
+pub const MAX_GAUGES: usize = 64;
 
 #[repr(C)]
 struct Slot {
@@ -136,6 +156,54 @@ impl Board {
             slot.started.store(0, Ordering::Release);
         }
         self.jobs.fetch_add(jobs, Ordering::Relaxed);
+    }
+
+    /// The master asks for the app's gauges, at `now` (CLOCK_MONOTONIC
+    /// nanoseconds).
+    pub(crate) fn ask(&self, now: u64) {
+        self.asked.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// When the master last asked for the app's gauges; 0: never.
+    pub(crate) fn asked(&self) -> u64 {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the app's gauges (beyond [`MAX_GAUGES`]: cut).
+    pub(crate) fn publish(&self, values: &[f64]) {
+        let g = &self.gauges;
+        g.seq.fetch_add(1, Ordering::AcqRel);
+        let values = &values[..values.len().min(MAX_GAUGES)];
+        for (cell, value) in g.values.iter().zip(values) {
+            cell.store(value.to_bits(), Ordering::Relaxed);
+        }
+        g.len.store(values.len() as u32, Ordering::Relaxed);
+        g.at.store(monotonic_nanos().max(1), Ordering::Relaxed);
+        g.seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// The gauges as last published, and when; `None` if never, or if
+    /// they were being written at every try.
+    pub(crate) fn published(&self) -> Option<(u64, Vec<f64>)> {
+        let g = &self.gauges;
+        for _ in 0..100 {
+            let before = g.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let at = g.at.load(Ordering::Relaxed);
+            let len = (g.len.load(Ordering::Relaxed) as usize).min(MAX_GAUGES);
+            let values: Vec<f64> = g.values[..len]
+                .iter()
+                .map(|v| f64::from_bits(v.load(Ordering::Relaxed)))
+                .collect();
+            std::sync::atomic::fence(Ordering::Acquire);
+            if g.seq.load(Ordering::Relaxed) == before {
+                return (at != 0).then_some((at, values));
+            }
+        }
+        None
     }
 
     /// Adds `n` to the app's metric slot `slot` (out of range: nothing).

@@ -33,6 +33,7 @@ impl Prefork {
                 name: "prefork".to_owned(),
                 procs: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 threads: 1,
+                child_connections: 0,
                 timeout: None,
                 boot_timeout: Duration::from_secs(30),
                 graceful_timeout: Duration::from_secs(30),
@@ -158,10 +159,14 @@ impl Prefork {
         self
     }
 
-    /// The most connections the fleet holds at once, with one connection
-    /// per worker (see [`ConnectionBounds`]).
-    pub fn connection_bounds(&self) -> ConnectionBounds {
-        self.settings.connection_bounds()
+    /// The most connections the fleet of `app` holds at once: one per
+    /// worker, what each child holds besides
+    /// ([`App::child_connections`]), and the master's (see
+    /// [`ConnectionBounds`]).
+    pub fn connection_bounds<A: App>(&self, app: &A) -> ConnectionBounds {
+        let mut settings = self.settings.clone();
+        settings.child_connections = app.child_connections();
+        settings.connection_bounds()
     }
 
     /// Refuse to start when the fleet's connections
@@ -218,6 +223,8 @@ impl Prefork {
     /// - [`PreforkError::CrashLimit`] after the fleet stopped because of it;
     /// - [`PreforkError::Io`] for pipes, mappings, signals or the pidfile.
     pub fn run<A: App>(self, app: A) -> Result<Report, PreforkError> {
-        supervise::run(self.settings, std::sync::Arc::new(app))
+        let mut settings = self.settings;
+        settings.child_connections = app.child_connections();
+        supervise::run(settings, std::sync::Arc::new(app))
     }
 }

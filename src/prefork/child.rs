@@ -144,6 +144,10 @@ pub(super) fn run<A: App>(app: Arc<A>, settings: &Settings, start: Start) -> ! {
 
     shared.stop();
     wait_for_workers(threads, &shared, settings, master, index);
+    // The workers are gone, and with them their copies of the state.
+    if let Ok(state) = Arc::try_unwrap(state) {
+        app.end_child(state);
+    }
     crate::close_all();
     std::process::exit(code);
 }

@@ -55,8 +55,8 @@ impl fmt::Display for PreforkError {
             PreforkError::Database(e) => write!(f, "{e}"),
             PreforkError::NotEnoughSlots { needed, free } => write!(
                 f,
-                "the fleet may open {needed} connections (one per worker, one child more \
-                 while a child is replaced, and the master's) but the server has {free} free \
+                "the fleet may open {needed} connections (one per worker, each child's own, \
+                 one child more while a child is replaced, and the master's) but the server has {free} free \
                  slots (max_connections minus reserved and in use); lower --procs or --threads"
             ),
             PreforkError::AlreadyRunning { pidfile, pid } => {

@@ -23,6 +23,7 @@ use super::backoff::{Backoff, YOUNG};
 use super::board::SharedBoard;
 use super::error::PreforkError;
 use super::exit::ExitReason;
+use super::handover::{Handovers, Launcher};
 use super::memory::PssReadings;
 use super::metrics::MAX_COUNTERS;
 use super::notify::Health;
@@ -56,8 +57,8 @@ impl Now {
     }
 }
 
-/// What the fleet asks of the system.
-pub(super) trait Effects {
+/// What the fleet asks of the system (handovers included).
+pub(super) trait Effects: Launcher {
     /// Forks a child for slot `index`, its scoreboard saying whether the
     /// fleet is `quiet` from its first instruction.
     fn spawn(&mut self, index: usize, quiet: bool) -> Result<SharedBoardPid, SpawnError>;
@@ -188,9 +189,9 @@ pub(super) struct Fleet {
     /// The cgroup's OOM kill count when last read (outer `None`: not yet
     /// read; inner: unreadable).
     oom_seen: Option<Option<u64>>,
-    /// Children that died abruptly, whose backends must be ended, and since
-    /// when.
-    leftovers: Vec<(LostChild, Instant)>,
+    /// Children that died abruptly, whose backends must be ended and work
+    /// handed back (see `handover`).
+    handovers: Handovers,
     outcome: Result<(), PreforkError>,
     pub(super) report: Report,
     /// What the children that exited had added to the app's metrics (see
@@ -210,7 +211,7 @@ impl Fleet {
             phase: Phase::Running,
             quiet: false,
             oom_seen: None,
-            leftovers: Vec::new(),
+            handovers: Handovers::default(),
             outcome: Ok(()),
             report: Report::default(),
             retired: vec![0; MAX_COUNTERS],
@@ -219,7 +220,13 @@ impl Fleet {
     }
 
     /// Whether the fleet was told to stop and every child is gone.
+    /// Stopping, every child gone, and the last handover over (see
+    /// `handover`).
     pub(super) fn finished(&self) -> bool {
+        self.stopped() && self.handovers.idle()
+    }
+
+    fn stopped(&self) -> bool {
         matches!(self.phase, Phase::Stopping { .. }) && self.children.is_empty()
     }
 
@@ -250,6 +257,12 @@ impl Fleet {
                 self.stop(false, now.at, fx);
             }
         }
+        // After the shape: a replacement forked this turn goes first.
+        let booting = self
+            .children
+            .iter()
+            .any(|c| c.ready_at.is_none() && c.stop.is_none());
+        self.handovers.turn(now.at, booting, self.stopped(), fx);
     }
 
     /// A child was reaped. Returns `false` for a pid that is not one of
@@ -265,6 +278,9 @@ impl Fleet {
             WaitStatus::Signaled(pid, _, _) => (pid, false),
             _ => return true, // stopped or continued: not an exit
         };
+        if self.handovers.on_exit(pid, clean, now) {
+            return true;
+        }
         let Some(i) = self.children.iter().position(|c| c.pid == pid) else {
             return false;
         };
@@ -307,7 +323,7 @@ impl Fleet {
                 pid: child.pid,
                 interrupted: requested,
             };
-            self.leftovers.push((lost, now));
+            self.handovers.lost(lost, now);
         }
         if requested {
             log::info!(
@@ -737,24 +753,6 @@ impl Fleet {
         timeout
     }
 
-    /// The children that died abruptly, if their backends are to be ended
-    /// now. Not while a replacement boots (up to 100 ms): the master's
-    /// connect and query would compete with it for the CPU and delay the
-    /// respawn. Everything once the fleet has stopped.
-    pub(super) fn take_leftovers(&mut self, now: Instant) -> Vec<LostChild> {
-        let Some(&(_, oldest)) = self.leftovers.first() else {
-            return Vec::new();
-        };
-        let booting = self
-            .children
-            .iter()
-            .any(|c| c.ready_at.is_none() && c.stop.is_none());
-        if booting && !self.finished() && now.saturating_duration_since(oldest) < TICK {
-            return Vec::new();
-        }
-        self.leftovers.drain(..).map(|(lost, _)| lost).collect()
-    }
-
     /// What systemd hears of the fleet (see `notify`): children ready and
     /// staying (not stopping, not retiring), whether a reload is under way
     /// (a child still marked for it), whether the fleet stops.
@@ -787,8 +785,31 @@ impl Fleet {
                 ready: c.ready_at.is_some(),
                 jobs: c.board.jobs(),
                 programs: c.board.running(self.settings.threads),
+                open_connections: c
+                    .board
+                    .open_connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// A scrape wants the app's gauges, at `now`: the first ready child
+    /// that is not stopping is asked to publish them, and the freshest any
+    /// child published are returned.
+    pub(super) fn gauges(&self, now: Now) -> Option<Vec<f64>> {
+        let asked = self
+            .children
+            .iter()
+            .filter(|c| c.ready_at.is_some() && c.stop.is_none())
+            .min_by_key(|c| c.index);
+        if let Some(child) = asked {
+            child.board.ask(now.mono);
+        }
+        self.children
+            .iter()
+            .filter_map(|c| c.board.published())
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, values)| values)
     }
 
     /// The app's metric slots summed over the fleet: the live children's
@@ -920,6 +941,35 @@ mod tests {
         refuse: usize,
         /// The cgroup's OOM kill count.
         oom: Option<u64>,
+        /// Handovers started (see `handover`): pid, and the children.
+        handed: Vec<(Pid, String)>,
+    }
+
+    impl Launcher for Fake {
+        fn hand_over(&mut self, lost: &[LostChild]) -> io::Result<Pid> {
+            let pid = Pid::from_raw(900 + self.handed.len() as i32);
+            let lost: Vec<String> = lost
+                .iter()
+                .map(|l| format!("{}{}", l.pid, if l.interrupted { "i" } else { "" }))
+                .collect();
+            self.handed.push((pid, lost.join(",")));
+            Ok(pid)
+        }
+        fn kill_handover(&mut self, pid: Pid) {
+            Effects::signal(self, pid, Signal::SIGKILL);
+        }
+    }
+
+    impl Fake {
+        /// The handovers started since the last call, each reported
+        /// exited cleanly to `fleet`: the children each handed over.
+        fn handovers_done(&mut self, fleet: &mut Fleet, now: Instant) -> Vec<String> {
+            let started: Vec<(Pid, String)> = self.handed.drain(..).collect();
+            for (pid, _) in &started {
+                assert!(fleet.on_exit(WaitStatus::Exited(*pid, 0), now, self));
+            }
+            started.into_iter().map(|(_, lost)| lost).collect()
+        }
     }
 
     impl Effects for Fake {
@@ -1119,6 +1169,8 @@ mod tests {
         let killed = WaitStatus::Signaled(pid(1), Signal::SIGKILL, false);
         fleet.on_exit(killed, clock.now().at, &mut fx);
         assert_eq!(fx.take(), ["SIGKILL group 4242"]);
+        fleet.turn(clock.now(), &mut fx);
+        assert_eq!(fx.handovers_done(&mut fleet, clock.now().at), ["101i"]);
         assert!(fleet.finished());
     }
 
@@ -1182,8 +1234,11 @@ mod tests {
         assert!(fx.take().is_empty(), "both slots are filled already");
         fleet.on_signal(Signal::SIGTERM, clock.now().at, &mut fx);
         assert_eq!(fx.take(), ["SIGTERM 103", "SIGTERM 104"]);
+        // Meanwhile the two killed for faults are handed over (failed
+        // work), by a process of its own, once no replacement boots.
         fleet.turn(clock.advance(Duration::from_millis(2999)), &mut fx);
         assert!(fx.take().is_empty());
+        assert_eq!(fx.handovers_done(&mut fleet, clock.now().at), ["102,101"]);
         fleet.turn(clock.advance(Duration::from_millis(1)), &mut fx);
         assert_eq!(fx.take(), ["SIGKILL 103", "SIGKILL 104"]);
         assert!(!fleet.finished());
@@ -1194,27 +1249,17 @@ mod tests {
             &mut fx,
         );
         fleet.on_exit(WaitStatus::Exited(pid(4), 0), now, &mut fx);
-        assert!(fleet.finished());
-        // Requested stops are not restarts. Every one of these children was
-        // killed (an exit status of 0 after SIGKILL was sent proves
-        // nothing), so each one's backends are ended.
+        // Requested stops are not restarts.
         assert_eq!(fleet.report.restarts, 2);
-        // The two killed for faults failed their work; the two stopped past
-        // the graceful timeout were interrupted.
-        let lost: Vec<(Pid, bool)> = fleet
-            .take_leftovers(now)
-            .iter()
-            .map(|l| (l.pid, l.interrupted))
-            .collect();
-        assert_eq!(
-            lost,
-            [
-                (pid(2), false),
-                (pid(1), false),
-                (pid(3), true),
-                (pid(4), true)
-            ]
-        );
+        // Every one of these children was killed (an exit status of 0
+        // after SIGKILL was sent proves nothing), so each one is handed
+        // over; the two stopped past the graceful timeout as interrupted.
+        // The fleet is finished once that handover is over.
+        assert!(!fleet.finished());
+        fleet.turn(clock.now(), &mut fx);
+        assert!(!fleet.finished());
+        assert_eq!(fx.handovers_done(&mut fleet, now), ["103i,104i"]);
+        assert!(fleet.finished());
     }
 
     #[test]
@@ -1253,7 +1298,10 @@ mod tests {
         fleet.turn(clock.advance(Duration::from_secs(1)), &mut fx);
         assert!(fx.take().is_empty());
         assert_eq!(fleet.report.restarts, 0);
-        assert!(fleet.take_leftovers(clock.now().at).is_empty());
+        assert!(
+            fleet.handovers.idle(),
+            "a clean stop leaves nothing to hand over"
+        );
     }
 
     #[test]
@@ -1350,6 +1398,10 @@ mod tests {
             now,
             &mut fx,
         );
+        for _ in 0..2 {
+            fleet.turn(clock.now(), &mut fx);
+            fx.handovers_done(&mut fleet, now);
+        }
         assert!(fleet.finished());
         assert!(matches!(
             fleet.take_outcome(),

@@ -86,6 +86,7 @@ mod child;
 mod error;
 mod exit;
 mod fleet;
+mod handover;
 mod memory;
 mod metrics;
 mod notify;
@@ -104,11 +105,13 @@ pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, LostChild, Report};
 pub(crate) use backends::end_backends;
 #[cfg(feature = "queue")]
 pub(crate) use backoff::{PROGRAM_CAP, restart_delay};
-pub use board::MAX_THREADS;
 pub use board::RunningProgram;
+pub use board::{MAX_GAUGES, MAX_THREADS};
 pub use builder::Prefork;
 pub use error::PreforkError;
 pub use exit::ExitReason;
+#[cfg(feature = "queue")]
+pub(crate) use handover::pid_list as list;
 pub use memory::MemoryLimits;
 #[cfg(feature = "queue")]
 pub(crate) use memory::PssReadings;
@@ -118,6 +121,4 @@ pub(crate) use program::kill_grace;
 pub use settings::ConnectionBounds;
 pub use signals::hold_signals;
 pub use status::StatusAddr;
-#[cfg(feature = "queue")]
-pub(crate) use supervise::list;
 pub use worker::{Wake, Waker, Worker};

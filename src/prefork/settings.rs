@@ -19,10 +19,13 @@ pub(crate) fn stuck_after(timeout: Duration, budget: u32) -> Duration {
 /// (a job queue's do) holds at once, the master's included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionBounds {
-    /// While every slot has its one child: `procs x threads + 1`.
+    /// While every slot has its one child: `procs x (threads + c) + 1`,
+    /// where `c` is what a child holds besides its workers'
+    /// ([`App::child_connections`](super::App::child_connections)) and the
+    /// one is the master's, at start and exit.
     pub steady: usize,
     /// While a retiring child (HUP, `--max-requests`, lifetime, memory) is
-    /// being replaced: one child more, `(procs + 1) x threads + 1`. The
+    /// being replaced: one child more, `(procs + 1) x (threads + c) + 1`. The
     /// replacement is ready before the old child is told to stop, and the
     /// next replacement starts only once the old child has exited.
     pub replacing: usize,
@@ -34,6 +37,9 @@ pub(crate) struct Settings {
     pub(crate) name: String,
     pub(crate) procs: usize,
     pub(crate) threads: usize,
+    /// Connections a child holds besides one per worker
+    /// ([`App::child_connections`](super::App::child_connections)).
+    pub(crate) child_connections: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) boot_timeout: Duration,
     pub(crate) graceful_timeout: Duration,
@@ -74,8 +80,8 @@ impl Settings {
 
     pub(crate) fn connection_bounds(&self) -> ConnectionBounds {
         ConnectionBounds {
-            steady: self.procs * self.threads + 1,
-            replacing: (self.procs + 1) * self.threads + 1,
+            steady: self.procs * (self.threads + self.child_connections) + 1,
+            replacing: (self.procs + 1) * (self.threads + self.child_connections) + 1,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The master's supervision loop, and the system calls behind the fleet's
 //! decisions (see `fleet`).
 //!
-//! One thread, one loop: reap, let the fleet apply its rules, end dead
-//! children's backends, tell the app, then sleep in `poll` on the signalfd
-//! and the ready pipes of booting children (at most 100 ms, so deadlines are
-//! checked even when nothing happens).
+//! One thread, one loop: reap, let the fleet apply its rules (forking
+//! children, and handovers for the dead ones: see `handover`), tell the
+//! app, then sleep in `poll` on the signalfd and the ready pipes of
+//! booting children (at most 100 ms, so deadlines are checked even when
+//! nothing happens). The loop never waits on the database: only the start
+//! (the slot check) and a stopped fleet's last handover touch it.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -16,12 +18,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
-use super::app::{App, Report};
+use super::app::{App, LostChild, Report};
 use super::backends;
 use super::board::SharedBoard;
 use super::child;
 use super::error::{PreforkError, io_error};
 use super::fleet::{Effects, Fleet, Now, SharedBoardPid, SpawnError};
+use super::handover::{self, Launcher};
 use super::notify::Notifier;
 use super::pidfile::Pidfile;
 use super::settings::Settings;
@@ -73,7 +76,6 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, Pre
             status,
         },
         fleet: Fleet::new(settings),
-        use_database,
         notifier: Notifier::from_env(Instant::now()),
         started: Instant::now(),
         lag: Duration::ZERO,
@@ -94,7 +96,6 @@ pub(crate) fn run<A: App>(settings: Settings, app: Arc<A>) -> Result<Report, Pre
 struct Master<A: App> {
     fleet: Fleet,
     os: Os<A>,
-    use_database: bool,
     /// systemd's notifications, when it asked for them.
     notifier: Option<Notifier>,
     started: Instant,
@@ -139,7 +140,6 @@ impl<A: App> Master<A> {
             let now = Now::read();
             self.reap(now.at);
             if self.fleet.finished() {
-                self.end_leftovers(now.at);
                 log::info!("master {}: all children gone; exiting", Pid::this());
                 return self.fleet.take_outcome();
             }
@@ -147,7 +147,6 @@ impl<A: App> Master<A> {
             if let Some(notifier) = self.notifier.as_mut() {
                 notifier.update(self.fleet.health(), now.at);
             }
-            self.end_leftovers(now.at);
             self.os.app.master_tick(&self.fleet.statuses());
             if self.os.app.metrics().is_some() {
                 let sums = self.fleet.counters();
@@ -188,30 +187,6 @@ impl<A: App> Master<A> {
                 log::info!(pid = pid; "reaped a stranger: pid {pid} ({how}), not one of the fleet's children");
             }
         }
-    }
-
-    /// Ends the backends of children that died abruptly, when the fleet
-    /// says it is time, then lets the app requeue their work.
-    fn end_leftovers(&mut self, now: Instant) {
-        let lost = self.fleet.take_leftovers(now);
-        if lost.is_empty() {
-            return;
-        }
-        let pids: Vec<Pid> = lost.iter().map(|l| l.pid).collect();
-        if self.use_database {
-            let started = Instant::now();
-            match backends::end_leftovers(&pids) {
-                Ok(0) => {}
-                Ok(n) => log::warn!("ended {n} backend(s) left by dead children {}", list(&pids)),
-                Err(e) => log::warn!(
-                    "could not end the backends of dead children {}: {e}",
-                    list(&pids)
-                ),
-            }
-            log::debug!("leftover backend check took {:?}", started.elapsed());
-        }
-        self.os.app.children_lost(&lost);
-        crate::close_all();
     }
 
     /// Sleeps until a signal, a ready child, a status request, or the next
@@ -320,7 +295,8 @@ impl<A: App> Master<A> {
         if let Some(metrics) = self.os.app.metrics() {
             metrics.render(&self.fleet.counters(), &mut view.app_metrics);
         }
-        view.gauges = self.os.app.gauges();
+        let published = self.fleet.gauges(now);
+        view.gauges = self.os.app.gauges(published.as_deref());
         view
     }
 
@@ -344,6 +320,45 @@ impl<A: App> Master<A> {
     }
 }
 
+impl<A: App> Os<A> {
+    /// In a process just forked: lets go of what is the master's, the
+    /// children's ready pipes, the signalfd and the pidfile. (The
+    /// children's scoreboards stay mapped, unused, until it exits.)
+    fn forget_in_child(&mut self) {
+        self.ready.clear();
+        if let Some(status) = self.status.take() {
+            status.forget_in_child();
+        }
+        if let Some(signals) = self.signals.take() {
+            signals.reset_in_child();
+        }
+        if let Some(pidfile) = self.pidfile.take() {
+            pidfile.forget_in_child();
+        }
+    }
+}
+
+impl<A: App> Launcher for Os<A> {
+    fn hand_over(&mut self, lost: &[LostChild]) -> std::io::Result<Pid> {
+        match crate::fork::fork() {
+            Ok(Fork::Child) => {
+                self.forget_in_child();
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                title::set(&format!("{}: handover", self.settings.name));
+                crate::set_role("handover");
+                handover::run(&*self.app, lost, crate::is_configured())
+            }
+            Ok(Fork::Parent(pid)) => Ok(pid),
+            Err(ForkError::Os(e)) => Err(e),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    }
+
+    fn kill_handover(&mut self, pid: Pid) {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+}
+
 impl<A: App> Effects for Os<A> {
     fn spawn(&mut self, index: usize, quiet: bool) -> Result<SharedBoardPid, SpawnError> {
         let retry = |context: &str| {
@@ -364,20 +379,7 @@ impl<A: App> Effects for Os<A> {
         match crate::fork::fork() {
             Ok(Fork::Child) => {
                 drop(ready_read);
-                // Let go of what is the master's: the other children's
-                // ready pipes, the signalfd and the pidfile. (The other
-                // children's scoreboards stay mapped, unused, until this
-                // child exits.)
-                self.ready.clear();
-                if let Some(status) = self.status.take() {
-                    status.forget_in_child();
-                }
-                if let Some(signals) = self.signals.take() {
-                    signals.reset_in_child();
-                }
-                if let Some(pidfile) = self.pidfile.take() {
-                    pidfile.forget_in_child();
-                }
+                self.forget_in_child();
                 let start = child::Start {
                     index,
                     board,
@@ -421,12 +423,4 @@ impl<A: App> Effects for Os<A> {
     fn signal_group(&mut self, group: Pid, signal: Signal) {
         let _ = nix::sys::signal::killpg(group, signal);
     }
-}
-
-/// Pids as `4721, 4722`.
-pub(crate) fn list(pids: &[Pid]) -> String {
-    pids.iter()
-        .map(Pid::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

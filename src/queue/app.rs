@@ -29,12 +29,14 @@ use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::claims::Claims;
+use super::claims::{hostname, process_of};
 use super::completions::{Completions, Recording};
 use super::deadline::Deadlines;
 use super::housekeeping::Housekeeping;
 use super::idle::{Idle, Leadership, Woken};
-use super::master::{Duties, FleetStats, process_of};
-use super::metrics::{FinishedJobs, QueueMetrics};
+use super::keeper::Keeper;
+use super::lease::Holder;
+use super::metrics::{FinishedJobs, FleetStats, QueueMetrics};
 use super::prefetch::{Batch, Claiming, Pace, Prefetch, Sizing, Take};
 use super::runner::{Context, Needs, Ran, Runner};
 use super::store::{self, Finished};
@@ -51,8 +53,6 @@ pub struct QueueApp {
     stats: Arc<FleetStats>,
     /// What the status endpoint serves of the queue.
     metrics: QueueMetrics,
-    /// The queue's duties in the master.
-    duties: Duties,
     /// Told, in the master, what the fleet finished (see `on_progress`).
     progress: Option<OnFinished>,
 }
@@ -81,6 +81,8 @@ pub struct QueueChild {
     threads: usize,
     /// The job timeouts' watchdog, for handlers whose jobs are statements.
     deadlines: Option<Deadlines>,
+    /// The child's lease duties and its keeper thread (`keeper`).
+    keeper: Keeper,
 }
 
 impl QueueApp {
@@ -94,7 +96,6 @@ impl QueueApp {
         let stats = Arc::<FleetStats>::default();
         QueueApp {
             metrics: QueueMetrics::new(&config.queues),
-            duties: Duties::new(config.clone(), stats.clone()),
             config,
             handler,
             needs,
@@ -127,14 +128,24 @@ impl App for QueueApp {
         Some(self.metrics.declared())
     }
 
-    fn gauges(&self) -> Vec<crate::prefork::Gauge> {
-        self.metrics.gauges()
+    fn gauges(&self, published: Option<&[f64]>) -> Vec<crate::prefork::Gauge> {
+        self.metrics.gauges(published)
     }
 
     fn init_child(&self, child: &ChildInfo) -> Result<QueueChild, BoxError> {
         let c = &self.config;
         let threads = child.threads();
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let holder = Holder {
+            host: hostname(),
+            pid: Pid::this().as_raw(),
+            master_pid: nix::unistd::getppid().as_raw(),
+            since,
+        };
         Ok(QueueChild {
+            keeper: Keeper::start(c, holder, child)?,
             idle: Idle::new(child.waker()),
             housekeeping: Housekeeping::new(),
             drained: AtomicBool::new(false),
@@ -150,17 +161,34 @@ impl App for QueueApp {
         })
     }
 
-    fn children_lost(&self, lost: &[LostChild]) {
-        self.duties.release_lost(lost);
+    /// The keeper's (`keeper`).
+    fn child_connections(&self) -> usize {
+        1
     }
 
+    fn end_child(&self, child: QueueChild) {
+        child.keeper.end();
+    }
+
+    fn children_lost(&self, lost: &[LostChild]) {
+        super::stranded::release_lost(&self.config, lost);
+    }
+
+    /// The fleet's connections, for the summary's peak.
     fn master_tick(&self, children: &[ChildStatus]) {
-        self.duties.tick(children, &self.metrics);
+        let open: u64 = children.iter().map(|c| u64::from(c.open_connections)).sum();
+        self.stats
+            .peak_backends
+            .fetch_max(open, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn master_counted(&self, counted: &Counted<'_>) {
+        let finished = self.metrics.finished(counted);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.stats.done.store(finished.done, relaxed);
+        self.stats.failed.store(finished.failed, relaxed);
         if let Some(progress) = &self.progress {
-            progress(self.metrics.finished(counted));
+            progress(finished);
         }
     }
 
@@ -219,6 +247,7 @@ impl Shift<'_> {
                         if listening {
                             client.batch_execute("UNLISTEN *")?;
                         }
+                        self.child.keeper.run_due(client)?;
                         self.child.housekeeping.run(client, self.config).map(drop)
                     })
                 }
@@ -554,6 +583,7 @@ impl Shift<'_> {
                 };
                 // While quiet, what there was to look at still is.
                 look = notified || (look && quiet);
+                self.child.keeper.run_due(client)?;
                 if let Some(probe) = self.child.housekeeping.run(client, c)? {
                     look |= probe.runnable;
                     self.stop_if_drained(client)?;

@@ -14,6 +14,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::prefork::Worker;
 
+/// This host's name, as claims and leases carry it.
+pub(super) fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// `host:pid`: how a process's claims are stamped.
+pub(super) fn process_of(pid: crate::Pid) -> String {
+    format!("{}:{pid}", hostname())
+}
+
 /// The claims of one child.
 pub(super) struct Claims {
     /// `host:pid`; claims are stamped `host:pid/worker.seq`.

@@ -19,8 +19,10 @@ pub struct QueueConfig {
     /// batches per worker at once (one batch for `Exec`, whose jobs are
     /// slow and run one at a time). Default: 8 (1 for `Exec`).
     pub batch: i64,
-    /// How long a claim lasts before others may take the job over (a dead
-    /// host's jobs). Default: 5 minutes; keep it above the longest job.
+    /// How long a claim holds its jobs by itself, for a child that holds
+    /// no lease (a claim of an older version's child; see `lease`). A
+    /// child's own lease ([`QueueConfig::rescue_after`]) is what keeps its
+    /// jobs. Default: 5 minutes.
     pub lease: Duration,
     /// How long one job may take; `None`: no limit. Past it, a job's
     /// statement (`Sql`, or the statements of a `Rust` handler) is
@@ -51,10 +53,12 @@ pub struct QueueConfig {
     /// server a third less per job), a failed one is kept to be looked at
     /// (delete it by hand). Default: `None`.
     pub keep_finished: Option<Duration>,
-    /// How long a master's heartbeat (every second, from its loop) may be
-    /// missing before another master takes it for dead and hands its
-    /// children's running jobs back (attempt counted); `None`: only the
-    /// lease brings them back. Default: 15 seconds.
+    /// The length of each child's lease on the jobs it claimed, which a
+    /// thread of its own renews every third of it, however long its jobs
+    /// run and whatever its master does: a child that dies, freezes or is
+    /// cut off from the server loses its running jobs to the other
+    /// children this long after its last renewal (attempt counted).
+    /// `None`: leases never lapse. Default: 15 seconds.
     pub rescue_after: Option<Duration>,
     /// A [`Handler::Resident`](super::Handler::Resident) program is started afresh after this many
     /// jobs. Default: `None` (never).

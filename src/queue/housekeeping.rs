@@ -1,10 +1,10 @@
 //! A child's periodic duties, done by whichever worker finds them due
 //! (the idle leader when the child is idle, any worker when it is busy):
 //! vacuum the live table if dead rows piled up, delete finished jobs past
-//! `keep_finished`, release expired leases.
+//! `keep_finished`. (Lapsed leases are the keeper's: `keeper`.)
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use postgres::Client;
 
@@ -17,7 +17,6 @@ pub(super) struct Housekeeping {
 
 struct Due {
     next: Instant,
-    next_sweep: Instant,
 }
 
 impl Housekeeping {
@@ -25,15 +24,12 @@ impl Housekeeping {
     pub(super) fn new() -> Housekeeping {
         let now = Instant::now();
         Housekeeping {
-            due: Mutex::new(Due {
-                next: now,
-                next_sweep: now,
-            }),
+            due: Mutex::new(Due { next: now }),
         }
     }
 
-    /// Does the duties if they are due (every `poll`; the sweep for expired
-    /// leases every [`sweep_every`]) and no other worker is doing them;
+    /// Does the duties if they are due (every `poll`) and no other worker
+    /// is doing them;
     /// what it saw of the queue, or `None` if nothing was due.
     ///
     /// # Errors
@@ -44,7 +40,7 @@ impl Housekeeping {
         client: &mut Client,
         c: &QueueConfig,
     ) -> Result<Option<store::Probe>, postgres::Error> {
-        let sweep = {
+        {
             let Ok(mut due) = self.due.try_lock() else {
                 return Ok(None);
             };
@@ -53,12 +49,7 @@ impl Housekeeping {
                 return Ok(None);
             }
             due.next = now + c.poll;
-            let sweep = now >= due.next_sweep;
-            if sweep {
-                due.next_sweep = now + sweep_every(c.lease);
-            }
-            sweep
-        };
+        }
         let probe = store::probe(client, &c.schema, &c.queues)?;
         // Every vacuum scans the whole of each index, so a deep backlog is
         // vacuumed after proportionally more dead rows: a tenth of it.
@@ -78,19 +69,8 @@ impl Housekeeping {
                 log::debug!("deleted {n} finished job(s) older than {keep:?}");
             }
         }
-        if sweep {
-            let released = store::release(client, &c.schema, store::Release::Expired)?;
-            if !released.is_empty() {
-                log::warn!("{released} whose lease expired");
-            }
-        }
         Ok(Some(probe))
     }
-}
-
-/// How often a child looks for expired leases.
-fn sweep_every(lease: Duration) -> Duration {
-    (lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// Most finished jobs a child deletes per `poll` (see

@@ -2,8 +2,8 @@
 //! how long they took, counted by the workers (see `prefork::Metrics`);
 //! and the queues' jobs by state, read by the master.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use postgres::types::Type;
 
@@ -23,6 +23,19 @@ pub struct FinishedJobs {
     pub cancelled: u64,
 }
 
+/// What the master observed of its fleet, for a summary.
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    /// The most connections the fleet's children held at once, as they
+    /// count them on their scoreboards (every 100 ms).
+    pub peak_backends: AtomicU64,
+    /// Jobs the fleet finished as done, by its workers' counters (which a
+    /// fleet that keeps no history has no other record of).
+    pub done: AtomicU64,
+    /// Jobs whose last attempt failed, likewise.
+    pub failed: AtomicU64,
+}
+
 /// Queues with series of their own; a fleet working more counts the rest
 /// under `queue="other"` (each queue takes 19 of the scoreboard's slots).
 const NAMED_QUEUES: usize = 16;
@@ -34,17 +47,17 @@ const BOUNDS: &[f64] = &[
 
 /// Least time between two reads of the queues' counts: a scrape more
 /// often than this gets the last read.
-const COUNTS_EVERY: Duration = Duration::from_secs(1);
+pub(super) const COUNTS_EVERY: Duration = Duration::from_secs(1);
 
 /// While the endpoint is scraped (a scrape within [`SCRAPED_FOR`]), the
 /// counts are also read this often without being asked, so that a scrape
 /// gets counts at most this old rather than those of the scrape before
 /// (15 s old at Prometheus's default interval). Not faster: on a backlog
 /// of millions the read is a scan of the live table.
-const KEEP_FRESH_EVERY: Duration = Duration::from_secs(5);
+pub(super) const KEEP_FRESH_EVERY: Duration = Duration::from_secs(5);
 
 /// How long after a scrape the counts are kept fresh.
-const SCRAPED_FOR: Duration = Duration::from_secs(120);
+pub(super) const SCRAPED_FOR: Duration = Duration::from_secs(120);
 
 /// How a job's attempt ended, as `prefork_jobs_total`'s `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,17 +111,6 @@ pub(super) struct QueueMetrics {
     /// Per named queue (and `other` last): a counter per verdict, and the
     /// duration histogram.
     series: Vec<([Counter; 5], Histogram)>,
-    /// The master's last read of the queues' counts, when, and whether a
-    /// scrape asked for a newer one.
-    counts: Mutex<CountsRead>,
-}
-
-#[derive(Default)]
-struct CountsRead {
-    gauges: Vec<Gauge>,
-    read_at: Option<Instant>,
-    wanted: bool,
-    scraped_at: Option<Instant>,
 }
 
 impl QueueMetrics {
@@ -146,7 +148,6 @@ impl QueueMetrics {
             declared,
             queues: queues.to_vec(),
             series,
-            counts: Mutex::new(CountsRead::default()),
         }
     }
 
@@ -190,71 +191,63 @@ impl QueueMetrics {
         finished
     }
 
-    /// The last read of the queues' counts, for the status endpoint; asks
-    /// the master's next turn for a newer one.
-    pub(super) fn gauges(&self) -> Vec<Gauge> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.wanted = true;
-        counts.scraped_at = Some(Instant::now());
-        counts.gauges.clone()
-    }
-
-    /// In the master's turn: reads the queues' jobs by state if a scrape
-    /// asked since the last read and that was [`COUNTS_EVERY`] ago, or, while
-    /// scrapes come, every [`KEEP_FRESH_EVERY`]. Reads
-    /// only the live table (the finished ones are counters), bounded by a
-    /// statement timeout so a slow read never holds the master long.
-    pub(super) fn refresh(&self, schema: &Schema) {
-        {
-            let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-            let age = counts.read_at.map_or(Duration::MAX, |t| t.elapsed());
-            let scraped = counts.scraped_at.is_some_and(|t| t.elapsed() < SCRAPED_FOR);
-            let due =
-                (counts.wanted && age >= COUNTS_EVERY) || (scraped && age >= KEEP_FRESH_EVERY);
-            if !due {
-                return;
-            }
-        }
-        let s = schema.name();
-        let read = crate::with_client(|client| {
-            let mut tx = client.transaction()?;
-            tx.batch_execute("SET LOCAL statement_timeout = '500ms'")?;
-            let rows = tx.query_typed(
-                &format!(
-                    "SELECT queue, state, count(*) FROM {s}.jobs_live
-                     WHERE queue = ANY($1) GROUP BY 1, 2"
-                ),
-                &[(&self.queues, Type::TEXT_ARRAY)],
-            )?;
-            tx.commit()?;
-            Ok(rows)
-        });
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.read_at = Some(Instant::now());
-        counts.wanted = false;
-        let rows = match read {
-            Ok(rows) => rows,
-            Err(e) => {
-                log::debug!("reading the queues' counts for the status endpoint: {e}");
-                return;
-            }
+    /// The queues' counts for the status endpoint, from what a child
+    /// published (see [`read_counts`]): none until one did.
+    pub(super) fn gauges(&self, published: Option<&[f64]>) -> Vec<Gauge> {
+        let Some(values) = published else {
+            return Vec::new();
         };
         let mut gauges = Vec::new();
-        for queue in &self.queues {
-            for state in ["queued", "running"] {
-                let n: i64 = rows
-                    .iter()
-                    .filter(|r| r.get::<_, &str>(0) == queue && r.get::<_, &str>(1) == state)
-                    .map(|r| r.get::<_, i64>(2))
-                    .sum();
+        for (queue, pair) in self.queues.iter().zip(values.chunks(2)) {
+            for (state, value) in ["queued", "running"].iter().zip(pair) {
                 gauges.push(Gauge {
                     name: "prefork_queue_jobs",
                     help: "Jobs in the queue by state, read from the database.",
-                    labels: vec![("queue", queue.clone()), ("state", state.to_owned())],
-                    value: n as f64,
+                    labels: vec![("queue", queue.clone()), ("state", (*state).to_owned())],
+                    value: *value,
                 });
             }
         }
-        counts.gauges = gauges;
+        gauges
     }
+}
+
+/// Reads the jobs of `queues` by state, for the status endpoint (in a
+/// child: see `keeper`): queued and running of each queue in turn, for as
+/// many queues as a scoreboard holds. Reads only the live table (the
+/// finished ones are counters), bounded by a statement timeout, so a slow
+/// read never holds the keeper long.
+///
+/// # Errors
+///
+/// The server's error.
+pub(super) fn read_counts(
+    client: &mut postgres::Client,
+    schema: &Schema,
+    queues: &[String],
+) -> Result<Vec<f64>, postgres::Error> {
+    let s = schema.name();
+    let queues = &queues[..queues.len().min(crate::prefork::MAX_GAUGES / 2)];
+    let mut tx = client.transaction()?;
+    tx.batch_execute("SET LOCAL statement_timeout = '500ms'")?;
+    let rows = tx.query_typed(
+        &format!(
+            "SELECT queue, state, count(*) FROM {s}.jobs_live
+             WHERE queue = ANY($1) GROUP BY 1, 2"
+        ),
+        &[(&queues, Type::TEXT_ARRAY)],
+    )?;
+    tx.commit()?;
+    let mut values = Vec::with_capacity(queues.len() * 2);
+    for queue in queues {
+        for state in ["queued", "running"] {
+            let n: i64 = rows
+                .iter()
+                .filter(|r| r.get::<_, &str>(0) == queue && r.get::<_, &str>(1) == state)
+                .map(|r| r.get::<_, i64>(2))
+                .sum();
+            values.push(n as f64);
+        }
+    }
+    Ok(values)
 }

@@ -34,9 +34,10 @@
 //! | `completions` | a child's outcomes, recorded together |
 //! | `stranded` | what a failure left stamped but unrecorded, handed back by its stamp |
 //! | `idle` | the protocol of a child's idle workers (leader and followers) |
-//! | `housekeeping` | a child's periodic duties: vacuum, pruning, expired leases |
+//! | `lease` | the rule: a running job is held while its child holds a live lease |
+//! | `keeper` | a child's thread that renews its lease and sweeps for lapsed ones |
+//! | `housekeeping` | a child's periodic duties: vacuum, pruning |
 //! | `deadline` | a job's statement cancelled at its timeout, by a watchdog per child |
-//! | `master` | the queue's duties in the master: heartbeat, rescue, schedules, cancels |
 //! | `metrics` | the queue's counters and gauges for the status endpoint |
 
 pub mod admin;
@@ -47,7 +48,8 @@ mod config;
 mod deadline;
 mod housekeeping;
 mod idle;
-mod master;
+mod keeper;
+mod lease;
 mod metrics;
 mod prefetch;
 mod runner;
@@ -59,8 +61,8 @@ mod stranded;
 
 pub use app::{QueueApp, QueueChild};
 pub use config::QueueConfig;
-pub use master::FleetStats;
 pub use metrics::FinishedJobs;
+pub use metrics::FleetStats;
 pub use runner::{Handler, RustHandler};
 pub use state::{JobState, UnknownState};
 pub use store::{

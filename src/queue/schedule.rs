@@ -1,25 +1,25 @@
 //! Schedules: jobs queued on a cron expression, by whichever fleet runs.
 //!
 //! A schedule is a row: its cron expression and time zone, the job it
-//! queues, and `next_at`, its next tick. Every running master looks for
-//! due schedules ([`fire_due`], from its loop) and fires each in one
+//! queues, and `next_at`, its next tick. Every running child looks for
+//! due schedules ([`fire_due`], among its duties: see `keeper`) and fires each in one
 //! transaction that locks the row (`FOR UPDATE SKIP LOCKED`), queues the
 //! job and moves `next_at` to the first tick after now. So:
 //!
-//! 1. **Several masters.** Only one of them holds a due row; the others
+//! 1. **Several children, of several masters.** Only one of them holds a due row; the others
 //!    skip it, and once it commits the row is no longer due. Each tick
 //!    queues exactly one job.
 //! 2. **No fleet for a while.** The next tick is counted from now, not
 //!    from the missed one: ticks missed while nothing ran are fired once,
 //!    late, not once each.
-//! 3. **A master dies mid-fire.** Its transaction rolls back; the row is
-//!    still due and the next master fires it.
+//! 3. **A child dies mid-fire.** Its transaction rolls back; the row is
+//!    still due and the next child fires it.
 //! 4. **The previous run is not over.** A schedule with a unique key
 //!    queues its jobs under it: while the last one is queued or running,
 //!    a tick queues nothing (and moves `next_at` on), so runs never
 //!    overlap and a backlog of ticks never builds up.
 //!
-//! Times come from the server's clock (`now()`), so the masters' clocks
+//! Times come from the server's clock (`now()`), so the hosts' clocks
 //! need not agree.
 
 use std::fmt;
@@ -275,7 +275,7 @@ pub struct Fired {
     pub next_due: Option<Duration>,
 }
 
-/// Fires every due schedule not being fired by another master (see the
+/// Fires every due schedule not being fired by another child (see the
 /// module's scenarios), in one transaction.
 ///
 /// # Errors
@@ -284,7 +284,7 @@ pub struct Fired {
 pub fn fire_due(client: &mut Client, schema: &Schema) -> Result<Fired, postgres::Error> {
     let s = schema.name();
     let mut tx = client.transaction()?;
-    tx.batch_execute(super::store::MASTER_TX)?;
+    tx.batch_execute(super::store::DUTY_TX)?;
     let now: DateTime<Utc> = tx.query_typed_one("SELECT now()", &[])?.get(0);
     let due = tx.query_typed(
         &format!(

@@ -501,6 +501,8 @@ pub enum Release<'a> {
     /// Those stamped by one worker's claims (`prefix` is
     /// `host:pid/worker.`) but none of `live`, the claims whose jobs its
     /// child still holds: claims that committed but whose answer was lost.
+    /// Never started: queued again a second or two later, their attempt
+    /// given back.
     Lost {
         /// The worker's stamp prefix.
         prefix: &'a str,
@@ -517,24 +519,36 @@ pub enum Release<'a> {
         jobs: &'a [Job],
     },
     /// These jobs of the claim `owner`, if still held at these attempts: a
-    /// batch whose outcome could not be recorded.
+    /// batch whose outcome could not be recorded (the fleet's failure, not
+    /// the jobs'): queued again a second or two later, their attempt given
+    /// back. (A `--sql` batch's effects rolled back with the statement;
+    /// other handlers' may have committed: at least once.)
     Jobs {
         /// The claim's owner stamp.
         owner: &'a str,
         /// The jobs.
         jobs: &'a [Job],
     },
-    /// Those whose lease expired: their host died.
-    Expired,
+    /// Those of children whose lease lapsed (see `lease`): the lapsed
+    /// leases are ended in the same statement, each by exactly one of the
+    /// children sweeping.
+    Lapsed,
+    /// Those whose child holds no live lease and whose claim's own hold
+    /// (`locked_until`) ran out: claims of an older version's children, or
+    /// made as their child's lease was swept.
+    Unleased,
 }
 
 /// What [`release`] did with the jobs it took back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Released {
     /// Queued again at once.
     pub requeued: u64,
     /// Failed: that was their last attempt.
     pub failed: u64,
+    /// For [`Release::Lapsed`]: the children (`host:pid`) whose lease
+    /// lapsed.
+    pub lapsed: Vec<String>,
 }
 
 impl Released {
@@ -566,17 +580,25 @@ pub fn release(
     which: Release<'_>,
 ) -> Result<Released, postgres::Error> {
     let s = schema.name();
-    // Jobs that never started, or were interrupted by a stop: queued again
-    // where they were, their attempt given back.
+    // Jobs that never started, were interrupted by a stop, or met a
+    // failure of the fleet's own (a connection lost, a completion that
+    // could not be recorded): queued again where they were, their attempt
+    // given back. After a failure (`later`), not before a second or two
+    // (jittered): what failed is likely still failing.
     let give_back = |client: &mut Client,
                      condition: &str,
-                     params: &[(&(dyn ToSql + Sync), Type)]|
+                     params: &[(&(dyn ToSql + Sync), Type)],
+                     later: bool|
      -> Result<Released, postgres::Error> {
+        let run_at = match later {
+            true => "greatest(j.run_at, now() + make_interval(secs => 1 + random()))",
+            false => "j.run_at",
+        };
         // Locked in id order, as everywhere (see below).
         let requeued = client.execute_typed(
             &format!(
                 "UPDATE {s}.jobs_live AS j
-                 SET state = 'queued', attempts = j.attempts - 1,
+                 SET state = 'queued', attempts = j.attempts - 1, run_at = {run_at},
                      locked_by = NULL, locked_until = NULL
                  FROM (SELECT id FROM {s}.jobs_live
                        WHERE state = 'running' AND {condition}
@@ -590,7 +612,7 @@ pub fn release(
         }
         Ok(Released {
             requeued,
-            failed: 0,
+            ..Released::default()
         })
     };
     match which {
@@ -606,6 +628,7 @@ pub fn release(
                     (&ids, Type::INT8_ARRAY),
                     (&attempts, Type::INT4_ARRAY),
                 ],
+                false,
             );
         }
         Release::Interrupted(processes) => {
@@ -614,6 +637,38 @@ pub fn release(
                 client,
                 "locked_by LIKE ANY($1)",
                 &[(&patterns, Type::TEXT_ARRAY)],
+                false,
+            );
+        }
+        // A failure of the fleet's own: the jobs' code did not fail.
+        Release::Lost { prefix, live } => {
+            let pattern = format!(
+                "{}%",
+                prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            return give_back(
+                client,
+                "locked_by LIKE $1 AND locked_by <> ALL($2)",
+                &[(&pattern, Type::TEXT), (&live, Type::TEXT_ARRAY)],
+                true,
+            );
+        }
+        Release::Jobs { owner, jobs } => {
+            let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+            let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
+            return give_back(
+                client,
+                "id = ANY($2) AND locked_by = $1
+                 AND (id, attempts) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))",
+                &[
+                    (&owner, Type::TEXT),
+                    (&ids, Type::INT8_ARRAY),
+                    (&attempts, Type::INT4_ARRAY),
+                ],
+                true,
             );
         }
         _ => {}
@@ -624,10 +679,17 @@ pub fn release(
     // two never deadlock. The expiry sweep skips locked rows: a job locked
     // now is being completed by the worker that holds it (its lease ran
     // out, but it is still there), and taking it would only wait.
-    let release = |condition: &str, skip_locked: bool| {
+    // `prelude`: common table expressions the condition reads (ending
+    // with a comma); `lapsed`, if it is the lapsed leases, whose children
+    // the statement returns.
+    let release = |prelude: &str, condition: &str, skip_locked: bool| {
         let wait = if skip_locked { " SKIP LOCKED" } else { "" };
+        let lapsed = match prelude.is_empty() {
+            true => "NULL::text[]",
+            false => "ARRAY(SELECT process FROM lapsed)",
+        };
         format!(
-            "WITH target AS (
+            "WITH {prelude} target AS (
                  SELECT id FROM {s}.jobs_live WHERE state = 'running' AND {condition}
                  ORDER BY id FOR UPDATE{wait}
              ), moved AS (
@@ -659,55 +721,53 @@ pub fn release(
                  WHERE j.id = t.id AND j.attempts < j.max_attempts AND NOT j.cancel_requested
                  RETURNING 1
              )
-             SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM failed)"
+             SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM failed), {lapsed}"
         )
     };
+    // The children whose lease lapsed, their rows deleted (locked, so that
+    // two sweeps never both take one), and the condition for their jobs.
+    let lapsed_leases = format!(
+        "lapsed AS (
+             DELETE FROM {s}.children AS c USING (
+                 SELECT host, pid FROM {s}.children WHERE lease_until < now()
+                 FOR UPDATE SKIP LOCKED
+             ) AS d
+             WHERE c.host = d.host AND c.pid = d.pid
+             RETURNING c.host || ':' || c.pid AS process
+         ),"
+    );
+    let of_lapsed = "split_part(locked_by, '/', 1) IN (SELECT process FROM lapsed)";
+    let unleased = format!(
+        "locked_until < now() AND NOT EXISTS (
+             SELECT 1 FROM {s}.children AS c
+             WHERE c.host || ':' || c.pid = split_part(locked_by, '/', 1)
+               AND c.lease_until >= now())"
+    );
     let row = match which {
         Release::Processes(processes) => {
             let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
             client.query_typed_one(
-                &release("locked_by LIKE ANY($1)", false),
+                &release("", "locked_by LIKE ANY($1)", false),
                 &[(&patterns, Type::TEXT_ARRAY)],
             )?
         }
-        Release::Owner(owner) => {
-            client.query_typed_one(&release("locked_by = $1", false), &[(&owner, Type::TEXT)])?
+        Release::Owner(owner) => client.query_typed_one(
+            &release("", "locked_by = $1", false),
+            &[(&owner, Type::TEXT)],
+        )?,
+        Release::Unstarted { .. }
+        | Release::Interrupted(_)
+        | Release::Lost { .. }
+        | Release::Jobs { .. } => unreachable!("handled above"),
+        Release::Lapsed => {
+            client.query_typed_one(&release(&lapsed_leases, of_lapsed, true), &[])?
         }
-        Release::Lost { prefix, live } => {
-            let pattern = format!(
-                "{}%",
-                prefix
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            );
-            client.query_typed_one(
-                &release("locked_by LIKE $1 AND locked_by <> ALL($2)", false),
-                &[(&pattern, Type::TEXT), (&live, Type::TEXT_ARRAY)],
-            )?
-        }
-        Release::Unstarted { .. } | Release::Interrupted(_) => unreachable!("handled above"),
-        Release::Jobs { owner, jobs } => {
-            let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-            let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
-            client.query_typed_one(
-                &release(
-                    "id = ANY($2) AND locked_by = $1 AND (id, attempts) IN \
-                     (SELECT * FROM unnest($2::int8[], $3::int4[]))",
-                    false,
-                ),
-                &[
-                    (&owner, Type::TEXT),
-                    (&ids, Type::INT8_ARRAY),
-                    (&attempts, Type::INT4_ARRAY),
-                ],
-            )?
-        }
-        Release::Expired => client.query_typed_one(&release("locked_until < now()", true), &[])?,
+        Release::Unleased => client.query_typed_one(&release("", &unleased, true), &[])?,
     };
     let released = Released {
         requeued: row.get::<_, i64>(0) as u64,
         failed: row.get::<_, i64>(1) as u64,
+        lapsed: row.get::<_, Option<Vec<String>>>(2).unwrap_or_default(),
     };
     if released.requeued > 0 {
         notify(client, schema, "")?;
@@ -836,148 +896,13 @@ pub struct ChildRow {
     pub jobs: i64,
 }
 
-/// Records the heartbeat of the master `master_pid` on `host` and its
-/// children, and forgets its children that are gone, in one transaction
-/// (so a master's heartbeat always comes with the children it had). `rows` are (pid, start time in seconds since
-/// the epoch, jobs done); `queues` are the queues they work, comma
-/// separated.
-pub(crate) fn record_children(
-    client: &mut Client,
-    schema: &Schema,
-    host: &str,
-    master_pid: i32,
-    queues: &str,
-    rows: &[(i32, f64, i64)],
-) -> Result<(), postgres::Error> {
-    let s = schema.name();
-    let pids: Vec<i32> = rows.iter().map(|r| r.0).collect();
-    let since: Vec<f64> = rows.iter().map(|r| r.1).collect();
-    let jobs: Vec<i64> = rows.iter().map(|r| r.2).collect();
-    let mut tx = client.transaction()?;
-    // A master frozen inside this transaction would hold its heartbeat
-    // row locked, which no rescuer could then take: the server ends such a
-    // session after a moment.
-    tx.batch_execute(MASTER_TX)?;
-    tx.execute_typed(
-        &format!(
-            "INSERT INTO {s}.masters (host, pid, queues) VALUES ($1, $2, $3)
-             ON CONFLICT (host, pid) DO UPDATE
-             SET heartbeat_at = now(), queues = EXCLUDED.queues"
-        ),
-        &[
-            (&host, Type::TEXT),
-            (&master_pid, Type::INT4),
-            (&queues, Type::TEXT),
-        ],
-    )?;
-    tx.execute_typed(
-        &format!("DELETE FROM {s}.children WHERE host = $1 AND master_pid = $2 AND pid <> ALL($3)"),
-        &[
-            (&host, Type::TEXT),
-            (&master_pid, Type::INT4),
-            (&pids, Type::INT4_ARRAY),
-        ],
-    )?;
-    if !rows.is_empty() {
-        tx.execute_typed(
-            &format!(
-                "INSERT INTO {s}.children (host, pid, master_pid, queue, since, jobs)
-                 SELECT $1, p, $2, $3, to_timestamp(t), n FROM unnest($4::int4[], $5::float8[], $6::int8[]) AS c(p, t, n)
-                 ON CONFLICT (host, pid) DO UPDATE
-                 SET master_pid = EXCLUDED.master_pid, queue = EXCLUDED.queue, since = EXCLUDED.since,
-                     jobs = EXCLUDED.jobs, seen_at = now()"
-            ),
-            &[
-                (&host, Type::TEXT),
-                (&master_pid, Type::INT4),
-                (&queues, Type::TEXT),
-                (&pids, Type::INT4_ARRAY),
-                (&since, Type::FLOAT8_ARRAY),
-                (&jobs, Type::INT8_ARRAY),
-            ],
-        )?;
-    }
-    tx.commit()
-}
-
-/// A master taken for dead by [`rescue`], and what was done with its
-/// children's running jobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rescued {
-    /// `host:pid` of the master.
-    pub(crate) master: String,
-    /// Its children's jobs handed back.
-    pub(crate) released: Released,
-}
-
-/// Hands back the running jobs of the children of every master (other than
-/// `me` on `host`) whose heartbeat is older than `after`: frozen or dead
-/// hosts' jobs run again within seconds rather than at lease expiry.
-///
-/// The rules: a master heartbeats every second from its loop, whatever its
-/// jobs do, so a master is taken for dead only when its loop stopped (the
-/// host froze, died or lost the database) for `after`; a master merely
-/// slow to finish jobs keeps them. A master taken for dead that wakes up
-/// loses nothing it has not already lost: its late outcomes are refused
-/// (the claim's owner and attempt no longer match), and with them the
-/// `--sql` effects committed in the same transaction. Each dead master is
-/// rescued once: its row is deleted by exactly one of the masters looking.
-pub(crate) fn rescue(
-    client: &mut Client,
-    schema: &Schema,
-    after: Duration,
-    host: &str,
-    me: i32,
-) -> Result<Vec<Rescued>, postgres::Error> {
-    let s = schema.name();
-    // A row locked is a master recording its heartbeat right now (or one
-    // frozen while it did, whose session the server ends soon): skipped,
-    // so that this master's loop never waits on it.
-    let dead = client.query_typed(
-        &format!(
-            "DELETE FROM {s}.masters AS m USING (
-                 SELECT host, pid FROM {s}.masters
-                 WHERE heartbeat_at < now() - make_interval(secs => $1)
-                   AND NOT (host = $2 AND pid = $3)
-                 FOR UPDATE SKIP LOCKED
-             ) AS d
-             WHERE m.host = d.host AND m.pid = d.pid
-             RETURNING m.host, m.pid"
-        ),
-        &[
-            (&after.as_secs_f64(), Type::FLOAT8),
-            (&host, Type::TEXT),
-            (&me, Type::INT4),
-        ],
-    )?;
-    let mut rescued = Vec::new();
-    for row in &dead {
-        let (host, pid): (String, i32) = (row.get(0), row.get(1));
-        let children: Vec<String> = client
-            .query_typed(
-                &format!(
-                    "DELETE FROM {s}.children WHERE host = $1 AND master_pid = $2 RETURNING pid"
-                ),
-                &[(&host, Type::TEXT), (&pid, Type::INT4)],
-            )?
-            .iter()
-            .map(|r| format!("{host}:{}", r.get::<_, i32>(0)))
-            .collect();
-        let released = release(client, schema, Release::Processes(&children))?;
-        rescued.push(Rescued {
-            master: format!("{host}:{pid}"),
-            released,
-        });
-    }
-    Ok(rescued)
-}
-
-/// Set first in a master's transactions: a master frozen (a host stopped,
-/// a VM paused) between two statements of one would hold its row locks
+/// Set first in the transactions of a child's duties (firing schedules): a
+/// child frozen (a host stopped, a VM paused) between two statements of
+/// one would hold its row locks
 /// indefinitely; the server ends the session instead once it sits idle in
 /// the transaction this long. `SET LOCAL`, so it holds behind PgBouncer in
 /// transaction mode, and ends with the transaction.
-pub(crate) const MASTER_TX: &str = "SET LOCAL idle_in_transaction_session_timeout = '2s'";
+pub(crate) const DUTY_TX: &str = "SET LOCAL idle_in_transaction_session_timeout = '2s'";
 
 /// Whether job `id` is live and was asked to be cancelled.
 ///
@@ -1067,7 +992,7 @@ mod tests {
         .unwrap();
         assert_eq!(lost.len(), 3);
         std::thread::sleep(Duration::from_millis(20));
-        let released = release(&mut client, &schema, Release::Expired).unwrap();
+        let released = release(&mut client, &schema, Release::Unleased).unwrap();
         assert_eq!(released.requeued, 3);
         let taken = claim(
             &mut client,
@@ -1185,7 +1110,7 @@ mod tests {
             release(&mut client, &schema, Release::Processes(&dead)).unwrap(),
             Released {
                 requeued: 1,
-                failed: 0
+                ..Released::default()
             }
         );
         assert!(pending(&mut client, &schema, &["q".to_owned()]).unwrap());

@@ -15,8 +15,13 @@
 //!    stops, left in the local queue, or handed back by a runner that
 //!    could not start it): [`Stranded::Unstarted`], queued again with its
 //!    attempt given back.
+//! 4. **A child died** (killed, crashed, or stopped past the graceful
+//!    timeout): its jobs are handed back by a handover process the master
+//!    forks ([`release_lost`]): attempt counted, or, for a child the
+//!    master stopped, given back.
 
-use super::claims::Own;
+use super::QueueConfig;
+use super::claims::{Own, process_of};
 use super::prefetch::Batch;
 use super::store::{self, Finished};
 
@@ -63,6 +68,36 @@ impl Stranded {
                 owner: &batch.owner,
                 jobs: &batch.jobs,
             },
+        }
+    }
+}
+
+/// In a handover process (see `prefork::App::children_lost`): hands back
+/// the jobs of children that died (attempt counted) or that the master
+/// stopped before they finished (attempt given back).
+pub(super) fn release_lost(config: &QueueConfig, lost: &[crate::prefork::LostChild]) {
+    for interrupted in [false, true] {
+        let pids: Vec<crate::Pid> = lost
+            .iter()
+            .filter(|l| l.interrupted == interrupted)
+            .map(|l| l.pid)
+            .collect();
+        if pids.is_empty() {
+            continue;
+        }
+        let processes: Vec<String> = pids.iter().map(|pid| process_of(*pid)).collect();
+        let which = match interrupted {
+            false => store::Release::Processes(&processes),
+            true => store::Release::Interrupted(&processes),
+        };
+        let list = crate::prefork::list(&pids);
+        match crate::with_client(|c| store::release(c, &config.schema, which)) {
+            Ok(released) if released.is_empty() => {}
+            Ok(released) if interrupted => {
+                log::info!("{released} of children stopped before they finished ({list})");
+            }
+            Ok(released) => log::warn!("{released} of dead children {list}"),
+            Err(e) => log::warn!("releasing the jobs of dead children {list}: {e}"),
         }
     }
 }

@@ -178,9 +178,9 @@ fn measure(schema: &Schema, args: &BenchArgs) -> Result<(), Fail> {
         .procs(args.procs as usize)
         .threads(args.threads as usize)
         .graceful_timeout(Duration::from_secs(10));
-    let bounds = fleet.connection_bounds();
     let keeps = config.keeps_history();
     let mut app = QueueApp::new(config, handler);
+    let bounds = fleet.connection_bounds(&app);
     let mut line = None;
     if let Some(progress) = super::progress::Progress::jobs(queued) {
         let (shown, update) = progress.in_master();

@@ -258,12 +258,15 @@ struct FleetArgs {
     /// mode [default: the database URL].
     #[arg(long, env = "PREFORK_LISTEN_URL", hide_env_values = true)]
     listen_url: Option<String>,
-    /// How long a master's heartbeat (every second) may be missing before
-    /// another master takes it for dead and hands its children's running
-    /// jobs back: a duration, or "forever" to leave them to --lease.
+    /// How long a child's lease on its running jobs lasts: each child
+    /// renews it every third of this from a thread of its own, however long
+    /// its jobs run; a child that dies, freezes or loses the server loses
+    /// its jobs to the others this long after: a duration, or "forever".
     #[arg(long, env = "PREFORK_RESCUE_AFTER", default_value = "15s", value_parser = parse_limit)]
     rescue_after: Limit,
-    /// How long a claim holds before a dead host's jobs are taken over.
+    /// How long a claim holds by itself, for a child that holds no lease
+    /// (one of an older version): the children's own leases (--rescue-after)
+    /// keep their jobs.
     #[arg(long, env = "PREFORK_LEASE", default_value = "300s", value_parser = parse_duration)]
     lease: Duration,
     /// Queue this many sample jobs (payloads 1..N) before starting.

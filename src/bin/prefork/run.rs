@@ -156,8 +156,8 @@ pub(crate) fn fleet_main(
         .pidfile(args.pidfile.clone())
         .status_addr(args.status_addr.clone())
         .min_ready(args.min_ready.map(|n| n as usize));
-    let bounds = fleet.connection_bounds();
     let mut app = QueueApp::new(config, handler);
+    let bounds = fleet.connection_bounds(&app);
     // A drain watched on a terminal: a live line of the jobs finished.
     let mut line = None;
     if args.drain {
@@ -173,21 +173,22 @@ pub(crate) fn fleet_main(
     drop(line);
     let report = report?;
     let elapsed = started.elapsed();
-    let after = counts(&schema, &queues)?;
-    let done = after.done - before.done;
-    let failed = after.failed - before.failed;
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let (done, failed) = (stats.done.load(relaxed), stats.failed.load(relaxed));
+    // What is left, if the server answers in a moment: a stop never waits
+    // on a frozen or unreachable server.
+    let left = match counts_within(&schema, &queues, SUMMARY_WAIT) {
+        Some(after) => format!("{} queued, {} running left", after.queued, after.running),
+        None => "the server did not say what is left".to_owned(),
+    };
     let summary = format!(
         "prefork: {done} job(s) done, {failed} failed in {elapsed:.1?} ({:.0} jobs/s); \
-         {} queued, {} running left; peak backends {} (bound {}, {} while a child is replaced); \
+         {left}; peak backends {} (bound {}, {} while a child is replaced); \
          {} restart(s)",
         done as f64 / elapsed.as_secs_f64().max(1e-9),
-        after.queued,
-        after.running,
-        stats
-            .peak_backends
-            .load(std::sync::atomic::Ordering::Relaxed),
+        stats.peak_backends.load(relaxed),
         // One connection per worker thread (a child's idle leader is one of
-        // them), plus the master's.
+        // them), each child's keeper's, and the master's.
         bounds.steady,
         bounds.replacing,
         report.restarts
@@ -287,6 +288,21 @@ fn leading_words(sql: &str, n: usize) -> Vec<String> {
 }
 
 /// Counts of `queues`, summed.
+/// How long the summary waits for the server to say what is left.
+const SUMMARY_WAIT: Duration = Duration::from_secs(2);
+
+/// [`counts`], if the server answers within `wait`: on a thread of its
+/// own (the fleet has stopped, so the master forks no more), left behind
+/// otherwise.
+fn counts_within(schema: &Schema, queues: &[String], wait: Duration) -> Option<queue::Counts> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (schema, queues) = (schema.clone(), queues.to_vec());
+    fork_safe::thread::spawn(move || {
+        let _ = tx.send(counts(&schema, &queues).ok());
+    });
+    rx.recv_timeout(wait).ok().flatten()
+}
+
 fn counts(schema: &Schema, queues: &[String]) -> Result<queue::Counts, Fail> {
     let counts = fork_safe::with_client(|c| {
         let mut sum = queue::Counts::default();

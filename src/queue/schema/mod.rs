@@ -140,6 +140,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/017_sql_outcomes.sql"),
     include_str!("migrations/018_schedule_unique_key.sql"),
     include_str!("migrations/019_functions_in_files.sql"),
+    include_str!("migrations/020_child_leases.sql"),
 ];
 
 /// The server-side functions, each defined once, in the order they are

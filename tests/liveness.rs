@@ -1,0 +1,272 @@
+//! Leases and liveness, in real processes against a real server: a job
+//! runs once however long it runs, and a master stopped alone loses none
+//! of its children's jobs (see `queue/lease.rs`).
+
+#[path = "common/cli.rs"]
+mod cli;
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cli::{Master, count, reset};
+use common::{Ctx, Observer, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn main() {
+    common::main(
+        fork_safe::cluster::Builder::new().max_connections(60),
+        |_| {},
+        &[
+            (
+                "a_job_longer_than_its_lease_runs_once_with_two_fleets",
+                longer_than_lease,
+            ),
+            (
+                "a_master_stopped_alone_keeps_its_childrens_jobs",
+                master_stopped_alone,
+            ),
+            (
+                "with_the_server_frozen_the_master_replaces_a_child_and_stops_at_once",
+                frozen_server,
+            ),
+        ],
+        &[],
+    )
+}
+
+/// A program that notes each start of its job in `log`, then sleeps
+/// `secs`.
+fn sleeper(log: &Path, secs: u32) -> String {
+    format!(
+        "echo \"start $PREFORK_JOB_ID\" >> {}; sleep {secs}",
+        log.display()
+    )
+}
+
+/// How many times each job started, by the log.
+fn starts(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn fleet(ctx: &Ctx, extra: &[&str], program: &str) -> Master {
+    let mut args = vec!["--procs", "1", "--threads", "4"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--exec", "sh", "-c", program]);
+    Master::start(&ctx.url, &args)
+}
+
+fn done(obs: &mut Observer) -> i64 {
+    count(
+        obs,
+        "SELECT count(*) FROM prefork.jobs WHERE state = 'done'",
+    )
+}
+
+fn stop(master: &mut Master) {
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    let (code, err) = master.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Two jobs of 8 s under `--lease 3s`, worked by two fleets: the claim's
+/// own hold runs out while they run, but their child's lease is renewed,
+/// so the other fleet takes neither; each runs once and is done.
+fn longer_than_lease(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let log = ctx.socket_dir.join("lease-starts.log");
+    let _ = std::fs::remove_file(&log);
+    cli::enqueue_lines(&ctx.url, "1\n2\n", &[]);
+    let program = sleeper(&log, 8);
+    let lease = ["--lease", "3s", "--rescue-after", "3s"];
+    let mut first = fleet(ctx, &lease, &program);
+    wait_until("both jobs start", Duration::from_secs(30), || {
+        starts(&log).len() == 2
+    });
+    let mut second = fleet(ctx, &lease, &program);
+    wait_until("both jobs done", Duration::from_secs(60), || {
+        done(&mut obs) == 2
+    });
+    stop(&mut first);
+    stop(&mut second);
+    assert_eq!(starts(&log).len(), 2, "a job ran twice: {:?}", starts(&log));
+}
+
+/// The master alone is stopped for 12 s while its child runs 4 jobs of
+/// 6 s; a second fleet with `--rescue-after 3s` works the same queue. The
+/// child renews its own lease, so nothing runs twice.
+fn master_stopped_alone(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let log = ctx.socket_dir.join("stopped-starts.log");
+    let _ = std::fs::remove_file(&log);
+    cli::enqueue_lines(&ctx.url, "1\n2\n3\n4\n", &[]);
+    let program = sleeper(&log, 6);
+    let rescue = ["--rescue-after", "3s"];
+    let mut first = fleet(ctx, &rescue, &program);
+    wait_until("four jobs start", Duration::from_secs(30), || {
+        starts(&log).len() == 4
+    });
+    kill(first.pid(), Signal::SIGSTOP).unwrap();
+    let mut second = fleet(ctx, &rescue, &program);
+    std::thread::sleep(Duration::from_secs(12));
+    kill(first.pid(), Signal::SIGCONT).unwrap();
+    wait_until("four jobs done", Duration::from_secs(60), || {
+        done(&mut obs) == 4
+    });
+    stop(&mut first);
+    stop(&mut second);
+    assert_eq!(starts(&log).len(), 4, "a job ran twice: {:?}", starts(&log));
+}
+
+/// The server's processes (the postmaster and every process it forked)
+/// stopped with SIGSTOP; continued when dropped, whatever the test did.
+struct Frozen(Vec<Pid>);
+
+impl Frozen {
+    fn freeze(obs: &mut Observer) -> Frozen {
+        let backend: i32 = obs
+            .client()
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).unwrap();
+        // The fields after the command's closing parenthesis: state, ppid.
+        let ppid: i32 = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let postmaster = Pid::from_raw(ppid);
+        kill(postmaster, Signal::SIGSTOP).unwrap();
+        let mut pids = vec![postmaster];
+        for pid in common::children_of(postmaster) {
+            if kill(pid, Signal::SIGSTOP).is_ok() {
+                pids.push(pid);
+            }
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in self.0.iter().rev() {
+            let _ = kill(*pid, Signal::SIGCONT);
+        }
+    }
+}
+
+/// `/status` of a fleet serving it on the Unix socket `socket`, within a
+/// second, or `None`.
+fn status(socket: &Path) -> Option<serde_json::Value> {
+    let mut s = UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// The pid of each child in `/status`, by slot.
+fn children(status: &serde_json::Value) -> Vec<(u64, i64)> {
+    status["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["slot"].as_u64().unwrap(), c["pid"].as_i64().unwrap()))
+        .collect()
+}
+
+/// Waits up to `within` for `/status` to satisfy `done`; how long it took.
+fn status_until(
+    socket: &Path,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if status(socket).is_some_and(|s| done(&s)) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The server frozen (its postmaster and backends stopped) under a busy
+/// fleet: the master's loop does not wait on it. Its status endpoint
+/// answers, a killed child is replaced within a second, TERM is taken
+/// within a second, and the master exits within its graceful timeout and
+/// the last handover's limit (5 s), the server still frozen. Thawed,
+/// nothing ran twice.
+fn frozen_server(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let lines: String = (1..=5_000).map(|i| format!("{i}\n")).collect();
+    cli::enqueue_lines(&ctx.url, &lines, &[]);
+    let socket = ctx.socket_dir.join("frozen.sock");
+    let addr = socket.to_string_lossy().into_owned();
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--graceful-timeout",
+            "1s",
+            "--status-addr",
+            &addr,
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.005)",
+        ],
+    );
+    wait_until("the fleet works", Duration::from_secs(30), || {
+        count(&mut obs, "SELECT count(*) FROM effects") >= 100
+    });
+    let frozen = Frozen::freeze(&mut obs);
+    std::thread::sleep(Duration::from_secs(1));
+    let took = status_until(&socket, "status answers", Duration::from_secs(1), |_| true);
+    println!("    /status answered in {took:.1?} with the server frozen");
+    let before = children(&status(&socket).expect("status"));
+    let (slot, victim) = before[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let took = status_until(
+        &socket,
+        "the killed child replaced",
+        Duration::from_secs(1),
+        |s| {
+            children(s)
+                .iter()
+                .any(|(sl, pid)| *sl == slot && *pid != victim)
+        },
+    );
+    println!("    the killed child was replaced in {took:.1?}");
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    let took = status_until(&socket, "TERM taken", Duration::from_secs(1), |s| {
+        s["stopping"] == serde_json::Value::Bool(true)
+    });
+    println!("    TERM was taken in {took:.1?}");
+    let stopping = Instant::now();
+    let (code, err) = master.wait(Duration::from_secs(20));
+    println!(
+        "    the master exited {:.1?} after TERM, the server still frozen",
+        stopping.elapsed()
+    );
+    assert_eq!(code, 0, "{err}");
+    drop(frozen);
+    let twice = count(&mut obs, "SELECT count(*) - count(DISTINCT v) FROM effects");
+    assert_eq!(twice, 0, "an effect ran twice");
+}
