@@ -418,13 +418,8 @@ pub(crate) fn complete(
     let owners: Vec<&str> = finished.iter().map(|f| &*f.owner).collect();
     let ids: Vec<i64> = finished.iter().map(|f| f.job.id).collect();
     let attempts: Vec<i32> = finished.iter().map(|f| f.job.attempt).collect();
-    let oks: Vec<bool> = finished.iter().map(|f| f.outcome.is_ok()).collect();
-    let texts: Vec<&str> = finished
-        .iter()
-        .map(|f| match &f.outcome {
-            Ok(text) | Err(text) => text.as_str(),
-        })
-        .collect();
+    let (oks, texts): (Vec<bool>, Vec<std::borrow::Cow<'_, str>>) =
+        finished.iter().map(|f| recordable(&f.outcome)).unzip();
     let row = client.query_typed_one(
         &format!("SELECT {s}.complete_jobs($1, $2, $3, $4, $5, $6)"),
         &[
@@ -437,6 +432,26 @@ pub(crate) fn complete(
         ],
     )?;
     Ok(row.get(0))
+}
+
+/// An outcome as it can be recorded: PostgreSQL's `text` holds no NUL
+/// byte, and one in a single outcome would fail the statement that records
+/// a whole group's. Such an outcome fails its own job, with the reason and
+/// the text, its NULs written `\u0000`.
+fn recordable(outcome: &Result<String, String>) -> (bool, std::borrow::Cow<'_, str>) {
+    let (ok, text) = match outcome {
+        Ok(text) => (true, text.as_str()),
+        Err(text) => (false, text.as_str()),
+    };
+    if !text.contains('\0') {
+        return (ok, std::borrow::Cow::Borrowed(text));
+    }
+    let escaped = text.replace('\0', "\\u0000");
+    let text = match ok {
+        true => format!("its result holds a NUL byte, which a text column cannot store: {escaped}"),
+        false => escaped,
+    };
+    (false, std::borrow::Cow::Owned(text))
 }
 
 /// Runs `sql` once per job with the payload as `$1` (a `text`), and records
@@ -967,6 +982,59 @@ mod tests {
     /// A worker whose lease was taken over (it was stopped, the sweep
     /// requeued its jobs, another worker claimed them) runs no effect when
     /// it resumes; the new holder's effects commit once.
+    /// A result holding a NUL (which `text` cannot store) fails its own
+    /// job, with the reason; its batch-mates recorded in the same
+    /// statement are done.
+    #[test]
+    fn a_nul_in_one_result_fails_that_job_alone() {
+        let cluster = TempCluster::start().unwrap();
+        let mut client = Client::connect(&cluster.connection_string(), postgres::NoTls).unwrap();
+        let schema = Schema::new("nul").unwrap();
+        migrate(&mut client, &schema).unwrap();
+        let how = Enqueue {
+            queue: "q",
+            max_attempts: 1,
+            ..Enqueue::default()
+        };
+        let payloads: Vec<String> = (1..=3).map(|i| i.to_string()).collect();
+        enqueue(&mut client, &schema, &how, &payloads).unwrap();
+        let owner: Arc<str> = Arc::from("a:1/0.0");
+        let jobs = claim(
+            &mut client,
+            &schema,
+            &["q".to_owned()],
+            8,
+            &owner,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let results = ["fine", "bad\0result", "fine too"];
+        let finished: Vec<Finished> = jobs
+            .iter()
+            .zip(results)
+            .map(|(job, text)| Finished {
+                owner: owner.clone(),
+                job: job.clone(),
+                outcome: Ok(text.to_owned()),
+            })
+            .collect();
+        assert_eq!(complete(&mut client, &schema, &finished, true).unwrap(), 3);
+        let rows = client
+            .query(
+                "SELECT state, coalesce(last_error, '') FROM nul.jobs_finished ORDER BY id",
+                &[],
+            )
+            .unwrap();
+        let seen: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(seen[0].0, "done");
+        assert_eq!(seen[1].0, "failed");
+        assert!(
+            seen[1].1.contains("NUL byte") && seen[1].1.contains("bad\\u0000result"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[2].0, "done");
+    }
+
     #[test]
     fn run_sql_runs_nothing_for_a_lost_lease() {
         let cluster = TempCluster::start().unwrap();
