@@ -33,6 +33,10 @@ fn main() {
                 "with_the_server_frozen_the_master_replaces_a_child_and_stops_at_once",
                 frozen_server,
             ),
+            (
+                "children_killed_35_times_fail_no_job_that_never_ran",
+                killed_children,
+            ),
         ],
         &[],
     )
@@ -269,4 +273,62 @@ fn frozen_server(ctx: &mut Ctx) {
     drop(frozen);
     let twice = count(&mut obs, "SELECT count(*) - count(DISTINCT v) FROM effects");
     assert_eq!(twice, 0, "an effect ran twice");
+}
+
+/// 20,000 jobs of 10 ms at the default three attempts, a child SIGKILLed
+/// every 150 ms, 35 times or more: the jobs a killed child had claimed but
+/// not started get their attempt back (only those its workers were
+/// running count one), so no job fails, and every effect is there once.
+fn killed_children(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let lines: String = (1..=20_000).map(|i| format!("{i}\n")).collect();
+    cli::enqueue_lines(&ctx.url, &lines, &[]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "4",
+            "--threads",
+            "8",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.01)",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut kills = 0;
+    while master.running() {
+        assert!(Instant::now() < deadline, "the fleet never drained");
+        std::thread::sleep(Duration::from_millis(150));
+        if kills < 60 {
+            if let Some(child) = fleet_child(master.pid()) {
+                if kill(child, Signal::SIGKILL).is_ok() {
+                    kills += 1;
+                }
+            }
+        }
+    }
+    let (code, err) = master.wait(Duration::from_secs(5));
+    assert_eq!(code, 0, "{err}");
+    let spent = count(
+        &mut obs,
+        "SELECT count(*) FILTER (WHERE attempts > 1) FROM prefork.jobs",
+    );
+    println!("    {kills} children killed; {spent} job(s) took more than one attempt");
+    assert!(kills >= 35, "too few kills: {kills}");
+    let failed = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE state = 'failed'",
+    );
+    assert_eq!(failed, 0, "jobs failed that their code never failed");
+    cli::assert_all_done_once(&mut obs, 20_000);
+}
+
+/// A child of the fleet of `master` (not a handover process), by its
+/// title.
+fn fleet_child(master: Pid) -> Option<Pid> {
+    common::children_of(master).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(": child"))
+    })
 }

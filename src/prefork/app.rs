@@ -107,7 +107,7 @@ pub trait App: Send + Sync + 'static {
 }
 
 /// A child that died with work perhaps in hand, for [`App::children_lost`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostChild {
     /// Its pid.
     pub pid: Pid,
@@ -115,6 +115,10 @@ pub struct LostChild {
     /// that ran past the graceful timeout, or a fast stop): what it had in
     /// hand was interrupted by the operator, not failed by the work.
     pub interrupted: bool,
+    /// The jobs its workers were running when it died, as they recorded
+    /// them ([`Worker::hold_jobs`]): what it had in hand besides was not
+    /// started.
+    pub running: Vec<i64>,
 }
 
 /// A child as the master sees it, for [`App::master_tick`].

@@ -9,7 +9,9 @@
 use std::io;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering,
+};
 use std::time::Duration;
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
@@ -84,7 +86,14 @@ struct Slot {
     /// written by the program itself before it execs, cleared by the
     /// worker before it reaps the program (see `program`).
     program: AtomicI32,
+    /// How many of `held` are the jobs the worker runs now (see
+    /// [`Board::hold`]); 0 when none.
+    held_len: AtomicU32,
+    held: [AtomicI64; MAX_HELD],
 }
+
+/// Most job ids a worker's slot records (a batch's first ones).
+pub const MAX_HELD: usize = 64;
 
 /// A worker that has been inside one unit of work for a while.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +165,33 @@ impl Board {
             slot.started.store(0, Ordering::Release);
         }
         self.jobs.fetch_add(jobs, Ordering::Relaxed);
+    }
+
+    /// Worker `worker` runs the jobs `ids` now (the first [`MAX_HELD`]);
+    /// empty: none. Read by the master only once the child is dead, when
+    /// nothing writes any more.
+    pub(crate) fn hold(&self, worker: usize, ids: &[i64]) {
+        let Some(slot) = self.workers.get(worker) else {
+            return;
+        };
+        slot.held_len.store(0, Ordering::Release);
+        let ids = &ids[..ids.len().min(MAX_HELD)];
+        for (cell, id) in slot.held.iter().zip(ids) {
+            cell.store(*id, Ordering::Relaxed);
+        }
+        slot.held_len.store(ids.len() as u32, Ordering::Release);
+    }
+
+    /// The jobs the child's first `threads` workers were running, as they
+    /// recorded them.
+    pub(crate) fn held(&self, threads: usize) -> Vec<i64> {
+        self.workers[..threads.min(MAX_THREADS)]
+            .iter()
+            .flat_map(|slot| {
+                let len = (slot.held_len.load(Ordering::Acquire) as usize).min(MAX_HELD);
+                slot.held[..len].iter().map(|id| id.load(Ordering::Relaxed))
+            })
+            .collect()
     }
 
     /// The master asks for the app's gauges, at `now` (CLOCK_MONOTONIC

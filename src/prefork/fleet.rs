@@ -322,6 +322,7 @@ impl Fleet {
             let lost = LostChild {
                 pid: child.pid,
                 interrupted: requested,
+                running: child.board.held(self.settings.threads),
             };
             self.handovers.lost(lost, now);
         }

@@ -127,7 +127,13 @@ impl Handovers {
                 log::warn!(
                     "dead children {} not handed over before the master exits; \
                      their leases bring their work back",
-                    list(&self.pending.iter().map(|(l, _)| *l).collect::<Vec<_>>())
+                    list(
+                        &self
+                            .pending
+                            .iter()
+                            .map(|(l, _)| l.clone())
+                            .collect::<Vec<_>>()
+                    )
                 );
             }
             self.pending.clear();
@@ -264,6 +270,7 @@ mod tests {
         LostChild {
             pid: Pid::from_raw(pid),
             interrupted: false,
+            running: Vec::new(),
         }
     }
 

@@ -106,7 +106,7 @@ pub(crate) use backends::end_backends;
 #[cfg(feature = "queue")]
 pub(crate) use backoff::{PROGRAM_CAP, restart_delay};
 pub use board::RunningProgram;
-pub use board::{MAX_GAUGES, MAX_THREADS};
+pub use board::{MAX_GAUGES, MAX_HELD, MAX_THREADS};
 pub use builder::Prefork;
 pub use error::PreforkError;
 pub use exit::ExitReason;
@@ -121,4 +121,4 @@ pub(crate) use program::kill_grace;
 pub use settings::ConnectionBounds;
 pub use signals::hold_signals;
 pub use status::StatusAddr;
-pub use worker::{Wake, Waker, Worker};
+pub use worker::{HeldJobs, Wake, Waker, Worker};

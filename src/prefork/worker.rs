@@ -240,6 +240,16 @@ impl Worker {
         f()
     }
 
+    /// Records the jobs `ids` (a job queue's) as the ones this worker runs
+    /// now, until the guard is dropped: if the child dies meanwhile, the
+    /// master reports them in [`LostChild::running`](super::LostChild::running),
+    /// so that what else the child held can be told apart as never started.
+    /// At most [`MAX_HELD`](super::MAX_HELD) ids are kept (a batch's first).
+    pub fn hold_jobs(&self, ids: &[i64]) -> HeldJobs<'_> {
+        self.shared.board.hold(self.index, ids);
+        HeldJobs(self)
+    }
+
     /// Starts `command` as a program for this worker's job: the leader of
     /// a process group of its own, started clean (default signals, empty
     /// mask, descriptors 0 to 2 only), dying with this thread, and recorded
@@ -321,5 +331,17 @@ impl Worker {
         self.shared.board.begin(self.index, label, 1, None);
         let _end = End(self);
         f()
+    }
+}
+
+/// The jobs a worker runs, as recorded by [`Worker::hold_jobs`]; cleared
+/// when dropped.
+#[must_use = "the record is cleared when the guard is dropped"]
+#[derive(Debug)]
+pub struct HeldJobs<'a>(&'a Worker);
+
+impl Drop for HeldJobs<'_> {
+    fn drop(&mut self) {
+        self.0.shared.board.hold(self.0.index, &[]);
     }
 }

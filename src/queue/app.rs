@@ -412,7 +412,12 @@ impl Shift<'_> {
     /// whole; the jobs a runner did not start are handed back unstarted.
     fn run_batch(&mut self, batch: Batch) -> Result<(), crate::Error> {
         let claims = &self.child.claims;
-        let outcomes = match self.runner.run(&self.cx, &batch) {
+        // If the child dies now, these ran; what else it holds did not.
+        let ids: Vec<i64> = batch.jobs.iter().map(|j| j.id).collect();
+        let held = self.cx.worker.hold_jobs(&ids);
+        let ran = self.runner.run(&self.cx, &batch);
+        drop(held);
+        let outcomes = match ran {
             Ok(Ran::Recorded) => {
                 claims.let_go(&batch.owner, batch.jobs.len());
                 return Ok(());

@@ -507,6 +507,15 @@ pub(crate) struct SqlRan {
 pub enum Release<'a> {
     /// Those of these processes (`host:pid` prefixes): children that died.
     Processes(&'a [String]),
+    /// Those of these processes, children that died: the jobs `running`
+    /// (their workers ran them) count the attempt, the others, never
+    /// started, are queued again with their attempt given back.
+    Died {
+        /// The children, `host:pid`.
+        processes: &'a [String],
+        /// The jobs their workers were running.
+        running: &'a [i64],
+    },
     /// Those of these processes, which the master stopped before they
     /// finished (a graceful stop past its timeout): queued again at once,
     /// their attempt given back, as if never started.
@@ -774,6 +783,29 @@ pub fn release(
         | Release::Interrupted(_)
         | Release::Lost { .. }
         | Release::Jobs { .. } => unreachable!("handled above"),
+        Release::Died { processes, running } => {
+            let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
+            let row = client.query_typed_one(
+                &release("", "locked_by LIKE ANY($1) AND id = ANY($2)", false),
+                &[(&patterns, Type::TEXT_ARRAY), (&running, Type::INT8_ARRAY)],
+            )?;
+            let unstarted = give_back(
+                client,
+                "locked_by LIKE ANY($1)",
+                &[(&patterns, Type::TEXT_ARRAY)],
+                false,
+            )?;
+            let requeued = row.get::<_, i64>(0) as u64;
+            if requeued > 0 {
+                notify(client, schema, "")?;
+            }
+            return Ok(Released {
+                requeued: requeued + unstarted.requeued,
+                failed: row.get::<_, i64>(1) as u64,
+                lapsed: Vec::new(),
+            });
+        }
+
         Release::Lapsed => {
             client.query_typed_one(&release(&lapsed_leases, of_lapsed, true), &[])?
         }

@@ -73,21 +73,27 @@ impl Stranded {
 }
 
 /// In a handover process (see `prefork::App::children_lost`): hands back
-/// the jobs of children that died (attempt counted) or that the master
-/// stopped before they finished (attempt given back).
+/// the jobs of children that died: those their workers were running with
+/// the attempt counted, those they had not started with it given back;
+/// and all those of children the master stopped before they finished
+/// with it given back.
 pub(super) fn release_lost(config: &QueueConfig, lost: &[crate::prefork::LostChild]) {
     for interrupted in [false, true] {
-        let pids: Vec<crate::Pid> = lost
+        let of: Vec<&crate::prefork::LostChild> = lost
             .iter()
             .filter(|l| l.interrupted == interrupted)
-            .map(|l| l.pid)
             .collect();
-        if pids.is_empty() {
+        if of.is_empty() {
             continue;
         }
+        let pids: Vec<crate::Pid> = of.iter().map(|l| l.pid).collect();
+        let running: Vec<i64> = of.iter().flat_map(|l| l.running.iter().copied()).collect();
         let processes: Vec<String> = pids.iter().map(|pid| process_of(*pid)).collect();
         let which = match interrupted {
-            false => store::Release::Processes(&processes),
+            false => store::Release::Died {
+                processes: &processes,
+                running: &running,
+            },
             true => store::Release::Interrupted(&processes),
         };
         let list = crate::prefork::list(&pids);
@@ -96,7 +102,10 @@ pub(super) fn release_lost(config: &QueueConfig, lost: &[crate::prefork::LostChi
             Ok(released) if interrupted => {
                 log::info!("{released} of children stopped before they finished ({list})");
             }
-            Ok(released) => log::warn!("{released} of dead children {list}"),
+            Ok(released) => log::warn!(
+                "{released} of dead children {list} ({} running, the others never started)",
+                running.len()
+            ),
             Err(e) => log::warn!("releasing the jobs of dead children {list}: {e}"),
         }
     }
