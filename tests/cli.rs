@@ -111,6 +111,8 @@ fn bad_input(ctx: &mut Ctx) {
         &["--procs", "2", "status"],
         &["--threads", "2", "--sql", "SELECT 1", "enqueue", "x"],
         &["status", "--procs", "2"],
+        // A configuration file of 4 GB was read whole.
+        &["--config", "/dev/zero", "--sql", "SELECT 1"],
     ];
     for args in cases {
         let out = run(ctx, args);
@@ -137,6 +139,28 @@ fn bad_input(ctx: &mut Ctx) {
         ],
         "port",
     );
+    // An argument that is not UTF-8: one line, exit 2 (it panicked, 101).
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let out = cli::prefork(&ctx.url, &["status"])
+            .arg(std::ffi::OsStr::from_bytes(b"\xff"))
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("not valid UTF-8"), "{err}");
+    }
+    // Boolean environment variables read 1/0, yes/no, true/false, and a
+    // fleet's one does not break another command (`man` exited 2).
+    for value in ["1", "0", "yes", "no", "true", "false", "on", "off"] {
+        let out = cli::prefork(&ctx.url, &["man"])
+            .env("PREFORK_STRICT", value)
+            .env("PREFORK_DRAIN", value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{value}: {}", stderr(&out));
+    }
     // Nothing was queued by any of them.
     let mut obs = Observer::new(&ctx.url);
     let exists: bool = obs

@@ -101,6 +101,11 @@ fn longer_than_lease(ctx: &mut Ctx) {
     stop(&mut first);
     stop(&mut second);
     assert_eq!(starts(&log).len(), 2, "a job ran twice: {:?}", starts(&log));
+    // Stopped cleanly, the fleets leave no lease and no master behind.
+    for table in ["children", "masters"] {
+        let left = count(&mut obs, &format!("SELECT count(*) FROM prefork.{table}"));
+        assert_eq!(left, 0, "rows left in {table}");
+    }
 }
 
 /// The master alone is stopped for 12 s while its child runs 4 jobs of

@@ -150,9 +150,23 @@ pub(super) fn end(
         Release::Interrupted(std::slice::from_ref(&holder.process())),
     )?;
     let s = schema.name();
+    // The master's row goes with its last child: a fleet that stopped
+    // cleanly leaves nothing behind.
     client.execute_typed(
-        &format!("DELETE FROM {s}.children WHERE host = $1 AND pid = $2"),
-        &[(&holder.host, Type::TEXT), (&holder.pid, Type::INT4)],
+        &format!(
+            "WITH child AS (
+                 DELETE FROM {s}.children WHERE host = $1 AND pid = $2
+             )
+             DELETE FROM {s}.masters AS m
+             WHERE m.host = $1 AND m.pid = $3 AND NOT EXISTS (
+                 SELECT 1 FROM {s}.children AS c
+                 WHERE c.host = m.host AND c.master_pid = m.pid AND c.pid <> $2)"
+        ),
+        &[
+            (&holder.host, Type::TEXT),
+            (&holder.pid, Type::INT4),
+            (&holder.master_pid, Type::INT4),
+        ],
     )?;
     Ok(released)
 }
@@ -173,6 +187,18 @@ pub(super) fn sweep(
         let more = store::release(client, schema, Release::Unleased)?;
         released.requeued += more.requeued;
         released.failed += more.failed;
+        // Masters whose children are all gone, the last one without a
+        // word (killed with its master).
+        let s = schema.name();
+        client.execute_typed(
+            &format!(
+                "DELETE FROM {s}.masters AS m
+                 WHERE m.heartbeat_at < now() - interval '1 minute' AND NOT EXISTS (
+                     SELECT 1 FROM {s}.children AS c
+                     WHERE c.host = m.host AND c.master_pid = m.pid)"
+            ),
+            &[],
+        )?;
     }
     Ok(released)
 }

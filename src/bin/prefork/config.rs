@@ -87,6 +87,27 @@ impl ProgramHandler {
     }
 }
 
+/// The most a configuration file may hold: far more than any has options
+/// for, and a bound on what a wrong path (`/dev/zero`) can make it read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// `path`'s text, refused past [`MAX_CONFIG_BYTES`] without reading on.
+fn read_limited(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "larger than {} KiB; is it a configuration file?",
+            MAX_CONFIG_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_owned())
+}
+
 impl File {
     /// Reads and checks `path` against `command`'s options.
     ///
@@ -97,7 +118,7 @@ impl File {
     /// table, or a value has the wrong type or does not parse.
     pub fn load(path: &Path, command: &Command) -> Result<File, String> {
         let name = path.display();
-        let text = std::fs::read_to_string(path).map_err(|e| format!("--config {name}: {e}"))?;
+        let text = read_limited(path).map_err(|e| format!("--config {name}: {e}"))?;
         let doc = ImDocument::parse(text.as_str()).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(&text, s));
             let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");

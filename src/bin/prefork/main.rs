@@ -172,7 +172,7 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_MAX_IDLE", default_value = "10m", value_parser = parse_limit)]
     max_idle: Limit,
     /// Check a reused connection before its first use in each job.
-    #[arg(long, env = "PREFORK_HEALTH_CHECKS")]
+    #[arg(long, env = "PREFORK_HEALTH_CHECKS", value_parser = clap::builder::BoolishValueParser::new())]
     health_checks: bool,
     /// How long one job may take [default: no limit]: past it, a --sql job's
     /// statement is cancelled or an --exec program's process group stopped,
@@ -215,7 +215,7 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_CRASH_LIMIT")]
     crash_limit: Option<u32>,
     /// Refuse to start if procs x threads + 1 connections exceed the free slots.
-    #[arg(long, env = "PREFORK_STRICT")]
+    #[arg(long, env = "PREFORK_STRICT", value_parser = clap::builder::BoolishValueParser::new())]
     strict: bool,
     /// Write the master's pid here.
     #[arg(long, env = "PREFORK_PIDFILE")]
@@ -234,7 +234,7 @@ struct FleetArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     worker_max_jobs: Option<u64>,
     /// Exit 0 once nothing is queued or running.
-    #[arg(long, env = "PREFORK_DRAIN")]
+    #[arg(long, env = "PREFORK_DRAIN", value_parser = clap::builder::BoolishValueParser::new())]
     drain: bool,
     /// Jobs one worker runs and commits at once, at least: from a deep
     /// local queue it takes a fair share, up to 64, and a --sql batch what
@@ -286,7 +286,21 @@ fn runtime(message: impl std::fmt::Display) -> Fail {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
+    // An argument that is not UTF-8 is refused in one line, not a panic
+    // (`std::env::args` panics on one).
+    let mut args: Vec<String> = Vec::new();
+    for (i, arg) in std::env::args_os().enumerate() {
+        match arg.into_string() {
+            Ok(arg) => args.push(arg),
+            Err(arg) => {
+                eprintln!(
+                    "error: argument {i} is not valid UTF-8: {}",
+                    arg.to_string_lossy()
+                );
+                return ExitCode::from(USAGE);
+            }
+        }
+    }
     let (mut cli, matches, file) = match parse(&args) {
         Ok(parsed) => parsed,
         Err(code) => return code,
