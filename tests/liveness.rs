@@ -37,6 +37,7 @@ fn main() {
                 "children_killed_35_times_fail_no_job_that_never_ran",
                 killed_children,
             ),
+            ("slow_sql_jobs_run_on_every_worker", slow_sql),
         ],
         &[],
     )
@@ -336,4 +337,38 @@ fn fleet_child(master: Pid) -> Option<Pid> {
         std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains(": child"))
     })
+}
+
+/// Three `--sql` jobs of 3 s at 1 x 3: the three statements run at once,
+/// one per worker (one batch carried them all, one after another).
+fn slow_sql(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    cli::enqueue_lines(&ctx.url, "1\n2\n3\n", &[]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "3",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(3)",
+        ],
+    );
+    let mut most = 0;
+    while master.running() {
+        let active = count(
+            &mut obs,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE state = 'active' AND query LIKE '%run_sql%' AND pid <> pg_backend_pid()",
+        );
+        most = most.max(active);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, err) = master.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    println!("    at most {most} statements at once");
+    assert_eq!(most, 3, "the slow statements did not run side by side");
+    cli::assert_all_done_once(&mut obs, 3);
 }

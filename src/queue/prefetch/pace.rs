@@ -21,6 +21,11 @@
 //!    `SELECT $1`, 4 x 8).
 //! 4. **Slow jobs, one at a time** (`--exec`): no prefetch; the worker
 //!    that claims runs what it claimed, a job at a time.
+//! 5. **Slow `--sql` statements** (fewer than a `--batch` run in
+//!    [`SQL_TAKE_TIME`]), and any before the pace is known: a worker takes
+//!    its fair share of what waits, down to one job, so the workers run
+//!    the statements side by side rather than one batch carrying them
+//!    all (3 jobs of 2 s at 1 x 3 ran at 0.5 jobs/s).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -116,13 +121,28 @@ impl Pace {
                 share: true,
             };
         }
-        // Before the pace is known, a batch.
-        let most = match self.job_nanos.load(Ordering::Relaxed) {
-            0 => min,
-            per_job => {
-                (SQL_TAKE_TIME.as_nanos() / u128::from(per_job)).min(MAX_SQL_TAKE as u128) as usize
-            }
-        };
+        // Before the pace is known, a fair share of what waits, up to a
+        // batch: slow statements spread over the workers from the first.
+        let per_job = self.job_nanos.load(Ordering::Relaxed);
+        if per_job == 0 {
+            return Size {
+                min: 1,
+                most: min,
+                share: true,
+            };
+        }
+        let most = (SQL_TAKE_TIME.as_nanos() / u128::from(per_job)).clamp(1, MAX_SQL_TAKE as u128)
+            as usize;
+        if most < min {
+            // Slow statements: fewer than a batch run in the time, so each
+            // worker takes its share, down to one job a statement, and the
+            // workers run them side by side (scenario 5).
+            return Size {
+                min: most,
+                most,
+                share: true,
+            };
+        }
         Size {
             min,
             most,
@@ -185,9 +205,27 @@ mod tests {
     }
 
     #[test]
+    fn slow_statements_are_shared_one_at_a_time() {
+        let pace = Pace::new(Sizing::Timed, 3, 8, Duration::from_secs(300));
+        let size = pace.take_size();
+        assert_eq!(
+            (size.min, size.most, size.share),
+            (1, 8, true),
+            "unknown pace: shared"
+        );
+        pace.observe(1, Duration::from_secs(2));
+        let size = pace.take_size();
+        assert_eq!((size.min, size.most, size.share), (1, 1, true));
+        let middling = Pace::new(Sizing::Timed, 3, 8, Duration::from_secs(300));
+        middling.observe(1, Duration::from_millis(5));
+        let size = middling.take_size();
+        assert_eq!((size.min, size.most, size.share), (4, 4, true));
+    }
+
+    #[test]
     fn a_timed_batch_runs_in_its_time() {
         let pace = Pace::new(Sizing::Timed, 8, 8, Duration::from_secs(300));
-        assert_eq!(pace.take_size().most, 8, "unknown pace: a batch");
+        assert_eq!(pace.take_size().most, 8, "unknown pace: up to a batch");
         pace.observe(100, Duration::from_millis(10));
         // 100 us a job: 200 in 20 ms.
         let size = pace.take_size();
