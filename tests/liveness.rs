@@ -42,6 +42,14 @@ fn main() {
                 "ten_thousand_due_schedules_fire_once_each_with_the_loop_live",
                 many_schedules,
             ),
+            (
+                "a_role_limited_to_6_connections_fails_no_job_at_one_attempt",
+                connection_limit,
+            ),
+            (
+                "terminated_backends_fail_no_job_at_one_attempt",
+                terminated_backends,
+            ),
         ],
         &[],
     )
@@ -454,4 +462,99 @@ fn many_schedules(ctx: &mut Ctx) {
         "SELECT count(*) FROM prefork.schedules WHERE last_job IS NOT NULL AND next_at > now()",
     );
     assert_eq!(ticked, 10_000);
+}
+
+/// What a role needs to work the queue (as the README lists).
+const GRANTS: &str = "GRANT USAGE ON SCHEMA prefork TO limited;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA prefork TO limited;
+    GRANT USAGE ON ALL SEQUENCES IN SCHEMA prefork TO limited;
+    GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA prefork TO limited;
+    GRANT INSERT ON effects TO limited;";
+
+/// 3,000 jobs at one attempt each, worked at 4 x 8 by a role allowed 6
+/// connections: the refused connections are the fleet's failure, not the
+/// jobs', so none fails (192 failed "interrupted", never having run).
+fn connection_limit(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let out = cli::prefork(&ctx.url, &["status"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    obs.client()
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'limited') THEN
+                     CREATE ROLE limited LOGIN CONNECTION LIMIT 6;
+                 END IF;
+             END $$;
+             {GRANTS}"
+        ))
+        .unwrap();
+    let lines: String = (1..=3_000).map(|i| format!("{i}\n")).collect();
+    cli::enqueue_lines(&ctx.url, &lines, &["--max-attempts", "1"]);
+    let url = format!("{} user=limited", ctx.url);
+    let mut master = Master::start(
+        &url,
+        &[
+            "--procs",
+            "4",
+            "--threads",
+            "8",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.001)",
+        ],
+    );
+    let (code, err) = master.wait(Duration::from_secs(240));
+    assert_eq!(code, 0, "{}", err.lines().last().unwrap_or(""));
+    let failed = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE state = 'failed'",
+    );
+    assert_eq!(failed, 0, "jobs failed that never ran");
+    cli::assert_all_done_once(&mut obs, 3_000);
+}
+
+/// 3,000 jobs at one attempt each while the fleet's backends are
+/// terminated twice a second (pg_terminate_backend): none fails.
+fn terminated_backends(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let lines: String = (1..=3_000).map(|i| format!("{i}\n")).collect();
+    cli::enqueue_lines(&ctx.url, &lines, &["--max-attempts", "1"]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "4",
+            "--drain",
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.005)",
+        ],
+    );
+    let mut killer = Observer::new(&ctx.url);
+    let mut terminated = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while master.running() {
+        assert!(Instant::now() < deadline, "the fleet never drained");
+        std::thread::sleep(Duration::from_millis(500));
+        terminated += count(
+            &mut killer,
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name LIKE 'prefork:child:%') AS t",
+        );
+    }
+    let (code, err) = master.wait(Duration::from_secs(5));
+    assert_eq!(code, 0, "{err}");
+    println!("    {terminated} backends terminated");
+    assert!(terminated >= 10, "too few terminations: {terminated}");
+    let failed = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE state = 'failed'",
+    );
+    assert_eq!(failed, 0, "jobs failed that their code never failed");
+    cli::assert_all_done_once(&mut obs, 3_000);
 }

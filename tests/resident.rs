@@ -42,6 +42,10 @@ fn main() {
             ),
             ("master_sigkill_leaves_no_program_running", master_killed),
             (
+                "a_program_that_dies_on_term_at_a_stop_spends_no_attempt",
+                dies_on_term,
+            ),
+            (
                 "a_killed_programs_leftover_backend_is_ended",
                 leftover_backend,
             ),
@@ -319,6 +323,50 @@ fn never_ready(ctx: &mut Ctx) {
 
 fn master_running(master: &Master) -> bool {
     kill(master.pid(), None).is_ok()
+}
+
+/// A graceful stop past its timeout, with programs in the middle of their
+/// jobs that die of the TERM they get (Python's default): every job is
+/// queued again with its attempt given back, none marked with an error
+/// (the attempt was counted, and at one attempt the job failed).
+fn dies_on_term(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    enqueue_lines(&ctx.url, "1\n2\n3\n4\n", &["--max-attempts", "1"]);
+    let program =
+        python("import time\ndef handle(job):\n    time.sleep(3600)\nresident.run(handle)");
+    let master = fleet(
+        ctx,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--batch",
+            "1",
+            "--graceful-timeout",
+            "1s",
+        ],
+        &program,
+    );
+    common::wait_until("two jobs running", Duration::from_secs(20), || {
+        count(
+            &mut obs,
+            "SELECT count(*) FROM prefork.jobs WHERE state = 'running'",
+        ) >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop(master);
+    let given_back = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs
+         WHERE state = 'queued' AND attempts = 0 AND last_error IS NULL",
+    );
+    assert_eq!(
+        given_back,
+        4,
+        "a job's attempt was counted: {:?}",
+        obs.states()
+    );
 }
 
 fn master_killed(ctx: &mut Ctx) {

@@ -310,6 +310,20 @@ impl<'w> Resident<'w> {
                     ran.push((Fared::TimedOut(format!("timed out after {limit:?}")), took));
                     return;
                 }
+                // The program died as the child stops (TERM from the
+                // master past the graceful timeout, or its own way of
+                // stopping): interrupted, not failed; the job and the rest
+                // are handed back, their attempt given back.
+                Err(e) if worker.stopping() => {
+                    let e = self.fail(worker, &e);
+                    log::info!(
+                        "child {} worker {}: job {} handed back, its program ended as the child stops: {e}",
+                        worker.child_index(),
+                        worker.index(),
+                        job.id
+                    );
+                    return;
+                }
                 Ok(Some(Err(e))) | Err(e) => {
                     let e = self.fail(worker, &e);
                     ran.push((Fared::Outcome(Err(e)), took));
