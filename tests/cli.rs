@@ -107,6 +107,7 @@ fn bad_input(ctx: &mut Ctx) {
         &["enqueue", "x", "--run-at", "not a time"],
         &["enqueue", "x", "--run-at", "infinity"],
         &["enqueue", "x", "--count", "0"],
+        &["enqueue", "x", "--count", "100000000"],
         &["--no-such-flag"],
         &["--procs", "2", "status"],
         &["--threads", "2", "--sql", "SELECT 1", "enqueue", "x"],
@@ -150,6 +151,32 @@ fn bad_input(ctx: &mut Ctx) {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains("not valid UTF-8"), "{err}");
+    }
+    // A payload over the limit (16 MiB): one line naming it, nothing
+    // queued, and the line is not held whole.
+    {
+        use std::io::Write;
+        let mut child = cli::prefork(&ctx.url, &["enqueue", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(b"small\n");
+            let _ = stdin.write_all(&vec![b'x'; 17 * 1024 * 1024]);
+            let _ = stdin.write_all(b"\n");
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = writer.join();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("over the limit"),
+            "{err}"
+        );
     }
     // Boolean environment variables read 1/0, yes/no, true/false, and a
     // fleet's one does not break another command (`man` exited 2).

@@ -46,6 +46,10 @@ fn main() {
                 dies_on_term,
             ),
             (
+                "a_program_that_stops_reading_times_out_its_job_alone",
+                slow_reader,
+            ),
+            (
                 "a_killed_programs_leftover_backend_is_ended",
                 leftover_backend,
             ),
@@ -367,6 +371,61 @@ fn dies_on_term(ctx: &mut Ctx) {
         "a job's attempt was counted: {:?}",
         obs.states()
     );
+}
+
+/// A program that answers a job, then stops reading its channel: the next
+/// job, 4 MB, cannot be written; its `--timeout` covers the writing, so it
+/// alone fails as timed out after 3 s, and the job after it runs on a
+/// fresh copy. (The write blocked until the lease ran out, and the batch
+/// failed "interrupted".)
+fn slow_reader(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let big = "x".repeat(4 * 1024 * 1024);
+    enqueue_lines(
+        &ctx.url,
+        &format!("stall\n{big}\nafter\n"),
+        &["--max-attempts", "1"],
+    );
+    let code = "import os, socket, json, time
+s = socket.socket(fileno=int(os.environ['PREFORK_WORKER_FD']))
+s.sendall(b'{\"ready\":true,\"protocol\":1}\\n')
+f = s.makefile('rb')
+for line in f:
+    job = json.loads(line)
+    s.sendall(json.dumps({'id': job['id'], 'ok': True, 'result': job['payload'][:5]}).encode() + b'\\n')
+    if job['payload'] == 'stall':
+        time.sleep(60)
+";
+    let program = vec!["python3".to_owned(), "-c".to_owned(), code.to_owned()];
+    let mut master = fleet(
+        ctx,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "1",
+            "--batch",
+            "3",
+            "--timeout",
+            "3s",
+            "--drain",
+        ],
+        &program,
+    );
+    let (code, err) = master.wait(Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    let rows = obs
+        .client()
+        .query(
+            "SELECT state, coalesce(last_error, '') FROM prefork.jobs ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    let seen: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(seen[0].0, "done", "{seen:?}");
+    assert_eq!(seen[1].0, "failed", "{seen:?}");
+    assert!(seen[1].1.contains("timed out"), "{:?}", seen[1]);
+    assert_eq!(seen[2].0, "done", "{seen:?}");
 }
 
 fn master_killed(ctx: &mut Ctx) {

@@ -16,8 +16,8 @@ use super::{
 pub(crate) struct EnqueueArgs {
     /// The payload, or `-` for one payload per line of standard input.
     payload: String,
-    /// Queue this many copies of PAYLOAD.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Queue this many copies of PAYLOAD (at most 10,000,000 at once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     count: u64,
     /// Attempts before a job is failed.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
@@ -103,12 +103,16 @@ pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> 
             .map_err(nothing)?;
         match (done.created, &args.unique_key) {
             (true, _) => println!("queued job {} on {:?}", done.id, db.queue),
-            (false, key) => println!(
-                "job {} on {:?} already holds unique key {:?}; nothing was queued",
-                done.id,
-                db.queue,
-                key.as_deref().unwrap_or_default()
-            ),
+            (false, key) => {
+                println!(
+                    "job {} on {:?} already holds unique key {:?}; nothing was queued",
+                    done.id,
+                    db.queue,
+                    key.as_deref().unwrap_or_default()
+                );
+                fork_safe::close_all();
+                return Err(Fail(super::UNIQUE_KEY_HELD, String::new()));
+            }
         }
     } else {
         let queued = fork_safe::with_client(|c| {
@@ -121,9 +125,19 @@ pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> 
     Ok(())
 }
 
-/// Lines of standard input sent to the server at once: memory stays
-/// bounded by this many payloads, whatever the input's length.
+/// Lines of standard input sent to the server at once, at most: memory
+/// stays bounded by this many payloads, or [`BYTES_PER_INSERT`],
+/// whatever the input's length.
 const LINES_PER_INSERT: usize = 10_000;
+
+/// Payload bytes sent to the server at once, at most (one payload more
+/// may pass it).
+const BYTES_PER_INSERT: usize = 64 * 1024 * 1024;
+
+/// The largest payload `enqueue` takes: what a `--worker` program's line
+/// can carry (16 MiB, JSON-escaped), far below what a `--sql` batch's
+/// statement or a row can hold (1 GB).
+pub(crate) const MAX_PAYLOAD: usize = 16 * 1024 * 1024 - 1024;
 
 /// Queues one job per line of `input`, all in one transaction: a bad line
 /// (not UTF-8, a NUL byte), a read error or a server error queues nothing,
@@ -141,10 +155,14 @@ fn enqueue_lines(
         let mut bytes = 0u64;
         let mut queued = 0;
         let mut chunk = Vec::with_capacity(LINES_PER_INSERT);
+        let mut chunk_bytes = 0;
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            let read = match input.read_until(b'\n', &mut buf) {
+            // A line is read up to the limit and a little: a longer one is
+            // refused without holding it (nor the rest of it).
+            let most = (MAX_PAYLOAD + 2) as u64;
+            let read = match std::io::Read::take(&mut input, most).read_until(b'\n', &mut buf) {
                 Ok(read) => read,
                 Err(e) => {
                     let why = format!("reading standard input after line {line}: {e}");
@@ -165,13 +183,18 @@ fn enqueue_lines(
                     }
                 }
                 match check_payload(&buf) {
-                    Ok(payload) => chunk.push(payload.to_owned()),
+                    Ok(payload) => {
+                        chunk_bytes += payload.len();
+                        chunk.push(payload.to_owned());
+                    }
                     Err(why) => return Ok(Err(format!("line {line}: {why}"))),
                 }
             }
-            if chunk.len() == LINES_PER_INSERT || (read == 0 && !chunk.is_empty()) {
+            let full = chunk.len() == LINES_PER_INSERT || chunk_bytes >= BYTES_PER_INSERT;
+            if full || (read == 0 && !chunk.is_empty()) {
                 queued += queue::enqueue_in(&mut tx, schema, how, &chunk)?;
                 chunk.clear();
+                chunk_bytes = 0;
             }
             if read == 0 {
                 break;
@@ -187,8 +210,14 @@ fn enqueue_lines(
     }
 }
 
-/// A payload as PostgreSQL can store it in `text`: UTF-8 without NUL.
+/// A payload as PostgreSQL can store it in `text` (UTF-8 without NUL)
+/// and within [`MAX_PAYLOAD`].
 pub(crate) fn check_payload(bytes: &[u8]) -> Result<&str, String> {
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(format!(
+            "a payload over the limit of {MAX_PAYLOAD} bytes (16 MiB, less the job's framing)"
+        ));
+    }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| format!("not UTF-8 (byte {})", e.valid_up_to() + 1))?;
     match text.find('\0') {

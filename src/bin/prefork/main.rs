@@ -31,6 +31,11 @@ mod status;
 /// Exit status for bad usage (clap's convention).
 const USAGE: u8 = 2;
 
+/// Exit status of `enqueue` when the job's unique key is held by an
+/// unfinished job, so nothing was queued (a script can tell it from a
+/// failure, 1, and from a job queued, 0).
+const UNIQUE_KEY_HELD: u8 = 3;
+
 /// A prefork master: N children (processes) x M workers (threads) working a PostgreSQL job queue.
 ///
 /// Run the fleet with `--sql STATEMENT`, `--exec PROGRAM [ARGS...]` (a
@@ -334,7 +339,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, message)) => {
-            eprintln!("error: {message}");
+            // An empty message: the command said what happened itself.
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
             ExitCode::from(code)
         }
     }

@@ -269,8 +269,23 @@ impl<'w> Resident<'w> {
         let (mut sent, mut in_flight) = (0, 0);
         let mut started = Instant::now();
         for (i, job) in jobs.iter().enumerate() {
+            // A job whose line passes the protocol's limit is never sent
+            // (pipelining stops before it): it fails alone, and the
+            // program goes on with the next.
+            if lines[i].len() > MAX_LINE + 1 {
+                let why = format!(
+                    "its job line is {} bytes, past the protocol's {MAX_LINE}: a payload \
+                     that large cannot go to a --worker program",
+                    lines[i].len()
+                );
+                ran.push((Fared::Outcome(Err(why)), Duration::ZERO));
+                sent = i + 1;
+                started = Instant::now();
+                continue;
+            }
             let mut out = Vec::new();
             while sent < jobs.len()
+                && lines[sent].len() <= MAX_LINE + 1
                 && (sent == i || in_flight + lines[sent].len() <= PIPELINE_BYTES)
             {
                 out.extend_from_slice(&lines[sent]);
@@ -289,12 +304,26 @@ impl<'w> Resident<'w> {
                     std::thread::sleep(nap);
                 }
             }
-            let answer = running
-                .channel
-                .get_mut()
-                .write_all(&out)
-                .map_err(|e| format!("the program's channel: {e}"))
-                .and_then(|()| read_line(&mut running.channel, deadline));
+            // The job's time limit covers writing it too: a program that
+            // does not read is as stuck as one that does not answer.
+            let stream = running.channel.get_mut();
+            let _ = stream.set_write_timeout(deadline.map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            }));
+            let written = stream.write_all(&out);
+            let answer = match written {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(format!("the program's channel: {e}")),
+                Ok(()) => read_line(&mut running.channel, deadline),
+            };
             in_flight -= lines[i].len();
             let took = started.elapsed();
             match answer.map(|line| line.map(|line| parse_answer(&line, job.id))) {
