@@ -42,6 +42,11 @@ fn main() {
                 "jobs_commands_refuse_bad_input_and_change_nothing",
                 bad_input,
             ),
+            (
+                "jobs_list_and_show_fetch_a_preview_of_a_long_payload",
+                long_payload,
+            ),
+            ("finished_at_comes_after_what_the_job_did", finished_at),
         ],
         &[],
     )
@@ -673,4 +678,59 @@ fn bad_input(ctx: &mut Ctx) {
         ),
         2
     );
+}
+
+/// A 10 MB payload: `jobs list` and `jobs show` fetch a preview of it,
+/// saying how long it is; `jobs show --whole` all of it.
+fn long_payload(ctx: &mut Ctx) {
+    let _obs = reset(&ctx.url);
+    let long = "y".repeat(10 * 1024 * 1024);
+    cli::enqueue_lines(&ctx.url, &format!("{long}\n"), &[]);
+    let list = ok(ctx, &["jobs", "list"]);
+    assert!(list.len() < 1000, "jobs list printed {} bytes", list.len());
+    let shown = ok(ctx, &["jobs", "show", "1"]);
+    assert!(
+        shown.len() < 10_000,
+        "jobs show printed {} bytes",
+        shown.len()
+    );
+    assert!(
+        shown.contains("its first 4096 of 10485760 bytes"),
+        "{shown}"
+    );
+    let whole = ok(ctx, &["jobs", "show", "1", "--whole", "--json"]);
+    assert!(whole.len() > 10 * 1024 * 1024, "{}", whole.len());
+}
+
+/// A `--sql` job's finished_at is when its outcome was recorded, after
+/// what it did (it was the start of the batch's statement, before).
+fn finished_at(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    obs.client()
+        .batch_execute("DROP TABLE IF EXISTS stamps; CREATE TABLE stamps (at timestamptz)")
+        .unwrap();
+    ok(ctx, &["enqueue", "1"]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "1",
+            "--drain",
+            "--sql",
+            "INSERT INTO stamps SELECT clock_timestamp() FROM pg_sleep(0.5)",
+        ],
+    );
+    let (code, err) = master.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    let after: bool = obs
+        .client()
+        .query_one(
+            "SELECT (SELECT finished_at FROM prefork.jobs) >= (SELECT at FROM stamps)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(after, "finished_at came before the job's own effect");
 }

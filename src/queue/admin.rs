@@ -32,8 +32,11 @@ pub struct JobInfo {
     pub attempts: i32,
     /// Attempts allowed.
     pub max_attempts: i32,
-    /// Its payload.
+    /// Its payload, or its first [`PAYLOAD_PREVIEW`] characters where
+    /// only a preview was asked for ([`list`], [`show`] without `whole`).
     pub payload: String,
+    /// The whole payload's length in bytes.
+    pub payload_bytes: i64,
     /// A done job's result.
     pub result: Option<String>,
     /// The last failed attempt's error.
@@ -163,9 +166,16 @@ impl From<postgres::Error> for JobsError {
 }
 
 /// The columns of [`JobInfo`], in order, from the view `jobs` as `j`.
-const COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempts, j.max_attempts, j.payload,
+/// How much of a payload [`list`] (and [`show`], unless asked for the
+/// whole) fetches: a listing next to a 1 GB payload read all of it.
+pub const PAYLOAD_PREVIEW: i32 = 4096;
+
+/// The columns [`info`] reads; `$P` is how much of the payload (NULL:
+/// all of it).
+const COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempts, j.max_attempts,
+     CASE WHEN $P::int IS NULL THEN j.payload ELSE left(j.payload, $P::int) END,
      j.result, j.last_error, j.errors::text, j.locked_by, j.unique_key, j.timeout,
-     j.cancel_requested, j.created_at, j.run_at, j.finished_at";
+     j.cancel_requested, j.created_at, j.run_at, j.finished_at, octet_length(j.payload)::int8";
 
 fn info(row: &postgres::Row) -> JobInfo {
     JobInfo {
@@ -186,6 +196,7 @@ fn info(row: &postgres::Row) -> JobInfo {
         created_at: row.get(14),
         run_at: row.get(15),
         finished_at: row.get(16),
+        payload_bytes: row.get(17),
     }
 }
 
@@ -202,9 +213,10 @@ pub fn list(
     let s = schema.name();
     // Newest first from each table by its primary key, then merged: the
     // history can be millions of rows.
+    let columns = COLUMNS.replace("$P", "$4");
     let rows = client.query_typed(
         &format!(
-            "SELECT {COLUMNS} FROM (
+            "SELECT {columns} FROM (
                  (SELECT * FROM {s}.jobs_live WHERE ($1::text IS NULL OR queue = $1)
                     AND ($2::text IS NULL OR state = $2) ORDER BY id DESC LIMIT $3)
                  UNION ALL
@@ -216,21 +228,30 @@ pub fn list(
             (&filter.queue, Type::TEXT),
             (&filter.state.map(JobState::as_str), Type::TEXT),
             (&filter.limit, Type::INT8),
+            (&PAYLOAD_PREVIEW, Type::INT4),
         ],
     )?;
     Ok(rows.iter().map(info).collect())
 }
 
-/// One job.
+/// One job, its whole payload with `whole`, else its first
+/// [`PAYLOAD_PREVIEW`] characters.
 ///
 /// # Errors
 ///
 /// [`JobsError::NoSuchJob`], or the server's error.
-pub fn show(client: &mut Client, schema: &Schema, id: i64) -> Result<JobInfo, JobsError> {
+pub fn show(
+    client: &mut Client,
+    schema: &Schema,
+    id: i64,
+    whole: bool,
+) -> Result<JobInfo, JobsError> {
     let s = schema.name();
+    let columns = COLUMNS.replace("$P", "$2");
+    let preview = (!whole).then_some(PAYLOAD_PREVIEW);
     let row = client.query_typed_opt(
-        &format!("SELECT {COLUMNS} FROM {s}.jobs AS j WHERE j.id = $1"),
-        &[(&id, Type::INT8)],
+        &format!("SELECT {columns} FROM {s}.jobs AS j WHERE j.id = $1"),
+        &[(&id, Type::INT8), (&preview, Type::INT4)],
     )?;
     row.as_ref().map(info).ok_or(JobsError::NoSuchJob(id))
 }

@@ -37,6 +37,10 @@ enum Action {
         /// One JSON object.
         #[arg(long)]
         json: bool,
+        /// The whole payload, however long (else its first 4,096
+        /// characters).
+        #[arg(long)]
+        whole: bool,
     },
     /// Queue failed or cancelled jobs again, their attempts reset.
     Retry {
@@ -85,8 +89,8 @@ pub(crate) fn jobs_main(db: &DbArgs, args: &JobsArgs) -> Result<(), Fail> {
                 }
             }
         }
-        Action::Show { id, json } => {
-            let job = fork_safe::with_client(|c| Ok(admin::show(c, &schema, *id)))
+        Action::Show { id, json, whole } => {
+            let job = fork_safe::with_client(|c| Ok(admin::show(c, &schema, *id, *whole)))
                 .map_err(runtime)?
                 .map_err(refused)?;
             if *json {
@@ -166,6 +170,13 @@ fn one_line(j: &JobInfo) -> String {
 fn print_job(j: &JobInfo) {
     println!("job {} on {:?}: {}", j.id, j.queue, j.state);
     println!("  payload:   {:?}", j.payload);
+    if (j.payload.len() as i64) < j.payload_bytes {
+        println!(
+            "             (its first {} of {} bytes; --whole for all)",
+            j.payload.len(),
+            j.payload_bytes
+        );
+    }
     println!(
         "  priority:  {}   attempts: {} of {}",
         j.priority, j.attempts, j.max_attempts
@@ -222,6 +233,7 @@ fn to_json(j: &JobInfo) -> serde_json::Value {
         "attempts": j.attempts,
         "max_attempts": j.max_attempts,
         "payload": j.payload,
+        "payload_bytes": j.payload_bytes,
         "result": j.result,
         "last_error": j.last_error,
         "errors": errors,

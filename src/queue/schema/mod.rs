@@ -141,6 +141,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/018_schedule_unique_key.sql"),
     include_str!("migrations/019_functions_in_files.sql"),
     include_str!("migrations/020_child_leases.sql"),
+    include_str!("migrations/021_finished_at_when_recorded.sql"),
 ];
 
 /// The server-side functions, each defined once, in the order they are

@@ -5,7 +5,9 @@
 -- failed or cancelled ones out of attempts, move to jobs_finished (done
 -- ones are only deleted without history, p_keep false). Jobs no longer
 -- held by that owner at that attempt are left alone. Returns how many it
--- recorded.
+-- recorded. Times are the clock's when the outcome is recorded
+-- (clock_timestamp()), not the start of the transaction: a --sql batch's
+-- statement starts before its jobs run (migration 21).
 --
 -- Every statement names the batch's ids (`id = ANY`), which only an index
 -- scan of the primary key answers, and the join to the outcomes hashes
@@ -25,8 +27,8 @@ BEGIN
         UPDATE {s}.jobs_live AS j SET
             state = 'queued', last_error = o.text,
             errors = j.errors || jsonb_build_object('attempt', j.attempts, 'error', o.text,
-                                                    'at', now(), 'by', j.locked_by),
-            run_at = now() + {s}.retry_delay(j.attempts),
+                                                    'at', clock_timestamp(), 'by', j.locked_by),
+            run_at = clock_timestamp() + {s}.retry_delay(j.attempts),
             locked_by = NULL, locked_until = NULL
         FROM unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
              AS o(owner, id, attempt, ok, text)
@@ -64,10 +66,10 @@ BEGIN
            f.attempts, f.max_attempts, f.run_at, f.locked_by,
            CASE WHEN f.ok THEN f.text ELSE f.result END,
            CASE WHEN f.ok THEN f.last_error ELSE f.text END,
-           f.created_at, now(), f.priority, f.unique_key, f.timeout,
+           f.created_at, clock_timestamp(), f.priority, f.unique_key, f.timeout,
            CASE WHEN f.ok THEN f.errors
                 ELSE f.errors || jsonb_build_object('attempt', f.attempts, 'error', f.text,
-                                                    'at', now(), 'by', f.locked_by) END,
+                                                    'at', clock_timestamp(), 'by', f.locked_by) END,
            f.cancel_requested
     FROM finished AS f;
     GET DIAGNOSTICS moved = ROW_COUNT;

@@ -1,0 +1,5 @@
+-- Migration 21: a job's finished_at (and a failed attempt's time, and a
+-- retry's delay) are the clock's when its outcome is recorded, not the
+-- start of the recording transaction: a --sql batch's statement starts
+-- before its jobs run, so finished_at came before the job ran
+-- (functions/complete_jobs.sql, re-applied with this version).
