@@ -154,10 +154,10 @@ pub(super) fn run<A: App>(app: Arc<A>, settings: &Settings, start: Start) -> ! {
 
 /// Waits for the workers to finish what they hold. While the master
 /// lives, it enforces the graceful timeout (TERM to the programs, then
-/// KILL). An orphan (its master killed) has nobody to do that: past the
-/// graceful timeout it sends its workers' programs TERM itself, then KILL
-/// after the grace, and exits, so no program outlives its master by more
-/// than the graceful timeout and a grace.
+/// KILL). An orphan (its master killed) has nobody to do that, and its
+/// programs die with their master, as the README promises: it sends them
+/// TERM at once, then KILL after the grace, and exits, so no program
+/// outlives its master by more than a grace.
 fn wait_for_workers(
     threads: Vec<std::thread::JoinHandle<()>>,
     shared: &ChildShared,
@@ -165,7 +165,6 @@ fn wait_for_workers(
     master: Pid,
     index: usize,
 ) {
-    let started = std::time::Instant::now();
     let mut told: Option<std::time::Instant> = None;
     while threads.iter().any(|t| !t.is_finished()) {
         std::thread::sleep(Duration::from_millis(20));
@@ -175,11 +174,8 @@ fn wait_for_workers(
         let grace = super::kill_grace(settings.graceful_timeout);
         let groups = shared.board.programs(settings.threads);
         match told {
-            None if started.elapsed() >= settings.graceful_timeout => {
-                log::warn!(
-                    "child {index}: orphaned and still working after the graceful timeout; \
-                     sending its programs TERM"
-                );
+            None => {
+                log::warn!("child {index}: orphaned while its programs run; sending them TERM");
                 for group in &groups {
                     let _ = nix::sys::signal::killpg(*group, Signal::SIGTERM);
                 }
