@@ -50,6 +50,10 @@ fn main() {
                 "terminated_backends_fail_no_job_at_one_attempt",
                 terminated_backends,
             ),
+            (
+                "programs_start_without_the_fleets_credentials_if_asked",
+                withheld_credentials,
+            ),
         ],
         &[],
     )
@@ -557,4 +561,35 @@ fn terminated_backends(ctx: &mut Ctx) {
     );
     assert_eq!(failed, 0, "jobs failed that their code never failed");
     cli::assert_all_done_once(&mut obs, 3_000);
+}
+
+/// A program inherits the fleet's environment, its `DATABASE_URL`
+/// (password included) too; with `--withhold-credentials` it gets none of
+/// the fleet's database settings.
+fn withheld_credentials(ctx: &mut Ctx) {
+    for withhold in [false, true] {
+        let _obs = reset(&ctx.url);
+        let file = ctx.socket_dir.join(format!("env-{withhold}.txt"));
+        cli::enqueue_lines(&ctx.url, "1\n", &[]);
+        let program = format!("env > {}", file.display());
+        let mut args = vec!["--procs", "1", "--threads", "1", "--drain"];
+        if withhold {
+            args.push("--withhold-credentials");
+        }
+        args.extend_from_slice(&["--exec", "sh", "-c", &program]);
+        let out = cli::prefork(&ctx.url, &args)
+            .env("PGPASSWORD", "secret")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(&file).unwrap();
+        let has = |name: &str| env.lines().any(|l| l.starts_with(&format!("{name}=")));
+        assert_eq!(has("DATABASE_URL"), !withhold, "withhold {withhold}: {env}");
+        assert_eq!(has("PGPASSWORD"), !withhold, "withhold {withhold}: {env}");
+        assert!(has("PREFORK_JOB_ID"), "{env}");
+    }
 }

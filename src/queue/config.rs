@@ -69,6 +69,13 @@ pub struct QueueConfig {
     /// The memory limits a [`Handler::Resident`](super::Handler::Resident) program is held to, as a
     /// child is (`--max-memory`, `--reload-on-rss`). Default: none.
     pub resident_memory: MemoryLimits,
+    /// Programs ([`Handler::Exec`](super::Handler::Exec),
+    /// [`Handler::Resident`](super::Handler::Resident)) start without the
+    /// fleet's database settings in their environment (`DATABASE_URL`,
+    /// `PREFORK_LISTEN_URL`, `PGPASSWORD`, `PGPASSFILE`, `PGSERVICEFILE`),
+    /// so a job's code cannot use the fleet's role; they bring their own.
+    /// Default: `false` (programs inherit the fleet's environment).
+    pub withhold_credentials: bool,
 }
 
 impl QueueConfig {
@@ -95,6 +102,7 @@ impl Default for QueueConfig {
             resident_max_jobs: None,
             resident_boot_timeout: Duration::from_secs(30),
             resident_memory: MemoryLimits::default(),
+            withhold_credentials: false,
         }
     }
 }

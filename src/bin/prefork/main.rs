@@ -241,6 +241,12 @@ struct FleetArgs {
     /// Exit 0 once nothing is queued or running.
     #[arg(long, env = "PREFORK_DRAIN", value_parser = clap::builder::BoolishValueParser::new())]
     drain: bool,
+    /// Start --exec and --worker programs without the fleet's database
+    /// settings (DATABASE_URL, PREFORK_LISTEN_URL, PGPASSWORD, PGPASSFILE,
+    /// PGSERVICEFILE): they bring their own credentials.
+    #[arg(long, env = "PREFORK_WITHHOLD_CREDENTIALS",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    withhold_credentials: bool,
     /// Jobs one worker runs and commits at once, at least: from a deep
     /// local queue it takes a fair share, up to 64, and a --sql batch what
     /// runs in 20 ms, up to 256 (a child claims for all its workers, up to

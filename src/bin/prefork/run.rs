@@ -133,6 +133,7 @@ pub(crate) fn fleet_main(
             args.max_memory,
             args.max_memory_readings,
         ),
+        withhold_credentials: args.withhold_credentials,
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),

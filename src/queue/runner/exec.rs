@@ -38,11 +38,15 @@ pub(super) const NEEDS: Needs = Needs {
 /// Runs each job of a batch through a program of its own.
 pub(super) struct Exec<'a> {
     argv: &'a [String],
+    withhold_credentials: bool,
 }
 
 impl<'a> Exec<'a> {
-    pub(super) fn new(argv: &'a [String]) -> Exec<'a> {
-        Exec { argv }
+    pub(super) fn new(argv: &'a [String], withhold_credentials: bool) -> Exec<'a> {
+        Exec {
+            argv,
+            withhold_credentials,
+        }
     }
 }
 
@@ -53,7 +57,7 @@ impl<'a> Runner<'a> for Exec<'_> {
         for j in &batch.jobs {
             let started = Instant::now();
             let ran = worker.jobs_within(1, &job_label(j.id), j.timeout, || {
-                run(worker, self.argv, cx.limit(j), j)
+                run(worker, self.argv, self.withhold_credentials, cx.limit(j), j)
             });
             let verdict = match ran.ending {
                 Ending::TimedOut => Verdict::TimedOut,
@@ -95,21 +99,36 @@ struct Attempt {
 }
 
 /// Runs one job through an external program.
-fn run(worker: &Worker, argv: &[String], timeout: Option<Duration>, job: &Job) -> Attempt {
+fn run(
+    worker: &Worker,
+    argv: &[String],
+    withhold_credentials: bool,
+    timeout: Option<Duration>,
+    job: &Job,
+) -> Attempt {
     let mut ending = Ending::Exited;
-    let outcome = run_program(worker, argv, timeout, job, &mut ending);
+    let outcome = run_program(
+        worker,
+        argv,
+        withhold_credentials,
+        timeout,
+        job,
+        &mut ending,
+    );
     Attempt { outcome, ending }
 }
 
 fn run_program(
     worker: &Worker,
     argv: &[String],
+    withhold_credentials: bool,
     timeout: Option<Duration>,
     job: &Job,
     ending: &mut Ending,
 ) -> Result<String, String> {
     let (program, args) = argv.split_first().ok_or("no program given")?;
     let mut command = Command::new(program);
+    super::program_env(&mut command, withhold_credentials);
     command
         .args(args)
         .env("PREFORK_JOB_ID", job.id.to_string())

@@ -135,14 +135,35 @@ impl Handler {
     pub(super) fn runner<'a>(&'a self, config: &QueueConfig) -> Box<dyn Runner<'a> + 'a> {
         match self {
             Handler::Sql(statement) => Box::new(sql::Sql::new(statement)),
-            Handler::Exec { argv } => Box::new(exec::Exec::new(argv)),
+            Handler::Exec { argv } => Box::new(exec::Exec::new(argv, config.withhold_credentials)),
             Handler::Resident { argv } => Box::new(resident::Resident::new(
                 argv.clone(),
                 config.resident_boot_timeout,
                 config.resident_max_jobs,
                 config.resident_memory,
+                config.withhold_credentials,
             )),
             Handler::Rust(f) => Box::new(rust::Rust::new(f)),
+        }
+    }
+}
+
+/// The fleet's database settings a program does not inherit with
+/// [`QueueConfig::withhold_credentials`].
+const CREDENTIALS: &[&str] = &[
+    "DATABASE_URL",
+    "PREFORK_LISTEN_URL",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICEFILE",
+];
+
+/// A program's environment: the fleet's, less its database settings when
+/// they are withheld.
+fn program_env(command: &mut std::process::Command, withhold_credentials: bool) {
+    if withhold_credentials {
+        for name in CREDENTIALS {
+            command.env_remove(name);
         }
     }
 }

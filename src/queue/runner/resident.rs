@@ -126,6 +126,8 @@ pub(super) struct Resident<'w> {
     boot_timeout: Duration,
     max_jobs: Option<u64>,
     memory: MemoryLimits,
+    /// Start it without the fleet's database settings.
+    withhold_credentials: bool,
     /// Readings over `memory.pss` in a row, and when the last was taken.
     pss: PssReadings,
     memory_read_at: Option<Instant>,
@@ -151,12 +153,14 @@ impl<'w> Resident<'w> {
         boot_timeout: Duration,
         max_jobs: Option<u64>,
         memory: MemoryLimits,
+        withhold_credentials: bool,
     ) -> Self {
         Resident {
             argv,
             boot_timeout,
             max_jobs,
             memory,
+            withhold_credentials,
             pss: PssReadings::default(),
             memory_read_at: None,
             running: None,
@@ -446,6 +450,7 @@ impl<'w> Resident<'w> {
         )
         .map_err(|e| format!("creating the program's channel: {e}"))?;
         let mut command = Command::new(program);
+        super::program_env(&mut command, self.withhold_credentials);
         command
             .args(args)
             .env("PREFORK_WORKER_FD", theirs.as_raw_fd().to_string())
