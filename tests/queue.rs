@@ -776,22 +776,38 @@ fn lost_claim(ctx: &mut Ctx) {
         &ctx.url,
         &["--procs", "1", "--threads", "1", "--sql", EFFECT],
     );
-    // The only worker, idle, leads: its backend is the fleet's only one.
+    // The only worker, idle, leads: once settled (the same one backend
+    // for half a second), its backend is the fleet's only one. (The
+    // child's first lease is taken on a connection of the child's main
+    // thread, closed before its workers start: the same name, for a
+    // moment; taking that one for the leader's made the test flaky.)
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen: Option<(i32, String)> = None;
+    let mut same = 0;
     let (backend, name) = loop {
-        let row = obs
+        let rows = obs
             .client()
-            .query_opt(
+            .query(
                 "SELECT pid, application_name FROM pg_stat_activity
                  WHERE application_name LIKE 'prefork:child:%'",
                 &[],
             )
             .unwrap();
-        if let Some(row) = row {
-            break (row.get::<_, i32>(0), row.get::<_, String>(1));
+        let row = match rows.as_slice() {
+            [row] => Some((row.get::<_, i32>(0), row.get::<_, String>(1))),
+            _ => None,
+        };
+        same = if row.is_some() && row == seen {
+            same + 1
+        } else {
+            0
+        };
+        seen = row;
+        if same >= 10 {
+            break seen.expect("seen");
         }
-        assert!(Instant::now() < deadline, "no leader connected");
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "no leader settled");
+        std::thread::sleep(Duration::from_millis(50));
     };
     let child = name.rsplit(':').next().unwrap();
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();

@@ -640,7 +640,9 @@ pub fn release(
         })
     };
     match which {
-        Release::Unstarted { owner, jobs } => {
+        // Never started (`Unstarted`), or ran but its outcome could not
+        // be recorded (`Jobs`: the fleet's failure, retried later).
+        Release::Unstarted { owner, jobs } | Release::Jobs { owner, jobs } => {
             let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
             let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
             return give_back(
@@ -652,7 +654,7 @@ pub fn release(
                     (&ids, Type::INT8_ARRAY),
                     (&attempts, Type::INT4_ARRAY),
                 ],
-                false,
+                matches!(which, Release::Jobs { .. }),
             );
         }
         Release::Interrupted(processes) => {
@@ -677,21 +679,6 @@ pub fn release(
                 client,
                 "locked_by LIKE $1 AND locked_by <> ALL($2)",
                 &[(&pattern, Type::TEXT), (&live, Type::TEXT_ARRAY)],
-                true,
-            );
-        }
-        Release::Jobs { owner, jobs } => {
-            let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-            let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
-            return give_back(
-                client,
-                "id = ANY($2) AND locked_by = $1
-                 AND (id, attempts) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))",
-                &[
-                    (&owner, Type::TEXT),
-                    (&ids, Type::INT8_ARRAY),
-                    (&attempts, Type::INT4_ARRAY),
-                ],
                 true,
             );
         }
