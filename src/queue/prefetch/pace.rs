@@ -21,11 +21,11 @@
 //!    `SELECT $1`, 4 x 8).
 //! 4. **Slow jobs, one at a time** (`--exec`): no prefetch; the worker
 //!    that claims runs what it claimed, a job at a time.
-//! 5. **Slow `--sql` statements** (fewer than a `--batch` run in
-//!    [`SQL_TAKE_TIME`]), and any before the pace is known: a worker takes
-//!    its fair share of what waits, down to one job, so the workers run
-//!    the statements side by side rather than one batch carrying them
-//!    all (3 jobs of 2 s at 1 x 3 ran at 0.5 jobs/s).
+//! 5. **Slow `--sql` statements** (a job takes [`SLOW_STATEMENT`] or
+//!    more), and any before the pace is known: a worker takes its fair
+//!    share of what waits, down to one job, so the workers run the
+//!    statements side by side rather than one batch carrying them all
+//!    (3 jobs of 2 s at 1 x 3 ran at 0.5 jobs/s).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -131,18 +131,17 @@ impl Pace {
                 share: true,
             };
         }
-        let most = (SQL_TAKE_TIME.as_nanos() / u128::from(per_job)).clamp(1, MAX_SQL_TAKE as u128)
-            as usize;
-        if most < min {
-            // Slow statements: fewer than a batch run in the time, so each
-            // worker takes its share, down to one job a statement, and the
-            // workers run them side by side (scenario 5).
+        if u128::from(per_job) >= SLOW_STATEMENT.as_nanos() {
+            // Slow statements: one job a statement, each worker its share,
+            // so the workers run them side by side (scenario 5).
             return Size {
-                min: most,
-                most,
+                min: 1,
+                most: 1,
                 share: true,
             };
         }
+        let most = (SQL_TAKE_TIME.as_nanos() / u128::from(per_job)).clamp(1, MAX_SQL_TAKE as u128)
+            as usize;
         Size {
             min,
             most,
@@ -182,6 +181,13 @@ const MAX_TAKE: usize = 64;
 /// it waits for at most, and long enough that its commit is a small share.
 const SQL_TAKE_TIME: Duration = Duration::from_millis(20);
 
+/// A `--sql` job this slow by itself runs alone in its statement, side by
+/// side with others (scenario 5). Not lower: under a loaded server a fast
+/// batch's time per job rises with its commit's, and smaller batches for
+/// it would only add commits (a threshold of a batch per 20 ms took a
+/// fleet at 4 x 8 from 24,000-29,000 down to 6,700-12,500 jobs/s).
+const SLOW_STATEMENT: Duration = Duration::from_millis(100);
+
 /// Most jobs one `--sql` batch takes.
 const MAX_SQL_TAKE: i64 = 256;
 
@@ -216,10 +222,12 @@ mod tests {
         pace.observe(1, Duration::from_secs(2));
         let size = pace.take_size();
         assert_eq!((size.min, size.most, size.share), (1, 1, true));
+        // A loaded server's fast statements keep their batches (at least
+        // a --batch: the take raises `most` to `min`).
         let middling = Pace::new(Sizing::Timed, 3, 8, Duration::from_secs(300));
         middling.observe(1, Duration::from_millis(5));
         let size = middling.take_size();
-        assert_eq!((size.min, size.most, size.share), (4, 4, true));
+        assert_eq!((size.min, size.most, size.share), (8, 4, false));
     }
 
     #[test]
