@@ -293,6 +293,21 @@ fn frozen_server(ctx: &mut Ctx) {
     );
     assert_eq!(code, 0, "{err}");
     drop(frozen);
+    // Thawed, the backends of the children killed while the server was
+    // frozen may still be there: they end with the test (the next one's
+    // reset deadlocked with one).
+    obs.client()
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name LIKE 'prefork:%'",
+        )
+        .unwrap();
+    wait_until("the fleet's backends gone", Duration::from_secs(30), || {
+        count(
+            &mut obs,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prefork:%'",
+        ) == 0
+    });
     let twice = count(&mut obs, "SELECT count(*) - count(DISTINCT v) FROM effects");
     assert_eq!(twice, 0, "an effect ran twice");
 }
