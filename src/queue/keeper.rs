@@ -312,17 +312,8 @@ impl Shared {
         own.cancel_checked = Some(now);
         own.used_at = Some(now);
         let ids: Vec<i64> = programs.iter().map(|(id, _)| *id).collect();
-        let s = self.config.schema.name();
-        let cancelled = crate::with_client(|c| {
-            let rows = c.query_typed(
-                &format!(
-                    "SELECT id FROM {s}.jobs_live
-                     WHERE id = ANY($1) AND state = 'running' AND cancel_requested"
-                ),
-                &[(&ids, postgres::types::Type::INT8_ARRAY)],
-            )?;
-            Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
-        });
+        let cancelled =
+            crate::with_client(|c| super::store::cancelled_among(c, &self.config.schema, &ids));
         let cancelled = match cancelled {
             Ok(ids) => ids,
             Err(e) => {

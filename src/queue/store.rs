@@ -505,8 +505,6 @@ pub(crate) struct SqlRan {
 /// Which running jobs [`release`] gives back.
 #[derive(Debug, Clone, Copy)]
 pub enum Release<'a> {
-    /// Those of these processes (`host:pid` prefixes): children that died.
-    Processes(&'a [String]),
     /// Those of these processes, children that died: the jobs `running`
     /// (their workers ran them) count the attempt, the others, never
     /// started, are queued again with their attempt given back.
@@ -755,13 +753,6 @@ pub fn release(
                AND c.lease_until >= now())"
     );
     let row = match which {
-        Release::Processes(processes) => {
-            let patterns: Vec<String> = processes.iter().map(|p| format!("{p}/%")).collect();
-            client.query_typed_one(
-                &release("", "locked_by LIKE ANY($1)", false),
-                &[(&patterns, Type::TEXT_ARRAY)],
-            )?
-        }
         Release::Owner(owner) => client.query_typed_one(
             &release("", "locked_by = $1", false),
             &[(&owner, Type::TEXT)],
@@ -938,22 +929,26 @@ pub struct ChildRow {
 /// transaction mode, and ends with the transaction.
 pub(crate) const DUTY_TX: &str = "SET LOCAL idle_in_transaction_session_timeout = '2s'";
 
-/// Whether job `id` is live and was asked to be cancelled.
+/// Those of the running jobs `ids` that were asked to be cancelled
+/// (`prefork jobs cancel`).
 ///
 /// # Errors
 ///
 /// The server's error.
-pub(crate) fn cancel_requested(
+pub(crate) fn cancelled_among(
     client: &mut Client,
     schema: &Schema,
-    id: i64,
-) -> Result<bool, postgres::Error> {
+    ids: &[i64],
+) -> Result<Vec<i64>, postgres::Error> {
     let s = schema.name();
-    let row = client.query_typed_one(
-        &format!("SELECT EXISTS (SELECT 1 FROM {s}.jobs_live WHERE id = $1 AND cancel_requested)"),
-        &[(&id, Type::INT8)],
+    let rows = client.query_typed(
+        &format!(
+            "SELECT id FROM {s}.jobs_live
+             WHERE id = ANY($1) AND state = 'running' AND cancel_requested"
+        ),
+        &[(&ids, Type::INT8_ARRAY)],
     )?;
-    Ok(row.get(0))
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Children working `queue` (among others, perhaps) whose master recorded
@@ -1193,8 +1188,16 @@ mod tests {
                 "UPDATE upgrade.jobs_live SET locked_by = 'localhost:0/1' WHERE state = 'running'",
             )
             .unwrap();
+        let running = [count(
+            &mut client,
+            "SELECT id FROM upgrade.jobs_live WHERE state = 'running'",
+        )];
+        let died = Release::Died {
+            processes: &dead,
+            running: &running,
+        };
         assert_eq!(
-            release(&mut client, &schema, Release::Processes(&dead)).unwrap(),
+            release(&mut client, &schema, died).unwrap(),
             Released {
                 requeued: 1,
                 ..Released::default()

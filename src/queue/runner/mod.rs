@@ -214,8 +214,8 @@ impl Context<'_> {
     /// Whether `job` was cancelled while it ran (its program was stopped
     /// for it, or ended by a signal at the same time).
     pub(super) fn cancelled(&self, job: &Job) -> bool {
-        crate::with_client(|client| store::cancel_requested(client, &self.config.schema, job.id))
-            .unwrap_or(false)
+        crate::with_client(|c| store::cancelled_among(c, &self.config.schema, &[job.id]))
+            .is_ok_and(|ids| !ids.is_empty())
     }
 
     /// Runs `f` on the worker's connection with `timeout` as its deadline
