@@ -309,14 +309,12 @@ pub fn retry(
         .query_typed(
             &format!(
                 "WITH again AS (
-                     DELETE FROM {s}.jobs_finished WHERE id = ANY($1) RETURNING *
+                     DELETE FROM {s}.jobs_finished AS f WHERE id = ANY($1) RETURNING f AS job
                  )
-                 INSERT INTO {s}.jobs_live (id, queue, payload, state, attempts, max_attempts,
-                                            run_at, result, last_error, created_at, priority,
-                                            unique_key, timeout, errors)
-                 SELECT id, queue, payload, 'queued', 0, max_attempts, now(), NULL, last_error,
-                        created_at, priority, unique_key, timeout, errors
-                 FROM again ORDER BY id
+                 INSERT INTO {s}.jobs_live
+                 SELECT r.*
+                 FROM again AS a, LATERAL {s}.queued_again(a.job, now()) AS r
+                 ORDER BY r.id
                  RETURNING id"
             ),
             &[(&ids, Type::INT8_ARRAY)],
@@ -375,15 +373,14 @@ pub fn cancel(
         .query_typed(
             &format!(
                 "WITH gone AS (
-                     DELETE FROM {s}.jobs_live WHERE id = ANY($1) AND state = 'queued' RETURNING *
+                     DELETE FROM {s}.jobs_live AS j
+                     WHERE id = ANY($1) AND state = 'queued' RETURNING j AS job
                  )
-                 INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
-                                                run_at, result, last_error, created_at,
-                                                finished_at, priority, unique_key, timeout,
-                                                errors, cancel_requested)
-                 SELECT id, queue, payload, 'cancelled', attempts, max_attempts, run_at, result,
-                        last_error, created_at, now(), priority, unique_key, timeout, errors, true
-                 FROM gone ORDER BY id
+                 INSERT INTO {s}.jobs_finished
+                 SELECT r.*
+                 FROM gone AS g,
+                      LATERAL {s}.finished_row(g.job, 'cancelled', NULL, NULL, now()) AS r
+                 ORDER BY r.id
                  RETURNING id"
             ),
             &[(&ids, Type::INT8_ARRAY)],

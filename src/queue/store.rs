@@ -704,20 +704,15 @@ pub fn release(
              ), moved AS (
                  DELETE FROM {s}.jobs_live AS j USING target AS t
                  WHERE j.id = t.id AND (j.attempts >= j.max_attempts OR j.cancel_requested)
-                 RETURNING j.*
+                 RETURNING j AS job
              ), failed AS (
-                 INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
-                                                run_at, locked_by, result, last_error, created_at,
-                                                finished_at, priority, unique_key, timeout,
-                                                errors, cancel_requested)
-                 SELECT id, queue, payload,
-                        CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END,
-                        attempts, max_attempts, run_at, locked_by, result, '{INTERRUPTED}',
-                        created_at, now(), priority, unique_key, timeout,
-                        errors || jsonb_build_object('attempt', attempts, 'error', '{INTERRUPTED}',
-                                                     'at', now(), 'by', locked_by),
-                        cancel_requested
-                 FROM moved
+                 INSERT INTO {s}.jobs_finished
+                 SELECT r.*
+                 FROM moved AS m,
+                      LATERAL {s}.finished_row(m.job,
+                                               CASE WHEN (m.job).cancel_requested THEN 'cancelled'
+                                                    ELSE 'failed' END,
+                                               NULL, '{INTERRUPTED}', now()) AS r
                  RETURNING 1
              ), requeued AS (
                  UPDATE {s}.jobs_live AS j

@@ -6,8 +6,9 @@
 -- ones are only deleted without history, p_keep false). Jobs no longer
 -- held by that owner at that attempt are left alone. Returns how many it
 -- recorded. Times are the clock's when the outcome is recorded
--- (clock_timestamp()), not the start of the transaction: a --sql batch's
--- statement starts before its jobs run (migration 21).
+-- (clock_timestamp() as the call starts), not the start of the
+-- transaction: a --sql batch's statement starts before its jobs run
+-- (migration 21). A job's row moves through finished_row (migration 22).
 --
 -- Every statement names the batch's ids (`id = ANY`), which only an index
 -- scan of the primary key answers, and the join to the outcomes hashes
@@ -20,6 +21,9 @@ DECLARE
     requeued int8 := 0;
     gone int8 := 0;
     moved int8;
+    -- One time for the call, in a variable: finished_row is inlined
+    -- only if its arguments call nothing volatile.
+    recorded_at timestamptz := clock_timestamp();
 BEGIN
     -- Failed attempts with attempts left, not cancelled: queued again
     -- after a backoff, the attempt's error kept.
@@ -27,8 +31,8 @@ BEGIN
         UPDATE {s}.jobs_live AS j SET
             state = 'queued', last_error = o.text,
             errors = j.errors || jsonb_build_object('attempt', j.attempts, 'error', o.text,
-                                                    'at', clock_timestamp(), 'by', j.locked_by),
-            run_at = clock_timestamp() + {s}.retry_delay(j.attempts),
+                                                    'at', recorded_at, 'by', j.locked_by),
+            run_at = recorded_at + {s}.retry_delay(j.attempts),
             locked_by = NULL, locked_until = NULL
         FROM unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
              AS o(owner, id, attempt, ok, text)
@@ -47,31 +51,23 @@ BEGIN
             RETURN requeued + gone;
         END IF;
     END IF;
-    WITH finished AS (
+    WITH ended AS (
         DELETE FROM {s}.jobs_live AS j
         USING unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
               AS o(owner, id, attempt, ok, text)
         WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt
           AND j.locked_by = o.owner AND j.state = 'running'
           AND (o.ok OR j.attempts >= j.max_attempts OR j.cancel_requested)
-        RETURNING j.*, o.ok, o.text
+        RETURNING j AS job, o.ok, o.text
     )
-    INSERT INTO {s}.jobs_finished (id, queue, payload, state, attempts, max_attempts,
-                                   run_at, locked_by, result, last_error, created_at,
-                                   finished_at, priority, unique_key, timeout, errors,
-                                   cancel_requested)
-    SELECT f.id, f.queue, f.payload,
-           CASE WHEN f.ok THEN 'done' WHEN f.cancel_requested THEN 'cancelled'
-                ELSE 'failed' END,
-           f.attempts, f.max_attempts, f.run_at, f.locked_by,
-           CASE WHEN f.ok THEN f.text ELSE f.result END,
-           CASE WHEN f.ok THEN f.last_error ELSE f.text END,
-           f.created_at, clock_timestamp(), f.priority, f.unique_key, f.timeout,
-           CASE WHEN f.ok THEN f.errors
-                ELSE f.errors || jsonb_build_object('attempt', f.attempts, 'error', f.text,
-                                                    'at', clock_timestamp(), 'by', f.locked_by) END,
-           f.cancel_requested
-    FROM finished AS f;
+    INSERT INTO {s}.jobs_finished
+    SELECT r.*
+    FROM ended AS g,
+         LATERAL {s}.finished_row(g.job,
+                                  CASE WHEN g.ok THEN 'done' WHEN (g.job).cancel_requested
+                                       THEN 'cancelled' ELSE 'failed' END,
+                                  CASE WHEN g.ok THEN g.text END,
+                                  CASE WHEN NOT g.ok THEN coalesce(g.text, '') END, recorded_at) AS r;
     GET DIAGNOSTICS moved = ROW_COUNT;
     RETURN requeued + gone + moved;
 END $f$;

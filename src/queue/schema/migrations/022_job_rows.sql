@@ -1,0 +1,5 @@
+-- Migration 22: the moves between jobs_live and jobs_finished (a job
+-- completed, released out of attempts, cancelled, retried) map a row
+-- through two functions, finished_row and queued_again
+-- (../functions/), so every job column is listed in one place a way;
+-- complete_jobs, re-applied with this version, calls finished_row.
