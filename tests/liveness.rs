@@ -54,6 +54,7 @@ fn main() {
                 "programs_start_without_the_fleets_credentials_if_asked",
                 withheld_credentials,
             ),
+            ("a_job_that_kills_its_child_fails_alone", poison_job),
         ],
         &[],
     )
@@ -349,9 +350,9 @@ fn killed_children(ctx: &mut Ctx) {
     assert_eq!(code, 0, "{err}");
     let spent = count(
         &mut obs,
-        "SELECT count(*) FILTER (WHERE attempts > 1) FROM prefork.jobs",
+        "SELECT count(*) FILTER (WHERE attempts > 1 OR suspect) FROM prefork.jobs",
     );
-    println!("    {kills} children killed; {spent} job(s) took more than one attempt");
+    println!("    {kills} children killed; {spent} job(s) ran more than once");
     assert!(kills >= 35, "too few kills: {kills}");
     let failed = count(
         &mut obs,
@@ -607,4 +608,66 @@ fn withheld_credentials(ctx: &mut Ctx) {
         assert_eq!(has("PGPASSWORD"), !withhold, "withhold {withhold}: {env}");
         assert!(has("PREFORK_JOB_ID"), "{env}");
     }
+}
+
+/// One job of 61 kills its child each time it runs, the others take
+/// 200 ms, at 2 x 4 with 3 attempts: the first death gives every job
+/// running then its attempt back, as a suspect; suspects run alone, so
+/// the poison job spends its 3 attempts on deaths of its own and fails,
+/// and no other job loses an attempt (lease rules 7 and 8).
+fn poison_job(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let lines: String = (1..=61)
+        .map(|i| match i {
+            30 => "poison\n".to_owned(),
+            i => format!("{i}\n"),
+        })
+        .collect();
+    cli::enqueue_lines(&ctx.url, &lines, &["--max-attempts", "3"]);
+    let program = "read p; if [ \"$p\" = poison ]; then kill -9 $PPID; sleep 5; fi; sleep 0.2";
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "4",
+            "--drain",
+            "--exec",
+            "sh",
+            "-c",
+            program,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while master.running() {
+        assert!(Instant::now() < deadline, "the fleet never drained");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, err) = master.wait(Duration::from_secs(5));
+    assert_eq!(code, 0, "{err}");
+    let rows = obs
+        .client()
+        .query(
+            "SELECT payload, state, attempts, jsonb_array_length(errors)::int8
+             FROM prefork.jobs WHERE payload = 'poison' OR state <> 'done'
+                OR attempts <> 1 OR errors <> '[]'
+             ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    let seen: Vec<(String, String, i32, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        seen,
+        [("poison".to_owned(), "failed".to_owned(), 3, 3)],
+        "only the poison job may lose attempts"
+    );
+    let done = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE state = 'done'",
+    );
+    assert_eq!(done, 60);
 }

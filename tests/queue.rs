@@ -258,9 +258,11 @@ fn stopped_past_lease(ctx: &mut Ctx) {
     };
     kill(child, Signal::SIGSTOP).unwrap();
     std::thread::sleep(Duration::from_secs(3));
+    // Taken over: given back as suspects (their attempt too), or, past
+    // that, charged.
     let taken_over = count(
         &mut obs,
-        "SELECT count(*) FROM prefork.jobs WHERE attempts > 1",
+        "SELECT count(*) FROM prefork.jobs WHERE suspect OR attempts > 1",
     );
     kill(child, Signal::SIGCONT).unwrap();
     drained(&mut master, Duration::from_secs(120));

@@ -596,14 +596,15 @@ fn rescue(ctx: &mut Ctx) {
         ),
         6
     );
-    let interrupted = count(
+    // The two running, and any the child had claimed ahead, came back as
+    // suspects, their attempt given back.
+    let rescued = count(
         &mut obs,
-        "SELECT count(*) FROM prefork.jobs WHERE errors::text LIKE '%interrupted%'",
+        "SELECT count(*) FROM prefork.jobs WHERE suspect AND errors = '[]'",
     );
-    // The two running, and any the child had claimed ahead.
     assert!(
-        (2..=6).contains(&interrupted),
-        "the rescued attempts are recorded: {interrupted}"
+        (2..=6).contains(&rescued),
+        "the rescued jobs are suspects: {rescued}"
     );
 }
 

@@ -51,6 +51,11 @@ pub struct JobInfo {
     pub timeout: Option<Duration>,
     /// A cancel was asked for while it ran.
     pub cancel_requested: bool,
+    /// It was running when its child died: it runs alone until an
+    /// outcome of its own is recorded, and a death as it runs counts an
+    /// attempt (see the README, "An attempt is spent only by the job's own
+    /// code").
+    pub suspect: bool,
     /// When it was queued.
     pub created_at: DateTime<Utc>,
     /// When it is (or was) runnable.
@@ -175,7 +180,8 @@ pub const PAYLOAD_PREVIEW: i32 = 4096;
 const COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempts, j.max_attempts,
      CASE WHEN $P::int IS NULL THEN j.payload ELSE left(j.payload, $P::int) END,
      j.result, j.last_error, j.errors::text, j.locked_by, j.unique_key, j.timeout,
-     j.cancel_requested, j.created_at, j.run_at, j.finished_at, octet_length(j.payload)::int8";
+     j.cancel_requested, j.created_at, j.run_at, j.finished_at, octet_length(j.payload)::int8,
+     j.suspect";
 
 fn info(row: &postgres::Row) -> JobInfo {
     JobInfo {
@@ -197,6 +203,7 @@ fn info(row: &postgres::Row) -> JobInfo {
         run_at: row.get(15),
         finished_at: row.get(16),
         payload_bytes: row.get(17),
+        suspect: row.get(18),
     }
 }
 

@@ -21,6 +21,7 @@
 //! 6. **Stop**: end the runner, record what waits, and hand back at once
 //!    whatever the child still holds unstarted.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
+use super::alone::Alone;
 use super::claims::Claims;
 use super::claims::{hostname, process_of};
 use super::completions::{Completions, Recording};
@@ -83,6 +85,8 @@ pub struct QueueChild {
     deadlines: Option<Deadlines>,
     /// The child's lease duties and its keeper thread (`keeper`).
     keeper: Keeper,
+    /// The child's one turn to run a suspect (see `alone`).
+    alone: Alone,
 }
 
 impl QueueApp {
@@ -146,6 +150,7 @@ impl App for QueueApp {
         };
         Ok(QueueChild {
             keeper: Keeper::start(c, holder, child)?,
+            alone: Alone::default(),
             idle: Idle::new(child.waker()),
             housekeeping: Housekeeping::new(),
             drained: AtomicBool::new(false),
@@ -406,11 +411,45 @@ impl Shift<'_> {
         mine
     }
 
+    /// Runs a batch: its suspects (see `alone`) each alone in the child's
+    /// turn, after the others. What a failure or a stop leaves unstarted
+    /// is handed back so.
+    fn run_batch(&mut self, batch: Batch) -> Result<(), crate::Error> {
+        let Batch { owner, jobs } = batch;
+        let (suspects, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.suspect);
+        let mut ran = match jobs.is_empty() {
+            true => Ok(()),
+            false => self.run_together(Batch {
+                owner: owner.clone(),
+                jobs,
+            }),
+        };
+        let mut waiting = VecDeque::from(suspects);
+        let worker = self.cx.worker;
+        while ran.is_ok() && !waiting.is_empty() {
+            let Some(_turn) = self.child.alone.turn(|| worker.stopping()) else {
+                break;
+            };
+            let jobs = waiting.pop_front().into_iter().collect();
+            ran = self.run_together(Batch {
+                owner: owner.clone(),
+                jobs,
+            });
+        }
+        if !waiting.is_empty() {
+            self.child.claims.let_go(&owner, waiting.len());
+            let jobs = Vec::from(waiting);
+            self.stranded
+                .push(Stranded::Unstarted(Batch { owner, jobs }));
+        }
+        ran
+    }
+
     /// Runs a batch through the worker's runner and has its outcomes
     /// recorded (see `completions`: by this worker if no other is
     /// recording, else by that one). A batch that fails to run is stranded
     /// whole; the jobs a runner did not start are handed back unstarted.
-    fn run_batch(&mut self, batch: Batch) -> Result<(), crate::Error> {
+    fn run_together(&mut self, batch: Batch) -> Result<(), crate::Error> {
         let claims = &self.child.claims;
         // If the child dies now, these ran; what else it holds did not.
         let ids: Vec<i64> = batch.jobs.iter().map(|j| j.id).collect();

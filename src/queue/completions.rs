@@ -148,6 +148,7 @@ mod tests {
                 priority: 0,
                 timeout: None,
                 max_attempts: 5,
+                suspect: false,
             },
             outcome: Ok(String::new()),
         })

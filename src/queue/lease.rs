@@ -37,6 +37,33 @@
 //!    jobs come back when their claim's hold runs out, as before leases.
 //! 6. **`--rescue-after forever`.** Leases never lapse: a dead host's jobs
 //!    stay running until their child's row is deleted by hand.
+//!
+//! # Attempts when a holder dies
+//!
+//! **A death counts an attempt only of a suspect running alone.** A job
+//! taken back from a child that died as it ran (the master saw it die:
+//! `Release::Died`), or whose lease lapsed, was perhaps the death's cause
+//! (a crash, the memory limit, a kill for being stuck) and perhaps not
+//! (the OOM killer chose, an operator killed, a batch-mate crashed, the
+//! host lost power). The first time, its attempt is given back and it
+//! becomes a *suspect* (`jobs_live.suspect`), queued again a second or two
+//! later. A child runs its suspects alone, one at a time, each in a batch
+//! of its own (`alone`): a death while one runs is that job's own, and
+//! counts its attempt (failed after its last). An outcome recorded ends
+//! the suspicion. Jobs a dead child held but had not started go back
+//! with their attempt given back, and stay as they were.
+//!
+//! 7. **A poison job** (it crashes its child) **in a batch of 8.** The
+//!    first crash gives all 8 their attempt back, as suspects. The 7 run
+//!    alone, one at a time, and are done. The poison job crashes its
+//!    child each time it runs alone and fails after its attempts; none of
+//!    the 7 lost one.
+//! 8. **A child killed by the OOM killer for another job's memory.** Its
+//!    running jobs come back free, as suspects; they run alone once and
+//!    are no longer suspects.
+//! 9. **A host that dies with its children's local queues full.** The
+//!    lapsed lease gives every job it held back, free: which of them ran
+//!    is not known. They run alone once each.
 
 use std::time::Duration;
 

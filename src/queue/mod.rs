@@ -41,6 +41,7 @@
 //! | `metrics` | the queue's counters and gauges for the status endpoint |
 
 pub mod admin;
+mod alone;
 mod app;
 mod claims;
 mod completions;

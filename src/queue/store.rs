@@ -272,6 +272,11 @@ pub struct Job {
     pub timeout: Option<Duration>,
     /// Attempts it may take: a failure of the last one is final.
     pub max_attempts: i32,
+    /// Whether it was running when a child died, its attempt given back: it
+    /// runs alone, one such job at a time in a child, so a death while it
+    /// runs is its own and counts an attempt (see the queue's README
+    /// section on what an attempt is).
+    pub suspect: bool,
 }
 
 /// Claims up to `limit` runnable jobs of `queues` (a job of the first
@@ -301,7 +306,7 @@ pub(crate) fn claim(
     let rows = client.query_typed(
         &format!(
             "SELECT job_id, job_payload, job_attempt, job_queue, job_priority, job_timeout,
-                    job_max_attempts
+                    job_max_attempts, job_suspect
              FROM {s}.claim($1, $2, $3, $4)"
         ),
         &[
@@ -321,6 +326,7 @@ pub(crate) fn claim(
             priority: r.get(4),
             timeout: timeout_column(r.get(5)),
             max_attempts: r.get(6),
+            suspect: r.get(7),
         })
         .collect())
 }
@@ -505,9 +511,10 @@ pub(crate) struct SqlRan {
 /// Which running jobs [`release`] gives back.
 #[derive(Debug, Clone, Copy)]
 pub enum Release<'a> {
-    /// Those of these processes, children that died: the jobs `running`
-    /// (their workers ran them) count the attempt, the others, never
-    /// started, are queued again with their attempt given back.
+    /// Those of these processes, children that died: of the jobs `running`
+    /// (their workers ran them), a suspect counts the attempt and the
+    /// others become suspects, their attempt given back (see `lease`); the
+    /// jobs never started are queued again with their attempt given back.
     Died {
         /// The children, `host:pid`.
         processes: &'a [String],
@@ -518,8 +525,6 @@ pub enum Release<'a> {
     /// finished (a graceful stop past its timeout): queued again at once,
     /// their attempt given back, as if never started.
     Interrupted(&'a [String]),
-    /// Those one claim stamped with `owner`.
-    Owner(&'a str),
     /// Those stamped by one worker's claims (`prefix` is
     /// `host:pid/worker.`) but none of `live`, the claims whose jobs its
     /// child still holds: claims that committed but whose answer was lost.
@@ -564,10 +569,13 @@ pub enum Release<'a> {
 /// What [`release`] did with the jobs it took back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Released {
-    /// Queued again at once.
+    /// Queued again: at once, or a second or two later.
     pub requeued: u64,
     /// Failed: that was their last attempt.
     pub failed: u64,
+    /// Of the requeued, running jobs that became suspects, their attempt
+    /// given back: they run alone next (see `lease`).
+    pub suspects: u64,
     /// For [`Release::Lapsed`]: the children (`host:pid`) whose lease
     /// lapsed.
     pub lapsed: Vec<String>,
@@ -581,12 +589,20 @@ impl Released {
 }
 
 impl std::fmt::Display for Released {
-    /// `requeued 3 job(s)`, `failed 1 job(s) (out of attempts)`, or both.
+    /// `requeued 3 job(s)`, `failed 1 job(s) (out of attempts)`, or both;
+    /// with how many of the requeued became suspects.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.requeued, self.failed) {
-            (r, 0) => write!(f, "requeued {r} job(s)"),
-            (0, x) => write!(f, "failed {x} job(s) (out of attempts)"),
-            (r, x) => write!(f, "requeued {r} job(s) and failed {x} (out of attempts)"),
+            (r, 0) => write!(f, "requeued {r} job(s)")?,
+            (0, x) => write!(f, "failed {x} job(s) (out of attempts)")?,
+            (r, x) => write!(f, "requeued {r} job(s) and failed {x} (out of attempts)")?,
+        }
+        match self.suspects {
+            0 => Ok(()),
+            n => write!(
+                f,
+                " ({n} running as their child died: suspects now, each to run alone)"
+            ),
         }
     }
 }
@@ -682,8 +698,13 @@ pub fn release(
         }
         _ => {}
     }
-    // The running jobs that match, locked; those out of attempts move to
-    // jobs_finished as failed, the others are queued again at once.
+    // The running jobs that match, locked, taken from a holder that died
+    // or lapsed as they ran (see lease.rs, "Attempts when a holder dies"):
+    // a suspect's attempt counts (it ran alone, so the death was its own):
+    // queued again at once, or failed after its last attempt; any other
+    // job's attempt is given back and it becomes a suspect, queued again a
+    // second or two later (jittered: its child is likely being replaced).
+    // A job asked to be cancelled finishes cancelled.
     // Rows are locked in id order, as run_sql's fence locks them, so the
     // two never deadlock. The expiry sweep skips locked rows: a job locked
     // now is being completed by the worker that holds it (its lease ran
@@ -703,7 +724,8 @@ pub fn release(
                  ORDER BY id FOR UPDATE{wait}
              ), moved AS (
                  DELETE FROM {s}.jobs_live AS j USING target AS t
-                 WHERE j.id = t.id AND (j.attempts >= j.max_attempts OR j.cancel_requested)
+                 WHERE j.id = t.id
+                   AND (j.cancel_requested OR (j.suspect AND j.attempts >= j.max_attempts))
                  RETURNING j AS job
              ), failed AS (
                  INSERT INTO {s}.jobs_finished
@@ -722,10 +744,20 @@ pub fn release(
                                                              'at', now(), 'by', j.locked_by),
                      locked_by = NULL, locked_until = NULL
                  FROM target AS t
-                 WHERE j.id = t.id AND j.attempts < j.max_attempts AND NOT j.cancel_requested
+                 WHERE j.id = t.id AND j.suspect AND j.attempts < j.max_attempts
+                   AND NOT j.cancel_requested
+                 RETURNING 1
+             ), suspected AS (
+                 UPDATE {s}.jobs_live AS j
+                 SET state = 'queued', attempts = j.attempts - 1, suspect = true,
+                     run_at = greatest(j.run_at, now() + make_interval(secs => 1 + random())),
+                     locked_by = NULL, locked_until = NULL
+                 FROM target AS t
+                 WHERE j.id = t.id AND NOT j.suspect AND NOT j.cancel_requested
                  RETURNING 1
              )
-             SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM failed), {lapsed}"
+             SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM failed), {lapsed},
+                    (SELECT count(*) FROM suspected)"
         )
     };
     // The children whose lease lapsed, their rows deleted (locked, so that
@@ -748,10 +780,6 @@ pub fn release(
                AND c.lease_until >= now())"
     );
     let row = match which {
-        Release::Owner(owner) => client.query_typed_one(
-            &release("", "locked_by = $1", false),
-            &[(&owner, Type::TEXT)],
-        )?,
         Release::Unstarted { .. }
         | Release::Interrupted(_)
         | Release::Lost { .. }
@@ -768,13 +796,15 @@ pub fn release(
                 &[(&patterns, Type::TEXT_ARRAY)],
                 false,
             )?;
-            let requeued = row.get::<_, i64>(0) as u64;
+            let suspects = row.get::<_, i64>(3) as u64;
+            let requeued = row.get::<_, i64>(0) as u64 + suspects;
             if requeued > 0 {
                 notify(client, schema, "")?;
             }
             return Ok(Released {
                 requeued: requeued + unstarted.requeued,
                 failed: row.get::<_, i64>(1) as u64,
+                suspects,
                 lapsed: Vec::new(),
             });
         }
@@ -784,9 +814,11 @@ pub fn release(
         }
         Release::Unleased => client.query_typed_one(&release("", &unleased, true), &[])?,
     };
+    let suspects = row.get::<_, i64>(3) as u64;
     let released = Released {
-        requeued: row.get::<_, i64>(0) as u64,
+        requeued: row.get::<_, i64>(0) as u64 + suspects,
         failed: row.get::<_, i64>(1) as u64,
+        suspects,
         lapsed: row.get::<_, Option<Vec<String>>>(2).unwrap_or_default(),
     };
     if released.requeued > 0 {
@@ -1044,6 +1076,69 @@ mod tests {
         assert_eq!(seen[2].0, "done");
     }
 
+    /// Lease rule 7: a death gives a running job its attempt back once, as
+    /// a suspect; a suspect running at a death spends it. Unstarted jobs
+    /// keep what they were.
+    #[test]
+    fn a_death_counts_an_attempt_only_of_a_suspect() {
+        let cluster = TempCluster::start().unwrap();
+        let mut client = Client::connect(&cluster.connection_string(), postgres::NoTls).unwrap();
+        let schema = Schema::new("deaths").unwrap();
+        migrate(&mut client, &schema).unwrap();
+        let how = Enqueue {
+            queue: "q",
+            max_attempts: 1,
+            ..Enqueue::default()
+        };
+        let payloads = ["a".to_owned(), "b".to_owned()];
+        enqueue(&mut client, &schema, &how, &payloads).unwrap();
+        let queues = ["q".to_owned()];
+        let lease = Duration::from_secs(60);
+        let jobs = claim(&mut client, &schema, &queues, 8, "h:1/0", lease).unwrap();
+        assert!(jobs.iter().all(|j| !j.suspect && j.attempt == 1));
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let died = |pid: &str, running: &[i64]| {
+            let processes = [format!("h:{pid}")];
+            let which = Release::Died {
+                processes: &processes,
+                running,
+            };
+            let mut client =
+                Client::connect(&cluster.connection_string(), postgres::NoTls).unwrap();
+            release(&mut client, &schema, which).unwrap()
+        };
+        let first = died("1", &ids);
+        assert_eq!((first.requeued, first.suspects, first.failed), (2, 2, 0));
+        client
+            .batch_execute("UPDATE deaths.jobs_live SET run_at = now()")
+            .unwrap();
+        let again = claim(&mut client, &schema, &queues, 8, "h:2/0", lease).unwrap();
+        assert!(
+            again.iter().all(|j| j.suspect && j.attempt == 1),
+            "{again:?}"
+        );
+        // The child dies running the first alone; the second waited.
+        let second = died("2", &ids[..1]);
+        assert_eq!((second.requeued, second.suspects, second.failed), (1, 0, 1));
+        let rows = client
+            .query(
+                "SELECT id, state, attempts, suspect FROM deaths.jobs ORDER BY id",
+                &[],
+            )
+            .unwrap();
+        let seen: Vec<(String, i32, bool)> = rows
+            .iter()
+            .map(|r| (r.get(1), r.get(2), r.get(3)))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("failed".to_owned(), 1, true),
+                ("queued".to_owned(), 0, true)
+            ]
+        );
+    }
+
     #[test]
     fn run_sql_runs_nothing_for_a_lost_lease() {
         let cluster = TempCluster::start().unwrap();
@@ -1071,6 +1166,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let released = release(&mut client, &schema, Release::Unleased).unwrap();
         assert_eq!(released.requeued, 3);
+        assert_eq!(released.suspects, 3);
+        // Suspects wait a second or two; they are due now.
+        client
+            .batch_execute("UPDATE fence.jobs_live SET run_at = now()")
+            .unwrap();
         let taken = claim(
             &mut client,
             &schema,
@@ -1195,6 +1295,7 @@ mod tests {
             release(&mut client, &schema, died).unwrap(),
             Released {
                 requeued: 1,
+                suspects: 1,
                 ..Released::default()
             }
         );

@@ -201,6 +201,9 @@ fn print_job(j: &JobInfo) {
     if j.cancel_requested && j.state == JobState::Running {
         println!("  cancel requested: finishes as cancelled");
     }
+    if j.suspect && matches!(j.state, JobState::Queued | JobState::Running) {
+        println!("  suspect:   running when its child died; runs alone");
+    }
     for e in &j.errors {
         println!(
             "  attempt {} failed at {} ({}): {}",
@@ -241,6 +244,7 @@ fn to_json(j: &JobInfo) -> serde_json::Value {
         "unique_key": j.unique_key,
         "timeout": j.timeout.map(|t| t.as_secs_f64()),
         "cancel_requested": j.cancel_requested,
+        "suspect": j.suspect,
         "created_at": iso(j.created_at),
         "run_at": iso(j.run_at),
         "finished_at": j.finished_at.map(iso),

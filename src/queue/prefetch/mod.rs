@@ -241,6 +241,7 @@ mod tests {
             priority: 0,
             timeout: None,
             max_attempts: 5,
+            suspect: false,
         }
     }
 

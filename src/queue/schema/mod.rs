@@ -143,6 +143,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/020_child_leases.sql"),
     include_str!("migrations/021_finished_at_when_recorded.sql"),
     include_str!("migrations/022_job_rows.sql"),
+    include_str!("migrations/023_suspects.sql"),
 ];
 
 /// The server-side functions, each defined once, in the order they are

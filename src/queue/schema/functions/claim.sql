@@ -14,7 +14,8 @@
 -- take_picked skips it, and the claim returns one job fewer.
 CREATE OR REPLACE FUNCTION {s}.claim(p_queues text[], p_limit int, p_owner text, p_lease float8)
 RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
-               job_priority int, job_timeout float8, job_max_attempts int)
+               job_priority int, job_timeout float8, job_max_attempts int,
+               job_suspect bool)
 LANGUAGE plpgsql AS $f$
 DECLARE
     picked tid[] := '{}';

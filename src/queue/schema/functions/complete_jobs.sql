@@ -1,7 +1,8 @@
 -- The outcomes of jobs of any number of claims, each job's owner stamp
 -- beside it, in one statement: a child's workers record together (see
 -- completions.rs). Failed attempts with attempts left, not cancelled, are
--- queued again after a backoff, the attempt's error kept; done jobs, and
+-- queued again after a backoff, the attempt's error kept, no longer
+-- suspects (migration 23: the job's code ran and answered); done jobs, and
 -- failed or cancelled ones out of attempts, move to jobs_finished (done
 -- ones are only deleted without history, p_keep false). Jobs no longer
 -- held by that owner at that attempt are left alone. Returns how many it
@@ -33,7 +34,7 @@ BEGIN
             errors = j.errors || jsonb_build_object('attempt', j.attempts, 'error', o.text,
                                                     'at', recorded_at, 'by', j.locked_by),
             run_at = recorded_at + {s}.retry_delay(j.attempts),
-            locked_by = NULL, locked_until = NULL
+            locked_by = NULL, locked_until = NULL, suspect = false
         FROM unnest(p_owners, p_ids, p_attempts, p_oks, p_texts)
              AS o(owner, id, attempt, ok, text)
         WHERE j.id = ANY(p_ids) AND j.id = o.id AND j.attempts = o.attempt

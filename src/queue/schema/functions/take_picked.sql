@@ -4,11 +4,13 @@
 -- the queued-jobs index, reading the whole backlog to find the rows it had
 -- just picked (14 ms against 0.2 ms per claim on 100,000 fresh jobs). So
 -- every other way in is off for this plan (migration 15). Returns the jobs
--- in the order they are to run, each with its max_attempts (migration 16).
+-- in the order they are to run, each with its max_attempts (migration 16)
+-- and whether it is a suspect (migration 23).
 CREATE OR REPLACE FUNCTION {s}.take_picked(p_picked tid[], p_queues text[],
                                              p_owner text, p_lease float8)
 RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
-               job_priority int, job_timeout float8, job_max_attempts int)
+               job_priority int, job_timeout float8, job_max_attempts int,
+               job_suspect bool)
 LANGUAGE sql
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_indexscan = off
 AS $f$
@@ -18,9 +20,10 @@ AS $f$
             locked_until = now() + make_interval(secs => p_lease)
         WHERE j.ctid = ANY(p_picked) AND j.state = 'queued'
         RETURNING j.id, j.payload, j.attempts, j.queue, j.priority, j.timeout, j.run_at,
-                  j.max_attempts
+                  j.max_attempts, j.suspect
     )
-    SELECT c.id, c.payload, c.attempts, c.queue, c.priority, c.timeout, c.max_attempts
+    SELECT c.id, c.payload, c.attempts, c.queue, c.priority, c.timeout, c.max_attempts,
+           c.suspect
     FROM claimed AS c
     ORDER BY array_position(p_queues, c.queue), c.priority, c.run_at, c.id
 $f$;
