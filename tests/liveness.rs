@@ -55,6 +55,10 @@ fn main() {
                 withheld_credentials,
             ),
             ("a_job_that_kills_its_child_fails_alone", poison_job),
+            (
+                "with_the_network_partitioned_the_master_stays_live_and_connections_give_up",
+                partitioned,
+            ),
         ],
         &[],
     )
@@ -670,4 +674,222 @@ fn poison_job(ctx: &mut Ctx) {
         "SELECT count(*) FROM prefork.jobs WHERE state = 'done'",
     );
     assert_eq!(done, 60);
+}
+
+/// A network namespace joined to this one by a veth pair: `10.77.0.1` on
+/// this side, `10.77.0.2` inside. Removed when dropped.
+struct Partition {
+    ns: String,
+    link: String,
+    peer: String,
+}
+
+impl Partition {
+    /// The namespace and its link, or `None` where they cannot be made
+    /// (not root, no `ip`).
+    fn create() -> Option<Partition> {
+        let n = std::process::id() % 100_000;
+        let p = Partition {
+            ns: format!("pfpart{n}"),
+            link: format!("pfh{n}"),
+            peer: format!("pfn{n}"),
+        };
+        p.remove();
+        let (ns, link, peer) = (p.ns.as_str(), p.link.as_str(), p.peer.as_str());
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", ns],
+            &["link", "add", link, "type", "veth", "peer", "name", peer],
+            &["link", "set", peer, "netns", ns],
+            &["addr", "add", "10.77.0.1/30", "dev", link],
+            &["link", "set", link, "up"],
+            &["-n", ns, "addr", "add", "10.77.0.2/30", "dev", peer],
+            &["-n", ns, "link", "set", peer, "up"],
+            &["-n", ns, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if !ip(step) {
+                eprintln!("    cannot make a network namespace (ip {step:?} failed)");
+                return None;
+            }
+        }
+        Some(p)
+    }
+
+    /// Cuts the link (`false`) or heals it. Cut, whatever the namespace
+    /// sends vanishes without an answer, as on a dead network: its frames
+    /// go to a hardware address nobody has (a permanent neighbour entry),
+    /// which the other side drops. (Taking the link down instead makes new
+    /// connections fail at once, "no route to host".)
+    fn link(&self, up: bool) {
+        let (ns, peer) = (self.ns.as_str(), self.peer.as_str());
+        let nobody = "02:00:00:00:00:01";
+        let done = match up {
+            false => ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                "10.77.0.1",
+                "lladdr",
+                nobody,
+                "dev",
+                peer,
+                "nud",
+                "permanent",
+            ]),
+            true => ip(&["-n", ns, "neigh", "del", "10.77.0.1", "dev", peer]),
+        };
+        assert!(done, "link {}", if up { "healed" } else { "cut" });
+    }
+
+    /// `program` with `args`, run inside the namespace.
+    fn command(&self, program: &str, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, program]).args(args);
+        cmd
+    }
+
+    fn remove(&self) {
+        ip(&["link", "del", &self.link]);
+        ip(&["netns", "del", &self.ns]);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A fleet in a network namespace, its server across a veth link that is
+/// then cut (a partition: packets vanish, nothing answers). The
+/// master's loop does not wait on the server: a killed child is replaced
+/// within a second and TERM is taken within a second. The client side
+/// gives up in seconds, not after the kernel's minutes: a command's
+/// connect fails within the connect timeout (10 s), and the workers'
+/// statements in flight fail within `tcp_user_timeout` (15 s).
+fn partitioned(ctx: &mut Ctx) {
+    let Some(partition) = Partition::create() else {
+        panic!("this test needs root and iproute2 (network namespaces)");
+    };
+    // A server of its own, listening on this side of the link.
+    let hba = ctx.socket_dir.join("partition-hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all all 10.77.0.0/30 trust\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hba, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let cluster = fork_safe::cluster::Builder::new()
+        .setting("listen_addresses", "10.77.0.1")
+        .setting("hba_file", &hba.to_string_lossy())
+        .start()
+        .expect("a cluster on the link");
+    let local = cluster.connection_string();
+    let across = local.replacen(
+        &format!("host={}", cluster.socket_dir().display()),
+        "host=10.77.0.1",
+        1,
+    );
+    let mut obs = reset(&local);
+    let lines: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    cli::enqueue_lines(&local, &lines, &[]);
+    let socket = ctx.socket_dir.join("partition.sock");
+    let addr = socket.to_string_lossy().into_owned();
+    let mut fleet = partition.command(
+        cli::BIN,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--graceful-timeout",
+            "1s",
+            "--status-addr",
+            &addr,
+            "--sql",
+            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.005)",
+        ],
+    );
+    fleet
+        .env("DATABASE_URL", &across)
+        .env("RUST_LOG", "warn")
+        .env_remove("PGHOST")
+        .env_remove("PGDATABASE");
+    let mut master = Master::spawn(fleet);
+    wait_until("the fleet works", Duration::from_secs(30), || {
+        count(&mut obs, "SELECT count(*) FROM effects") >= 100
+    });
+    partition.link(false);
+    let cut = Instant::now();
+    let took = status_until(&socket, "status answers", Duration::from_secs(1), |_| true);
+    println!("    /status answered in {took:.1?} with the network cut");
+    let (slot, victim) = children(&status(&socket).expect("status"))[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let took = status_until(
+        &socket,
+        "the killed child replaced",
+        Duration::from_secs(1),
+        |s| {
+            children(s)
+                .iter()
+                .any(|(sl, pid)| *sl == slot && *pid != victim)
+        },
+    );
+    println!("    the killed child was replaced in {took:.1?}");
+    // A command across the cut link gives up at its connect timeout.
+    let started = Instant::now();
+    let mut command = partition.command(cli::BIN, &["status"]);
+    command
+        .env("DATABASE_URL", &across)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut status_command = command.spawn().unwrap();
+    let ended = loop {
+        if let Some(code) = status_command.try_wait().unwrap() {
+            break code;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = status_command.kill();
+            panic!("prefork status across the cut link still connecting after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "    prefork status gave up after {:.1?} ({ended})",
+        started.elapsed()
+    );
+    assert!(!ended.success());
+    // The workers' statements in flight fail at tcp_user_timeout.
+    wait_until(
+        "the workers' statements time out",
+        Duration::from_secs(25).saturating_sub(cut.elapsed()),
+        || master.stderr_so_far().contains("Connection timed out"),
+    );
+    let said = master.stderr_so_far();
+    let line = said
+        .lines()
+        .find(|l| l.contains("Connection timed out"))
+        .unwrap_or("");
+    println!(
+        "    the workers' statements failed {:.1?} after the cut: {line}",
+        cut.elapsed()
+    );
+    kill(master.pid(), Signal::SIGTERM).unwrap();
+    let took = status_until(&socket, "TERM taken", Duration::from_secs(1), |s| {
+        s["stopping"] == serde_json::Value::Bool(true)
+    });
+    println!("    TERM was taken in {took:.1?}");
+    let (code, err) = master.wait(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+    partition.link(true);
 }

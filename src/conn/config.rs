@@ -60,6 +60,43 @@ impl FromStr for MaxAge {
     }
 }
 
+/// How long connecting may take, unless the connection string says
+/// (`connect_timeout`).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long data sent may stay unacknowledged before the connection is
+/// given up, unless the connection string says (`tcp_user_timeout`).
+pub(crate) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a connection idles before the first keepalive probe, unless
+/// the connection string says (`keepalives_idle`; libpq's default is the
+/// kernel's two hours).
+pub(crate) const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+/// The time between keepalive probes (`keepalives_interval`).
+pub(crate) const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(3);
+/// Probes unanswered before an idle connection is given up
+/// (`keepalives_retries`).
+pub(crate) const KEEPALIVES_RETRIES: u32 = 3;
+
+/// Sets the network limits of [`Database::new`] that `given`, the
+/// connection string, does not set itself.
+fn network_limits(pg: &mut postgres::Config, given: &str) {
+    let unset = |key: &str| !given.contains(key);
+    if unset("connect_timeout") {
+        pg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if unset("tcp_user_timeout") {
+        pg.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if unset("keepalives_idle") {
+        pg.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if unset("keepalives_interval") {
+        pg.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if unset("keepalives_retries") {
+        pg.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+}
+
 /// One configured database: a connection string plus lifetime rules.
 ///
 /// The defaults are those of r2d2 and psycopg_pool: connections are kept
@@ -102,6 +139,16 @@ impl Database {
     /// `sslrootcert` (a PEM file, or `system`) mean what they mean to libpq;
     /// TLS is rustls.
     ///
+    /// Over TCP a dead network is noticed in seconds, not after the
+    /// kernel's minutes of retransmissions: unless the string sets its own,
+    /// connecting gives up after 10 s (`connect_timeout`), a statement
+    /// whose data the server has not acknowledged for 15 s fails
+    /// (`tcp_user_timeout`), and an idle connection is probed after 10 s
+    /// (`keepalives_idle`), then every 3 s (`keepalives_interval`), and
+    /// given up after 3 unanswered probes (`keepalives_retries`). A frozen
+    /// server whose kernel still answers is not caught so; the fleet's
+    /// leases are what see it.
+    ///
     /// # Errors
     ///
     /// [`Error::Config`] if the alias is empty, the string does not parse,
@@ -120,6 +167,7 @@ impl Database {
         let mut pg = postgres::Config::from_str(&connection_string).map_err(|e| {
             config_error(format!("invalid connection string: {}", parse_detail(&e)))
         })?;
+        network_limits(&mut pg, &connection_string);
         // libpq ignores sslmode on Unix sockets, where PostgreSQL never
         // speaks TLS; asking would cost every connect a round trip.
         let unix_only =
@@ -324,6 +372,24 @@ fn resolve_hosts(pg: &mut postgres::Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_network_is_noticed_in_seconds_unless_the_string_says() {
+        let db = Database::new("a", "host=db.example user=u").unwrap();
+        assert_eq!(db.pg.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(db.pg.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(db.pg.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(db.pg.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(db.pg.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        let own = Database::new(
+            "a",
+            "postgresql://u@db.example/app?connect_timeout=3&keepalives_idle=60",
+        )
+        .unwrap();
+        assert_eq!(own.pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(own.pg.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(own.pg.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+    }
 
     #[test]
     fn max_age_parses_django_style() {

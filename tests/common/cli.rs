@@ -92,7 +92,13 @@ pub struct Master {
 
 impl Master {
     pub fn start(url: &str, args: &[&str]) -> Master {
-        let mut child = prefork(url, args)
+        Master::spawn(prefork(url, args))
+    }
+
+    /// A master started by `command` (`prefork` itself, or a wrapper that
+    /// execs it, such as `ip netns exec`).
+    pub fn spawn(mut command: Command) -> Master {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -118,6 +124,11 @@ impl Master {
             stderr: Some(stderr),
             seen,
         }
+    }
+
+    /// What the master wrote to its standard error so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.seen.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> Pid {
