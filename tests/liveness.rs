@@ -237,6 +237,27 @@ fn status_until(
     }
 }
 
+/// The master behind `socket` answers `/status` within a second, and
+/// replaces a child killed now within a second, with `under` (what is
+/// wrong with the server) said in the figures it prints.
+fn supervises_at_once(socket: &Path, under: &str) {
+    let took = status_until(socket, "status answers", Duration::from_secs(1), |_| true);
+    println!("    /status answered in {took:.1?} with {under}");
+    let (slot, victim) = children(&status(socket).expect("status"))[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let took = status_until(
+        socket,
+        "the killed child replaced",
+        Duration::from_secs(1),
+        |s| {
+            children(s)
+                .iter()
+                .any(|(sl, pid)| *sl == slot && *pid != victim)
+        },
+    );
+    println!("    the killed child was replaced in {took:.1?}");
+}
+
 /// The server frozen (its postmaster and backends stopped) under a busy
 /// fleet: the master's loop does not wait on it. Its status endpoint
 /// answers, a killed child is replaced within a second, TERM is taken
@@ -269,22 +290,7 @@ fn frozen_server(ctx: &mut Ctx) {
     });
     let frozen = Frozen::freeze(&mut obs);
     std::thread::sleep(Duration::from_secs(1));
-    let took = status_until(&socket, "status answers", Duration::from_secs(1), |_| true);
-    println!("    /status answered in {took:.1?} with the server frozen");
-    let before = children(&status(&socket).expect("status"));
-    let (slot, victim) = before[0];
-    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-    let took = status_until(
-        &socket,
-        "the killed child replaced",
-        Duration::from_secs(1),
-        |s| {
-            children(s)
-                .iter()
-                .any(|(sl, pid)| *sl == slot && *pid != victim)
-        },
-    );
-    println!("    the killed child was replaced in {took:.1?}");
+    supervises_at_once(&socket, "the server frozen");
     kill(master.pid(), Signal::SIGTERM).unwrap();
     let took = status_until(&socket, "TERM taken", Duration::from_secs(1), |s| {
         s["stopping"] == serde_json::Value::Bool(true)
@@ -831,21 +837,7 @@ fn partitioned(ctx: &mut Ctx) {
     });
     partition.link(false);
     let cut = Instant::now();
-    let took = status_until(&socket, "status answers", Duration::from_secs(1), |_| true);
-    println!("    /status answered in {took:.1?} with the network cut");
-    let (slot, victim) = children(&status(&socket).expect("status"))[0];
-    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-    let took = status_until(
-        &socket,
-        "the killed child replaced",
-        Duration::from_secs(1),
-        |s| {
-            children(s)
-                .iter()
-                .any(|(sl, pid)| *sl == slot && *pid != victim)
-        },
-    );
-    println!("    the killed child was replaced in {took:.1?}");
+    supervises_at_once(&socket, "the network cut");
     // A command across the cut link gives up at its connect timeout.
     let started = Instant::now();
     let mut command = partition.command(cli::BIN, &["status"]);
