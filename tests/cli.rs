@@ -5,8 +5,9 @@ mod cli;
 mod common;
 
 use std::process::Output;
+use std::time::Duration;
 
-use cli::{assert_all_done_once, count, enqueue_lines, reset};
+use cli::{Master, assert_all_done_once, count, enqueue_lines, reset};
 use common::{Ctx, Observer};
 
 fn main() {
@@ -22,6 +23,7 @@ fn main() {
                 bad_payload,
             ),
             ("a_slow_sql_job_times_out_alone", sql_timeout),
+            ("a_fleet_whose_jobs_keep_failing_says_so", failing_log),
             ("exec_handler_gets_payload_and_environment", exec_handler),
             ("exec_programs_start_clean_and_time_out_alone", exec_clean),
             (
@@ -572,6 +574,42 @@ fn least_privilege(ctx: &mut Ctx) {
     assert_all_done_once(&mut obs, 100);
 }
 
+/// Every job fails, and keeps being retried: the master says so every
+/// 10 s, with how many attempts of how many, in which queue.
+fn failing_log(ctx: &mut Ctx) {
+    let _obs = reset(&ctx.url);
+    let lines: String = (1..=40).map(|i| format!("{i}\n")).collect();
+    enqueue_lines(&ctx.url, &lines, &["--max-attempts", "100"]);
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "2",
+            "--sql",
+            "SELECT 1 / ($1::int * 0)",
+        ],
+    );
+    common::wait_until("the failing line", Duration::from_secs(15), || {
+        master.stderr_so_far().contains("jobs are failing:")
+    });
+    let err = master.stderr_so_far();
+    let line = err
+        .lines()
+        .find(|l| l.contains("jobs are failing:"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("queue \"default\": ") && line.contains("to be retried"),
+        "{line}"
+    );
+    assert!(line.contains("prefork jobs show ID"), "{line}");
+    nix::sys::signal::kill(master.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, err) = master.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+}
+
 fn bad_payload(ctx: &mut Ctx) {
     let mut obs = reset(&ctx.url);
     enqueue_lines(&ctx.url, "1\nabc\n3\n", &["--max-attempts", "2"]);
@@ -792,6 +830,17 @@ fn strict(ctx: &mut Ctx) {
         err.contains("184 connections") && err.contains("free slots"),
         "{err}"
     );
+    // Programs may hold a connection each: (20 + 1) x (2 x 2 + 1) + 1,
+    // unless they say they hold none: (20 + 1) x (2 + 1) + 1 fits.
+    let fleet = ["--procs", "20", "--threads", "2", "--strict"];
+    let program = ["--exec", "true"];
+    let out = run(ctx, &[&fleet[..], &program[..]].concat());
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("106 connections"), "{err}");
+    let none = ["--program-connections", "0", "--drain"];
+    let out = run(ctx, &[&fleet[..], &none[..], &program[..]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// The README's quick start: no database configured at all, so the fleet

@@ -56,6 +56,10 @@ fn main() {
             ),
             ("a_job_that_kills_its_child_fails_alone", poison_job),
             (
+                "a_dead_hosts_jobs_under_rescue_after_forever_come_back_on_release",
+                released_by_hand,
+            ),
+            (
                 "with_the_network_partitioned_the_master_stays_live_and_connections_give_up",
                 partitioned,
             ),
@@ -154,6 +158,101 @@ fn master_stopped_alone(ctx: &mut Ctx) {
     stop(&mut first);
     stop(&mut second);
     assert_eq!(starts(&log).len(), 4, "a job ran twice: {:?}", starts(&log));
+}
+
+/// Under `--rescue-after forever` leases never lapse: a fleet killed whole
+/// (its master stopped first, so no handover runs) keeps its jobs
+/// running until `prefork jobs release HOST` hands them back, which
+/// refuses while the children's leases were renewed lately, unless
+/// `--force`.
+fn released_by_hand(ctx: &mut Ctx) {
+    let mut obs = reset(&ctx.url);
+    let log = ctx.socket_dir.join("forever-starts.log");
+    let _ = std::fs::remove_file(&log);
+    cli::enqueue_lines(&ctx.url, "1\n2\n3\n", &[]);
+    let mut first = fleet(ctx, &["--rescue-after", "forever"], &sleeper(&log, 60));
+    wait_until("three jobs start", Duration::from_secs(30), || {
+        starts(&log).len() == 3
+    });
+    kill(first.pid(), Signal::SIGSTOP).unwrap();
+    for child in common::children_of(first.pid()) {
+        let _ = kill(child, Signal::SIGKILL);
+    }
+    kill(first.pid(), Signal::SIGKILL).unwrap();
+    let _ = first.wait(Duration::from_secs(10));
+    let host: String = obs
+        .client()
+        .query_one("SELECT host FROM prefork.children LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    let running = |obs: &mut Observer| {
+        count(
+            obs,
+            "SELECT count(*) FROM prefork.jobs_live WHERE state = 'running'",
+        )
+    };
+    assert_eq!(running(&mut obs), 3, "nothing lapses under forever");
+    let release = |extra: &[&str]| {
+        let mut args = vec!["jobs", "release"];
+        args.extend_from_slice(extra);
+        cli::prefork(&ctx.url, &args).output().unwrap()
+    };
+    let out = release(&["no-such-host"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no child of any fleet is no-such-host"),
+        "{err}"
+    );
+    let out = release(&[&host]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("it may be alive (--force if it is not)"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(running(&mut obs), 3, "a refusal changes nothing");
+    let out = release(&[&host, "--force"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("requeued 3 job(s)"), "{said}");
+    let back = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs_live
+         WHERE state = 'queued' AND suspect AND attempts = 0",
+    );
+    assert_eq!(
+        back, 3,
+        "queued again as suspects, their attempt given back"
+    );
+    assert_eq!(
+        count(&mut obs, "SELECT count(*) FROM prefork.children"),
+        0,
+        "the dead children's rows went with their leases"
+    );
+}
+
+/// A fleet of 2 x 2 working 5 ms `--sql` jobs, with a short graceful
+/// timeout and its status at `addr`: what the frozen-server and partition
+/// tests supervise.
+fn busy_fleet(addr: &str) -> [&str; 10] {
+    [
+        "--procs",
+        "2",
+        "--threads",
+        "2",
+        "--graceful-timeout",
+        "1s",
+        "--status-addr",
+        addr,
+        "--sql",
+        "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.005)",
+    ]
 }
 
 /// The server's processes (the postmaster and every process it forked)
@@ -270,21 +369,7 @@ fn frozen_server(ctx: &mut Ctx) {
     cli::enqueue_lines(&ctx.url, &lines, &[]);
     let socket = ctx.socket_dir.join("frozen.sock");
     let addr = socket.to_string_lossy().into_owned();
-    let mut master = Master::start(
-        &ctx.url,
-        &[
-            "--procs",
-            "2",
-            "--threads",
-            "2",
-            "--graceful-timeout",
-            "1s",
-            "--status-addr",
-            &addr,
-            "--sql",
-            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.005)",
-        ],
-    );
+    let mut master = Master::start(&ctx.url, &busy_fleet(&addr));
     wait_until("the fleet works", Duration::from_secs(30), || {
         count(&mut obs, "SELECT count(*) FROM effects") >= 100
     });
@@ -811,21 +896,7 @@ fn partitioned(ctx: &mut Ctx) {
     cli::enqueue_lines(&local, &lines, &[]);
     let socket = ctx.socket_dir.join("partition.sock");
     let addr = socket.to_string_lossy().into_owned();
-    let mut fleet = partition.command(
-        cli::BIN,
-        &[
-            "--procs",
-            "2",
-            "--threads",
-            "2",
-            "--graceful-timeout",
-            "1s",
-            "--status-addr",
-            &addr,
-            "--sql",
-            "INSERT INTO effects SELECT $1::int FROM pg_sleep(0.005)",
-        ],
-    );
+    let mut fleet = partition.command(cli::BIN, &busy_fleet(&addr));
     fleet
         .env("DATABASE_URL", &across)
         .env("RUST_LOG", "warn")

@@ -33,6 +33,10 @@ fn main() {
                 slowloris,
             ),
             ("bad_requests_get_an_answer_and_nothing_else", bad_requests),
+            (
+                "programs_connections_count_in_the_bound_and_the_peak",
+                program_connections,
+            ),
         ],
         &[],
     )
@@ -231,6 +235,8 @@ fn metrics_agree(ctx: &mut Ctx) {
         })
         .sum();
     assert_eq!(at(&end, count_series), jobs_total);
+    assert!(at(&end, "prefork_claim_duration_seconds_count") >= 1.0);
+    assert!(at(&end, "prefork_claim_duration_seconds_bucket{le=\"+Inf\"}") >= 1.0);
     assert_eq!(
         at(
             &end,
@@ -311,6 +317,82 @@ fn metrics_agree(ctx: &mut Ctx) {
         !std::path::Path::new(&addr).exists(),
         "the socket file outlived the master"
     );
+}
+
+/// Programs' own connections (psql here, under a shell: the PGAPPNAME
+/// each program inherits names its pid) count in `prefork_backends`, in
+/// `/status`, in the summary's peak, and in the bound.
+fn program_connections(ctx: &mut Ctx) {
+    let mut obs: Observer = reset(&ctx.url);
+    let addr = socket(ctx, "programs.sock");
+    enqueue_lines(&ctx.url, "1\n2\n3\n4\n", &[]);
+    let psql = fork_safe::cluster::find_bindir().unwrap().join("psql");
+    let script = format!(
+        "{} \"$DATABASE_URL\" -qAtc 'SELECT pg_sleep(4)'",
+        psql.display()
+    );
+    let mut master = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--batch",
+            "1",
+            "--drain",
+            "--status-addr",
+            &addr,
+            "--exec",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let programs = |obs: &mut Observer| {
+        count(
+            obs,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name LIKE 'prefork:program:%'",
+        )
+    };
+    common::wait_until("4 programs' backends", Duration::from_secs(20), || {
+        programs(&mut obs) == 4
+    });
+    common::wait_until("the children to count them", Duration::from_secs(3), || {
+        let Some((200, body)) = get(&addr, "/status") else {
+            return false;
+        };
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let counted: u64 = status["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["program_connections"].as_u64().unwrap())
+            .sum();
+        counted == 4
+    });
+    let backends = at(&scrape(&addr), "prefork_backends");
+    assert!(
+        backends >= 5.0,
+        "prefork_backends {backends}: the programs' 4 and more"
+    );
+    let (code, err) = master.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    let summary = err
+        .lines()
+        .find(|l| l.contains("peak backends"))
+        .unwrap_or_else(|| panic!("no summary: {err}"));
+    // 2 x (2 x (1 + 1) + 1) + 1: each worker and its program, each child's
+    // keeper, the master.
+    assert!(summary.contains("(bound 11, 16 while"), "{summary}");
+    let peak: u32 = summary
+        .split("peak backends ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((5..=11).contains(&peak), "{summary}");
 }
 
 fn readyz_quiet(ctx: &mut Ctx) {

@@ -39,6 +39,15 @@ pub trait App: Send + Sync + 'static {
         0
     }
 
+    /// Connections each worker holds at most: its own, and those of the
+    /// programs it runs ([`Worker::spawn`]: a job queue's `--exec` and
+    /// `--worker` programs). They count in
+    /// [`ConnectionBounds`](super::ConnectionBounds) and the slots a fleet
+    /// checks for before it starts. Default: 1.
+    fn worker_connections(&self) -> usize {
+        1
+    }
+
     /// Runs once in each child after its workers ended, before it exits
     /// (not when it is killed, nor when it is orphaned past its grace):
     /// stops the threads [`App::init_child`] started and closes what they
@@ -139,6 +148,9 @@ pub struct ChildStatus {
     pub programs: Vec<RunningProgram>,
     /// Connections it holds open, as it last counted them.
     pub open_connections: u32,
+    /// Backends of the programs its workers run, as it last counted them
+    /// ([`ChildInfo::publish_program_connections`]).
+    pub program_connections: u32,
 }
 
 /// One gauge sample for the status endpoint (see [`App::gauges`]).
@@ -218,5 +230,17 @@ impl ChildInfo {
     /// [`MAX_GAUGES`](super::MAX_GAUGES) values; more are cut).
     pub fn publish_gauges(&self, values: &[f64]) {
         self.waker.0.board.publish(values);
+    }
+
+    /// Publishes how many backends the programs of this child's workers
+    /// hold (the app counts them: a job queue, by their
+    /// `application_name`), for the status endpoint's `prefork_backends`
+    /// and [`ChildStatus::program_connections`].
+    pub fn publish_program_connections(&self, n: u32) {
+        self.waker
+            .0
+            .board
+            .program_connections
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -37,6 +37,20 @@ pub(super) fn check_slots(settings: &Settings) -> Result<(), PreforkError> {
     Ok(())
 }
 
+/// Counts the backends of processes `pids` of `role` (`program`), found
+/// by their `application_name` ([`application_name`]): what a child's
+/// programs hold, for the fleet's count of its backends.
+pub(crate) fn count_backends(role: &str, pids: &[Pid]) -> Result<u32, crate::Error> {
+    let names: Vec<String> = pids.iter().map(|p| application_name(role, *p)).collect();
+    crate::with_client(|c| {
+        let row = c.query_typed_one(
+            "SELECT count(*)::int4 FROM pg_stat_activity WHERE application_name = ANY($1)",
+            &[(&names, Type::TEXT_ARRAY)],
+        )?;
+        Ok(row.get::<_, i32>(0).unsigned_abs())
+    })
+}
+
 /// Ends the backends that processes `pids` of `role` (`child`, `program`)
 /// left, found by their `application_name` ([`application_name`]): what
 /// a dead child, or a resident program that was killed, leaves behind.

@@ -40,6 +40,8 @@ pub(crate) struct Board {
     pub(crate) jobs: AtomicU64,
     /// Connections open in the child, refreshed by its main thread.
     pub(crate) open_connections: AtomicU32,
+    /// Backends of its workers' programs, as the app last counted them.
+    pub(crate) program_connections: AtomicU32,
     /// The fleet is quiet (TSTP): take no new work, finish what is in hand.
     pub(crate) quiet: AtomicBool,
     workers: [Slot; MAX_THREADS],

@@ -34,6 +34,7 @@ impl Prefork {
                 procs: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 threads: 1,
                 child_connections: 0,
+                worker_connections: 1,
                 timeout: None,
                 boot_timeout: Duration::from_secs(30),
                 graceful_timeout: Duration::from_secs(30),
@@ -159,13 +160,13 @@ impl Prefork {
         self
     }
 
-    /// The most connections the fleet of `app` holds at once: one per
-    /// worker, what each child holds besides
-    /// ([`App::child_connections`]), and the master's (see
+    /// The most connections the fleet of `app` holds at once: what each
+    /// worker holds ([`App::worker_connections`]), what each child holds
+    /// besides ([`App::child_connections`]), and the master's (see
     /// [`ConnectionBounds`]).
     pub fn connection_bounds<A: App>(&self, app: &A) -> ConnectionBounds {
         let mut settings = self.settings.clone();
-        settings.child_connections = app.child_connections();
+        take_connections_of(&mut settings, app);
         settings.connection_bounds()
     }
 
@@ -224,7 +225,13 @@ impl Prefork {
     /// - [`PreforkError::Io`] for pipes, mappings, signals or the pidfile.
     pub fn run<A: App>(self, app: A) -> Result<Report, PreforkError> {
         let mut settings = self.settings;
-        settings.child_connections = app.child_connections();
+        take_connections_of(&mut settings, &app);
         supervise::run(settings, std::sync::Arc::new(app))
     }
+}
+
+/// What `app`'s children and workers hold besides, for the bounds.
+fn take_connections_of<A: App>(settings: &mut Settings, app: &A) {
+    settings.child_connections = app.child_connections();
+    settings.worker_connections = app.worker_connections();
 }

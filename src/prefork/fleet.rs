@@ -790,6 +790,10 @@ impl Fleet {
                     .board
                     .open_connections
                     .load(std::sync::atomic::Ordering::Relaxed),
+                program_connections: c
+                    .board
+                    .program_connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
             })
             .collect()
     }
@@ -844,6 +848,10 @@ impl Fleet {
                     open_connections: c
                         .board
                         .open_connections
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    program_connections: c
+                        .board
+                        .program_connections
                         .load(std::sync::atomic::Ordering::Relaxed),
                     rss: None,
                     pss: None,

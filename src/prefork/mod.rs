@@ -102,7 +102,7 @@ mod worker;
 pub use app::{App, BoxError, ChildInfo, ChildStatus, Gauge, LostChild, Report};
 // The one supervision policy, used by the queue's resident programs too.
 #[cfg(feature = "queue")]
-pub(crate) use backends::end_backends;
+pub(crate) use backends::{count_backends, end_backends};
 #[cfg(feature = "queue")]
 pub(crate) use backoff::{PROGRAM_CAP, restart_delay};
 pub use board::RunningProgram;

@@ -15,19 +15,21 @@ pub(crate) fn stuck_after(timeout: Duration, budget: u32) -> Duration {
     timeout.saturating_mul(budget.max(1)).saturating_mul(2)
 }
 
-/// The most connections a fleet whose workers hold one connection each
-/// (a job queue's do) holds at once, the master's included.
+/// The most connections a fleet holds at once, the master's and its
+/// workers' programs' included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionBounds {
-    /// While every slot has its one child: `procs x (threads + c) + 1`,
-    /// where `c` is what a child holds besides its workers'
+    /// While every slot has its one child: `procs x (threads x w + c) + 1`,
+    /// where `w` is what a worker holds, its programs' included
+    /// ([`App::worker_connections`](super::App::worker_connections)), `c`
+    /// what a child holds besides its workers'
     /// ([`App::child_connections`](super::App::child_connections)) and the
     /// one is the master's, at start and exit.
     pub steady: usize,
     /// While a retiring child (HUP, `--max-requests`, lifetime, memory) is
-    /// being replaced: one child more, `(procs + 1) x (threads + c) + 1`. The
-    /// replacement is ready before the old child is told to stop, and the
-    /// next replacement starts only once the old child has exited.
+    /// being replaced: one child more, `(procs + 1) x (threads x w + c) +
+    /// 1`. The replacement is ready before the old child is told to stop,
+    /// and the next replacement starts only once the old child has exited.
     pub replacing: usize,
 }
 
@@ -37,9 +39,12 @@ pub(crate) struct Settings {
     pub(crate) name: String,
     pub(crate) procs: usize,
     pub(crate) threads: usize,
-    /// Connections a child holds besides one per worker
+    /// Connections a child holds besides its workers'
     /// ([`App::child_connections`](super::App::child_connections)).
     pub(crate) child_connections: usize,
+    /// Connections a worker holds, its programs' included
+    /// ([`App::worker_connections`](super::App::worker_connections)).
+    pub(crate) worker_connections: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) boot_timeout: Duration,
     pub(crate) graceful_timeout: Duration,
@@ -79,9 +84,10 @@ impl Settings {
     }
 
     pub(crate) fn connection_bounds(&self) -> ConnectionBounds {
+        let child = self.threads * self.worker_connections + self.child_connections;
         ConnectionBounds {
-            steady: self.procs * (self.threads + self.child_connections) + 1,
-            replacing: (self.procs + 1) * (self.threads + self.child_connections) + 1,
+            steady: self.procs * child + 1,
+            replacing: (self.procs + 1) * child + 1,
         }
     }
 }

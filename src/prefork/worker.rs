@@ -255,36 +255,43 @@ impl Worker {
     /// mask, descriptors 0 to 2 only), dying with this thread, and recorded
     /// on the scoreboard so that the master ends the whole group if the
     /// child dies (see [`Program`](super::Program)). One program at a time
-    /// per worker.
+    /// per worker. Its environment has `PGAPPNAME=prefork:program:<its own
+    /// pid>`, so that the backends of its libpq clients (and its own
+    /// programs') show as its own in `pg_stat_activity`: the fleet counts
+    /// them, and ends those a killed program left.
     ///
     /// # Errors
     ///
-    /// The program could not be started (or watched), or this worker
-    /// already runs one.
+    /// The program could not be started (or watched), this worker already
+    /// runs one, or a NUL byte is in the command's arguments or
+    /// environment.
     pub fn spawn(
         &self,
         command: &mut std::process::Command,
     ) -> std::io::Result<super::Program<'_>> {
-        super::program::spawn(command, self.program_record()?, None, None)
+        let name = program_name_prefix();
+        super::program::spawn(
+            command,
+            self.program_record()?,
+            None,
+            Some(("PGAPPNAME", &name)),
+        )
     }
 
     /// [`Worker::spawn`], and the program also keeps `channel` open (a
     /// socket or pipe of its own, at the same descriptor number: tell the
-    /// program which, in its environment), and its environment has
-    /// `PGAPPNAME=prefork:program:<its own pid>`, so that the backends of
-    /// its libpq clients show as its own in `pg_stat_activity`.
+    /// program which, in its environment).
     ///
     /// # Errors
     ///
-    /// As [`Worker::spawn`]; also a NUL byte in the command's arguments or
-    /// environment.
+    /// As [`Worker::spawn`].
     pub fn spawn_with_channel(
         &self,
         command: &mut std::process::Command,
         channel: std::os::fd::BorrowedFd<'_>,
     ) -> std::io::Result<super::Program<'_>> {
         use std::os::fd::AsRawFd;
-        let name = format!("{}program:", crate::APPLICATION_NAME_PREFIX);
+        let name = program_name_prefix();
         super::program::spawn(
             command,
             self.program_record()?,
@@ -332,6 +339,12 @@ impl Worker {
         let _end = End(self);
         f()
     }
+}
+
+/// `PGAPPNAME`'s value for a program, but its pid (which only the forked
+/// process knows: see `program`).
+fn program_name_prefix() -> String {
+    format!("{}program:", crate::APPLICATION_NAME_PREFIX)
 }
 
 /// The jobs a worker runs, as recorded by [`Worker::hold_jobs`]; cleared

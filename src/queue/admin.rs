@@ -128,6 +128,16 @@ pub enum JobsError {
         /// What the action needs, for the message ("failed or cancelled").
         wanted: &'static str,
     },
+    /// No child of the fleets matches what [`release_children`] was given.
+    NoSuchChild(String),
+    /// A child [`release_children`] was given renewed its lease lately:
+    /// it may be alive (pass `force` if it is not).
+    StillSeen {
+        /// The child, `host:pid`.
+        process: String,
+        /// How long ago it last renewed its lease.
+        ago: Duration,
+    },
     /// Retrying would queue a second unfinished job with a unique key.
     KeyHeld {
         /// The job to retry.
@@ -144,6 +154,13 @@ impl fmt::Display for JobsError {
         match self {
             JobsError::Db(e) => write!(f, "{e}"),
             JobsError::NoSuchJob(id) => write!(f, "no job {id}"),
+            JobsError::NoSuchChild(which) => write!(f, "no child of any fleet is {which}"),
+            JobsError::StillSeen { process, ago } => write!(
+                f,
+                "child {process} renewed its lease {:.0?} ago: it may be alive \
+                 (--force if it is not)",
+                Duration::from_secs(ago.as_secs())
+            ),
             JobsError::WrongState { id, state, wanted } => {
                 write!(f, "job {id} is {state}, not {wanted}")
             }
@@ -484,4 +501,61 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// How recently a child may have renewed its lease for
+/// [`release_children`] to take it for gone without `force`.
+pub const SEEN_LATELY: Duration = Duration::from_secs(30);
+
+/// Ends the leases of the children `which` names (`host`, every child on
+/// it, or `host:pid`) and hands their running jobs back as a lapsed lease
+/// does (`queue/lease.rs`): queued again as suspects, their attempt
+/// given back. For hosts that are gone for good under `--rescue-after
+/// forever`, whose leases never lapse by themselves.
+///
+/// # Errors
+///
+/// [`JobsError::NoSuchChild`] if no child matches;
+/// [`JobsError::StillSeen`] if one renewed its lease within
+/// [`SEEN_LATELY`] and not `force`; nothing is then changed. Or the
+/// server's error.
+pub fn release_children(
+    client: &mut Client,
+    schema: &Schema,
+    which: &str,
+    force: bool,
+) -> Result<super::Released, JobsError> {
+    let s = schema.name();
+    let (host, pid) = match which.rsplit_once(':') {
+        Some((host, pid)) if pid.parse::<i32>().is_ok() => (host, pid.parse::<i32>().ok()),
+        _ => (which, None),
+    };
+    let mut tx = client.transaction()?;
+    let rows = tx.query_typed(
+        &format!(
+            "SELECT host || ':' || pid, extract(epoch FROM now() - seen_at)::float8
+             FROM {s}.children WHERE host = $1 AND ($2::int4 IS NULL OR pid = $2)
+             ORDER BY seen_at DESC FOR UPDATE"
+        ),
+        &[(&host, Type::TEXT), (&pid, Type::INT4)],
+    )?;
+    let Some(latest) = rows.first() else {
+        return Err(JobsError::NoSuchChild(which.to_owned()));
+    };
+    let ago = Duration::from_secs_f64(latest.get::<_, f64>(1).max(0.0));
+    if ago < SEEN_LATELY && !force {
+        return Err(JobsError::StillSeen {
+            process: latest.get(0),
+            ago,
+        });
+    }
+    tx.execute_typed(
+        &format!(
+            "UPDATE {s}.children SET lease_until = now() - interval '1 second'
+             WHERE host = $1 AND ($2::int4 IS NULL OR pid = $2)"
+        ),
+        &[(&host, Type::TEXT), (&pid, Type::INT4)],
+    )?;
+    tx.commit()?;
+    Ok(super::release(client, schema, super::Release::Lapsed)?)
 }

@@ -22,8 +22,8 @@
 //!    whatever the child still holds unstarted.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::Client;
@@ -34,6 +34,8 @@ use super::claims::Claims;
 use super::claims::{hostname, process_of};
 use super::completions::{Completions, Recording};
 use super::deadline::Deadlines;
+use super::failing::Failing;
+use super::floors::Floors;
 use super::housekeeping::Housekeeping;
 use super::idle::{Idle, Leadership, Woken};
 use super::keeper::Keeper;
@@ -55,6 +57,9 @@ pub struct QueueApp {
     stats: Arc<FleetStats>,
     /// What the status endpoint serves of the queue.
     metrics: QueueMetrics,
+    /// The master's count of failing attempts, for its log (see
+    /// `failing`).
+    failing: Mutex<Failing>,
     /// Told, in the master, what the fleet finished (see `on_progress`).
     progress: Option<OnFinished>,
 }
@@ -87,6 +92,8 @@ pub struct QueueChild {
     keeper: Keeper,
     /// The child's one turn to run a suspect (see `alone`).
     alone: Alone,
+    /// Where its claims start in each priority level (see `floors`).
+    floors: Arc<Floors>,
 }
 
 impl QueueApp {
@@ -100,6 +107,7 @@ impl QueueApp {
         let stats = Arc::<FleetStats>::default();
         QueueApp {
             metrics: QueueMetrics::new(&config.queues),
+            failing: Mutex::default(),
             config,
             handler,
             needs,
@@ -148,8 +156,10 @@ impl App for QueueApp {
             master_pid: nix::unistd::getppid().as_raw(),
             since,
         };
+        let floors = Arc::new(Floors::default());
         Ok(QueueChild {
-            keeper: Keeper::start(c, holder, child)?,
+            keeper: Keeper::start(c, holder, child, floors.clone())?,
+            floors,
             alone: Alone::default(),
             idle: Idle::new(child.waker()),
             housekeeping: Housekeeping::new(),
@@ -171,6 +181,15 @@ impl App for QueueApp {
         1
     }
 
+    /// The worker's own, and what its program may hold
+    /// ([`QueueConfig::program_connections`]) if the handler runs programs.
+    fn worker_connections(&self) -> usize {
+        match self.handler {
+            Handler::Exec { .. } | Handler::Resident { .. } => 1 + self.config.program_connections,
+            _ => 1,
+        }
+    }
+
     fn end_child(&self, child: QueueChild) {
         child.keeper.end();
     }
@@ -179,15 +198,25 @@ impl App for QueueApp {
         super::stranded::release_lost(&self.config, lost);
     }
 
-    /// The fleet's connections, for the summary's peak.
+    /// The fleet's connections, its programs' included, for the summary's
+    /// peak.
     fn master_tick(&self, children: &[ChildStatus]) {
-        let open: u64 = children.iter().map(|c| u64::from(c.open_connections)).sum();
+        let open: u64 = children
+            .iter()
+            .map(|c| u64::from(c.open_connections) + u64::from(c.program_connections))
+            .sum();
         self.stats
             .peak_backends
             .fetch_max(open, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn master_counted(&self, counted: &Counted<'_>) {
+        let attempts = self.metrics.attempts(counted);
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(line) = failing.tick(Instant::now(), attempts) {
+            log::warn!("{line}");
+        }
+        drop(failing);
         let finished = self.metrics.finished(counted);
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         self.stats.done.store(finished.done, relaxed);
@@ -253,7 +282,10 @@ impl Shift<'_> {
                             client.batch_execute("UNLISTEN *")?;
                         }
                         self.child.keeper.run_due(client)?;
-                        self.child.housekeeping.run(client, self.config).map(drop)
+                        self.child
+                            .housekeeping
+                            .run(client, self.config, &self.child.floors)
+                            .map(drop)
                     })
                 }
                 Err(e) => Err(e),
@@ -382,7 +414,10 @@ impl Shift<'_> {
         let c = self.config;
         let owner = self.child.claims.next_owner(self.worker());
         let size = self.child.pace.claim_size();
-        let jobs = store::claim(client, &c.schema, &c.queues, size, &owner, c.lease)?;
+        let floors = &self.child.floors;
+        let started = Instant::now();
+        let jobs = store::claim(client, &c.schema, &c.queues, size, &owner, c.lease, floors)?;
+        self.cx.metrics.claimed(self.worker(), started.elapsed());
         let full = jobs.len() as i64 >= size;
         Ok((owner, jobs, full))
     }
@@ -628,7 +663,7 @@ impl Shift<'_> {
                 // While quiet, what there was to look at still is.
                 look = notified || (look && quiet);
                 self.child.keeper.run_due(client)?;
-                if let Some(probe) = self.child.housekeeping.run(client, c)? {
+                if let Some(probe) = self.child.housekeeping.run(client, c, &self.child.floors)? {
                     look |= probe.runnable;
                     self.stop_if_drained(client)?;
                 }

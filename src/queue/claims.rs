@@ -22,9 +22,15 @@ pub(super) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// `host:pid`: how a process's claims are stamped.
+/// `host:pid`: how a process's claims are stamped (this host's).
 pub(super) fn process_of(pid: crate::Pid) -> String {
-    format!("{}:{pid}", hostname())
+    process_on(&hostname(), pid.as_raw())
+}
+
+/// `host:pid`, for process `pid` on `host`: the one place the stamp's
+/// process part is written.
+pub(super) fn process_on(host: &str, pid: i32) -> String {
+    format!("{host}:{pid}")
 }
 
 /// The claims of one child.

@@ -76,6 +76,14 @@ pub struct QueueConfig {
     /// so a job's code cannot use the fleet's role; they bring their own.
     /// Default: `false` (programs inherit the fleet's environment).
     pub withhold_credentials: bool,
+    /// Connections each [`Handler::Exec`](super::Handler::Exec) or
+    /// [`Handler::Resident`](super::Handler::Resident) program may hold at
+    /// once (a Django program's: one per thread it runs). They count in the
+    /// fleet's [`ConnectionBounds`](crate::prefork::ConnectionBounds) and
+    /// its slot check; the programs' backends, found by their
+    /// `application_name`, count in the summary's peak and the status
+    /// endpoint's `prefork_backends`. Default: 1.
+    pub program_connections: usize,
 }
 
 impl QueueConfig {
@@ -103,6 +111,7 @@ impl Default for QueueConfig {
             resident_boot_timeout: Duration::from_secs(30),
             resident_memory: MemoryLimits::default(),
             withhold_credentials: false,
+            program_connections: 1,
         }
     }
 }

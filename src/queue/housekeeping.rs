@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use postgres::Client;
 
+use super::floors::Floors;
 use super::{QueueConfig, store};
 
 /// When a child's duties are next due.
@@ -39,6 +40,7 @@ impl Housekeeping {
         &self,
         client: &mut Client,
         c: &QueueConfig,
+        floors: &Floors,
     ) -> Result<Option<store::Probe>, postgres::Error> {
         {
             let Ok(mut due) = self.due.try_lock() else {
@@ -50,7 +52,7 @@ impl Housekeeping {
             }
             due.next = now + c.poll;
         }
-        let probe = store::probe(client, &c.schema, &c.queues)?;
+        let probe = store::probe(client, &c.schema, &c.queues, floors)?;
         // Every vacuum scans the whole of each index, so a deep backlog is
         // vacuumed after proportionally more dead rows: a tenth of it.
         let due = VACUUM_AFTER_DEAD_ROWS.max(probe.live_rows / 10);

@@ -13,7 +13,9 @@
 //!   a long job, or stalled, the lease is renewed all the same.
 //! - **The keeper's own**: stopping the programs of jobs cancelled with
 //!   `prefork jobs cancel` (the child's workers are busy running them),
-//!   and reading the queues' counts when the master asks for them (a
+//!   counting the backends those programs hold (by their
+//!   `application_name`) for the fleet's count of its connections, and
+//!   reading the queues' counts when the master asks for them (a
 //!   scrape of the status endpoint), published on the child's scoreboard.
 //!
 //! The keeper keeps its connection while it used it in the last
@@ -36,6 +38,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 
 use super::QueueConfig;
+use super::floors::{self, Floors};
 use super::lease::{self, Holder};
 use crate::Pid;
 use crate::prefork::ChildInfo;
@@ -50,6 +53,7 @@ struct Shared {
     config: QueueConfig,
     holder: Holder,
     child: ChildInfo,
+    floors: Arc<Floors>,
     due: Mutex<Due>,
     stop: Mutex<bool>,
     wake: Condvar,
@@ -61,6 +65,7 @@ struct Due {
     sweep: Instant,
     unleased: Instant,
     schedules: Instant,
+    rescan: Instant,
     /// Whether the child has held a lease yet (a fresh one after that
     /// means it had lapsed and been swept).
     leased: bool,
@@ -69,7 +74,11 @@ struct Due {
 impl Due {
     /// The first duty due.
     fn next(&self, config: &QueueConfig) -> Instant {
-        let due = self.renewal.min(self.unleased).min(self.schedules);
+        let due = self
+            .renewal
+            .min(self.unleased)
+            .min(self.schedules)
+            .min(self.rescan);
         match config.rescue_after {
             Some(_) => due.min(self.sweep),
             None => due,
@@ -93,8 +102,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 const SCHEDULE_LOOK: Duration = Duration::from_secs(5);
 
 impl Keeper {
-    /// The duties of the child `holder` (described by `child`), its lease
-    /// taken, and its keeper thread.
+    /// The duties of the child `holder` (described by `child`, claiming
+    /// from `floors`), its lease taken, and its keeper thread.
     ///
     /// # Errors
     ///
@@ -103,17 +112,20 @@ impl Keeper {
         config: &QueueConfig,
         holder: Holder,
         child: &ChildInfo,
+        floors: Arc<Floors>,
     ) -> std::io::Result<Keeper> {
         let now = Instant::now();
         let shared = Arc::new(Shared {
             config: config.clone(),
             holder,
             child: child.clone(),
+            floors,
             due: Mutex::new(Due {
                 renewal: now,
                 sweep: now,
                 unleased: now,
                 schedules: now,
+                rescan: now + floors::RESCAN_EVERY,
                 leased: false,
             }),
             stop: Mutex::new(false),
@@ -179,7 +191,8 @@ impl Keeper {
 struct Own {
     /// When it last used its connection.
     used_at: Option<Instant>,
-    /// When it last looked for cancelled jobs.
+    /// When it last looked for cancelled jobs and counted the programs'
+    /// backends.
     cancel_checked: Option<Instant>,
     /// Programs of cancelled jobs sent TERM, by process group: when they
     /// get KILL if still there.
@@ -226,7 +239,7 @@ impl Shared {
                     }
                 }
             }
-            self.stop_cancelled(&mut own, now);
+            self.watch_programs(&mut own, now);
             self.count(&mut own, now);
             if own
                 .used_at
@@ -277,6 +290,15 @@ impl Shared {
                 .map_or(SCHEDULE_LOOK, |d| d.min(SCHEDULE_LOOK));
             due.schedules = now + wait;
         }
+        if now >= due.rescan {
+            // Nothing to lower before the first claim sets a floor.
+            let started = Instant::now();
+            if !self.floors.is_empty() {
+                let c = &self.config;
+                super::store::rescan(client, &c.schema, &c.queues, &self.floors)?;
+            }
+            due.rescan = Instant::now() + floors::rescan_after(started.elapsed());
+        }
         Ok(())
     }
 
@@ -284,13 +306,13 @@ impl Shared {
     /// cancel`: TERM, then KILL after [`CANCEL_GRACE`]; the worker sees
     /// its program die, and the attempt is recorded as cancelled (never
     /// retried). Looks in the database every [`CANCEL_CHECK`], only while
-    /// programs run. `Sql` and `Rust` jobs are not stopped: a cancelled one
-    /// finishes its attempt and is recorded as cancelled if it fails.
-    fn stop_cancelled(&self, own: &mut Own, now: Instant) {
+    /// programs run jobs, and counts the programs' backends then. `Sql` and
+    /// `Rust` jobs are not stopped: a cancelled one finishes its attempt
+    /// and is recorded as cancelled if it fails.
+    fn watch_programs(&self, own: &mut Own, now: Instant) {
         use nix::sys::signal::{Signal, killpg};
-        let programs: Vec<(i64, Pid)> = self
-            .child
-            .programs()
+        let running = self.child.programs();
+        let programs: Vec<(i64, Pid)> = running
             .iter()
             .filter_map(|p| Some((job_of_label(&p.label)?, p.group)))
             .collect();
@@ -303,14 +325,27 @@ impl Shared {
             }
             running
         });
+        if running.is_empty() {
+            self.child.publish_program_connections(0);
+        }
+        // Between jobs, a resident program keeps what it held: so does
+        // the count.
+        if programs.is_empty() {
+            return;
+        }
         let due = own
             .cancel_checked
             .is_none_or(|at| now.saturating_duration_since(at) >= CANCEL_CHECK);
-        if programs.is_empty() || !due {
+        if !due {
             return;
         }
         own.cancel_checked = Some(now);
         own.used_at = Some(now);
+        let groups: Vec<Pid> = running.iter().map(|p| p.group).collect();
+        match crate::prefork::count_backends("program", &groups) {
+            Ok(n) => self.child.publish_program_connections(n),
+            Err(e) => log::debug!("counting the programs' backends: {e}"),
+        }
         let ids: Vec<i64> = programs.iter().map(|(id, _)| *id).collect();
         let cancelled =
             crate::with_client(|c| super::store::cancelled_among(c, &self.config.schema, &ids));

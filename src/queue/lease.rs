@@ -36,7 +36,10 @@
 //! 5. **An older master's children** (no lease, `lease_until` NULL): their
 //!    jobs come back when their claim's hold runs out, as before leases.
 //! 6. **`--rescue-after forever`.** Leases never lapse: a dead host's jobs
-//!    stay running until their child's row is deleted by hand.
+//!    stay running until `prefork jobs release HOST` ends its children's
+//!    leases (`admin::release_children`, which refuses children that
+//!    renewed theirs in the last 30 s unless forced); the next sweep, or
+//!    the command itself, hands the jobs back as for a lapse.
 //!
 //! # Attempts when a holder dies
 //!
@@ -86,7 +89,7 @@ pub(super) struct Holder {
 impl Holder {
     /// `host:pid`, the prefix of the child's claim stamps.
     pub(super) fn process(&self) -> String {
-        format!("{}:{}", self.host, self.pid)
+        super::claims::process_on(&self.host, self.pid)
     }
 }
 

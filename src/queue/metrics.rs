@@ -8,6 +8,7 @@ use std::time::Duration;
 use postgres::types::Type;
 
 use super::Schema;
+use super::failing::Attempts;
 use crate::prefork::{Counted, Counter, Gauge, Histogram, Metrics, Worker};
 
 /// Jobs a fleet finished for good since it started (as its workers count
@@ -58,6 +59,12 @@ pub(super) const KEEP_FRESH_EVERY: Duration = Duration::from_secs(5);
 
 /// How long after a scrape the counts are kept fresh.
 pub(super) const SCRAPED_FOR: Duration = Duration::from_secs(120);
+
+/// `prefork_claim_duration_seconds`' buckets: half a millisecond to five
+/// seconds.
+const CLAIM_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// How a job's attempt ended, as `prefork_jobs_total`'s `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +118,8 @@ pub(super) struct QueueMetrics {
     /// Per named queue (and `other` last): a counter per verdict, and the
     /// duration histogram.
     series: Vec<([Counter; 5], Histogram)>,
+    /// How long claims took, round trip included.
+    claims: Histogram,
 }
 
 impl QueueMetrics {
@@ -144,10 +153,18 @@ impl QueueMetrics {
                 (counters, took)
             })
             .collect();
+        let claims = declared.histogram(
+            "prefork_claim_duration_seconds",
+            "How long claims took, round trip included: the time a worker waits \
+             for jobs when some are queued.",
+            &[],
+            CLAIM_BOUNDS,
+        );
         QueueMetrics {
             declared,
             queues: queues.to_vec(),
             series,
+            claims,
         }
     }
 
@@ -172,6 +189,39 @@ impl QueueMetrics {
         let i = Verdict::ALL.iter().position(|v| *v == verdict).unwrap_or(0);
         worker.count(counters[i], 1);
         worker.observe(*histogram, took.as_secs_f64());
+    }
+
+    /// Counts one claim that took `took`.
+    pub(super) fn claimed(&self, worker: &Worker, took: Duration) {
+        worker.observe(self.claims, took.as_secs_f64());
+    }
+
+    /// The fleet's attempts so far by queue (the named ones, then
+    /// `other`), for the log line while they fail (see `failing`).
+    pub(super) fn attempts(&self, counted: &Counted<'_>) -> Vec<(String, Attempts)> {
+        let names = self
+            .queues
+            .iter()
+            .take(NAMED_QUEUES)
+            .map(String::as_str)
+            .chain(std::iter::once("other"));
+        names
+            .zip(&self.series)
+            .map(|(queue, (counters, _))| {
+                let n = |v: Verdict| {
+                    let i = Verdict::ALL.iter().position(|x| *x == v).unwrap_or(0);
+                    counted.get(counters[i])
+                };
+                let attempts = Attempts {
+                    done: n(Verdict::Done),
+                    failed: n(Verdict::Failed),
+                    retried: n(Verdict::Retried),
+                    timed_out: n(Verdict::TimedOut),
+                    cancelled: n(Verdict::Cancelled),
+                };
+                (queue.to_owned(), attempts)
+            })
+            .collect()
     }
 
     /// The jobs the fleet finished for good, summed over its queues.

@@ -31,6 +31,7 @@
 //! | `runner` | what runs a batch: one module per [`Handler`] |
 //! | `prefetch` | a child's local queue: one claim for all its workers, sized by the child's pace |
 //! | `claims` | the owner stamps of a child's claims, and what it holds of each |
+//! | `floors` | where a child's claims start in each priority level, past the jobs claimed there |
 //! | `completions` | a child's outcomes, recorded together |
 //! | `stranded` | what a failure left stamped but unrecorded, handed back by its stamp |
 //! | `idle` | the protocol of a child's idle workers (leader and followers) |
@@ -39,6 +40,7 @@
 //! | `housekeeping` | a child's periodic duties: vacuum, pruning |
 //! | `deadline` | a job's statement cancelled at its timeout, by a watchdog per child |
 //! | `metrics` | the queue's counters and gauges for the status endpoint |
+//! | `failing` | the master's log line while jobs keep failing |
 
 pub mod admin;
 mod alone;
@@ -47,6 +49,8 @@ mod claims;
 mod completions;
 mod config;
 mod deadline;
+mod failing;
+mod floors;
 mod housekeeping;
 mod idle;
 mod keeper;

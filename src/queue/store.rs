@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use postgres::Client;
 use postgres::types::{ToSql, Type};
 
+use super::floors::Floors;
 use crate::Pid;
 
 pub use super::schema::{NameError, Schema, check_queue_name, migrate};
@@ -293,6 +294,9 @@ pub struct Job {
 /// Claims of one queue take turns (an advisory lock per queue, held to the
 /// commit; see migration 10), so a claim never walks rows another claim
 /// holds and does not lock rows before updating them.
+///
+/// Each level's scan starts at the child's `floors`, which the jobs
+/// claimed raise (see `floors`).
 pub(crate) fn claim(
     client: &mut Client,
     schema: &Schema,
@@ -300,35 +304,69 @@ pub(crate) fn claim(
     limit: i64,
     owner: &str,
     lease: Duration,
+    floors: &Floors,
 ) -> Result<Vec<Job>, postgres::Error> {
     let s = schema.name();
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+    let from = floors.args();
     let rows = client.query_typed(
         &format!(
             "SELECT job_id, job_payload, job_attempt, job_queue, job_priority, job_timeout,
-                    job_max_attempts, job_suspect
-             FROM {s}.claim($1, $2, $3, $4)"
+                    job_max_attempts, job_suspect, job_run_at
+             FROM {s}.claim($1, $2, $3, $4, $5, $6, $7)"
         ),
         &[
             (&queues, Type::TEXT_ARRAY),
             (&limit, Type::INT4),
             (&owner, Type::TEXT),
             (&lease.as_secs_f64(), Type::FLOAT8),
+            (&from.queues, Type::TEXT_ARRAY),
+            (&from.levels, Type::INT4_ARRAY),
+            (&from.starts, Type::FLOAT8_ARRAY),
         ],
     )?;
     Ok(rows
         .iter()
-        .map(|r| Job {
-            id: r.get(0),
-            payload: r.get(1),
-            attempt: r.get(2),
-            queue: r.get(3),
-            priority: r.get(4),
-            timeout: timeout_column(r.get(5)),
-            max_attempts: r.get(6),
-            suspect: r.get(7),
+        .map(|r| {
+            let job = Job {
+                id: r.get(0),
+                payload: r.get(1),
+                attempt: r.get(2),
+                queue: r.get(3),
+                priority: r.get(4),
+                timeout: timeout_column(r.get(5)),
+                max_attempts: r.get(6),
+                suspect: r.get(7),
+            };
+            floors.raise(&job.queue, job.priority, r.get(8));
+            job
         })
         .collect())
+}
+
+/// Lowers `floors` to the first queued job of each level of `queues`, for
+/// jobs that became visible below them (see `floors`). Walks each level
+/// from its start: under a pinned horizon, as slow as a claim without
+/// floors; never inside a claim.
+///
+/// # Errors
+///
+/// The server's error.
+pub(crate) fn rescan(
+    client: &mut Client,
+    schema: &Schema,
+    queues: &[String],
+    floors: &Floors,
+) -> Result<(), postgres::Error> {
+    let s = schema.name();
+    let rows = client.query_typed(
+        &format!("SELECT queue, priority, run_at FROM {s}.first_queued($1)"),
+        &[(&queues, Type::TEXT_ARRAY)],
+    )?;
+    for r in &rows {
+        floors.lower(r.get(0), r.get(1), r.get(2));
+    }
+    Ok(())
 }
 
 /// What a child's periodic look at the queue found.
@@ -346,17 +384,19 @@ pub(crate) struct Probe {
     pub(crate) may_vacuum: bool,
 }
 
-/// Looks for a runnable job in `queues` (a few index descents) and at the
-/// jobs table's dead rows, in one round trip.
+/// Looks for a runnable job in `queues` (a few index descents, from the
+/// child's `floors`) and at the jobs table's dead rows, in one round trip.
 pub(crate) fn probe(
     client: &mut Client,
     schema: &Schema,
     queues: &[String],
+    floors: &Floors,
 ) -> Result<Probe, postgres::Error> {
     let s = schema.name();
+    let from = floors.args();
     let row = client.query_typed_one(
         &format!(
-            "SELECT {s}.runnable($1),
+            "SELECT {s}.runnable($1, $2, $3, $4),
                     coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
                               WHERE relid = '{s}.jobs_live'::regclass), 0),
                     coalesce((SELECT n_live_tup FROM pg_stat_user_tables
@@ -364,7 +404,12 @@ pub(crate) fn probe(
                     pg_has_role((SELECT relowner FROM pg_class
                                  WHERE oid = '{s}.jobs_live'::regclass), 'USAGE')"
         ),
-        &[(&queues, Type::TEXT_ARRAY)],
+        &[
+            (&queues, Type::TEXT_ARRAY),
+            (&from.queues, Type::TEXT_ARRAY),
+            (&from.levels, Type::INT4_ARRAY),
+            (&from.starts, Type::FLOAT8_ARRAY),
+        ],
     )?;
     Ok(Probe {
         runnable: row.get(0),
@@ -1023,6 +1068,114 @@ mod tests {
     /// A worker whose lease was taken over (it was stopped, the sweep
     /// requeued its jobs, another worker claimed them) runs no effect when
     /// it resumes; the new holder's effects commit once.
+    /// Index entries the claims of this session have read so far from the
+    /// queued-jobs index (its statistics flushed first).
+    fn queued_index_reads(client: &mut Client, schema: &Schema) -> i64 {
+        client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .unwrap();
+        let row = client
+            .query_one(
+                "SELECT idx_tup_read FROM pg_stat_user_indexes
+                 WHERE schemaname = $1 AND indexrelname = 'jobs_queued'",
+                &[&schema.name()],
+            )
+            .unwrap();
+        row.get(0)
+    }
+
+    /// Under a pinned horizon, the entries of the jobs claimed stay in the
+    /// queued-jobs index; a claim from its child's floors starts past
+    /// them, one without floors walks them all (see `floors`).
+    #[test]
+    fn claims_start_past_the_jobs_claimed_under_a_pinned_horizon() {
+        let cluster = TempCluster::start().unwrap();
+        let url = cluster.connection_string();
+        let mut client = Client::connect(&url, postgres::NoTls).unwrap();
+        let schema = Schema::new("pinned").unwrap();
+        migrate(&mut client, &schema).unwrap();
+        let how = Enqueue {
+            queue: "q",
+            ..Enqueue::default()
+        };
+        let payloads: Vec<String> = (1..=2100).map(|i| i.to_string()).collect();
+        enqueue(&mut client, &schema, &how, &payloads).unwrap();
+        // Queued 10 ms apart, as a steady stream over 21 s would be.
+        client
+            .batch_execute(
+                "UPDATE pinned.jobs_live SET run_at = now() - interval '1 hour'
+                                                    + id * interval '10 ms'",
+            )
+            .unwrap();
+        let mut pin = Client::connect(&url, postgres::NoTls).unwrap();
+        pin.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+            .unwrap();
+        let (queues, lease) = (["q".to_owned()], Duration::from_secs(60));
+        let floors = Floors::default();
+        for n in 0..200 {
+            let owner = format!("h:1/{n}");
+            let jobs = claim(&mut client, &schema, &queues, 10, &owner, lease, &floors).unwrap();
+            assert_eq!(jobs.len(), 10);
+        }
+        let before = queued_index_reads(&mut client, &schema);
+        let jobs = claim(&mut client, &schema, &queues, 10, "h:1/a", lease, &floors).unwrap();
+        assert_eq!(jobs.len(), 10);
+        let from_floors = queued_index_reads(&mut client, &schema) - before;
+        let fresh = Floors::default();
+        let jobs = claim(&mut client, &schema, &queues, 10, "h:2/a", lease, &fresh).unwrap();
+        assert_eq!(jobs.len(), 10);
+        let walked = queued_index_reads(&mut client, &schema) - before - from_floors;
+        eprintln!("index entries read: {from_floors} from floors, {walked} without");
+        // The margin's 2 s are 200 claimed jobs at this spacing.
+        assert!(
+            from_floors <= 300,
+            "a claim from its floors read {from_floors} index entries"
+        );
+        assert!(walked >= 2000, "a claim without floors read only {walked}");
+        pin.batch_execute("COMMIT").unwrap();
+    }
+
+    /// What a floor passes over: a job visible below it waits for the
+    /// rescan; new levels, above and between the known ones, are found by
+    /// the claim's walk.
+    #[test]
+    fn a_job_below_the_floors_is_claimed_after_a_rescan() {
+        let cluster = TempCluster::start().unwrap();
+        let mut client = Client::connect(&cluster.connection_string(), postgres::NoTls).unwrap();
+        let schema = Schema::new("floors").unwrap();
+        migrate(&mut client, &schema).unwrap();
+        let (queues, lease) = (["q".to_owned()], Duration::from_secs(60));
+        let floors = Floors::default();
+        let queue = |client: &mut Client, payload: &str, priority: i32, ago: Option<i64>| {
+            let how = Enqueue {
+                queue: "q",
+                priority,
+                run_at: ago.map(|s| Utc::now() - chrono::Duration::seconds(s)),
+                ..Enqueue::default()
+            };
+            enqueue(client, &schema, &how, &[payload.to_owned()]).unwrap();
+        };
+        let take = |client: &mut Client| -> Vec<String> {
+            let jobs = claim(client, &schema, &queues, 10, "h:1/0", lease, &floors).unwrap();
+            jobs.into_iter().map(|j| j.payload).collect()
+        };
+        queue(&mut client, "now", 2, None);
+        assert_eq!(take(&mut client), ["now"]);
+        queue(&mut client, "an hour late", 2, Some(3600));
+        queue(&mut client, "above", 5, None);
+        queue(&mut client, "below", 0, None);
+        assert_eq!(
+            take(&mut client),
+            ["below", "above"],
+            "new levels are found; the late job is below the floor"
+        );
+        queue(&mut client, "between", 3, None);
+        assert_eq!(take(&mut client), ["between"]);
+        rescan(&mut client, &schema, &queues, &floors).unwrap();
+        assert_eq!(take(&mut client), ["an hour late"]);
+        assert!(take(&mut client).is_empty());
+    }
+
     /// A result holding a NUL (which `text` cannot store) fails its own
     /// job, with the reason; its batch-mates recorded in the same
     /// statement are done.
@@ -1047,6 +1200,7 @@ mod tests {
             8,
             &owner,
             Duration::from_secs(60),
+            &Floors::default(),
         )
         .unwrap();
         let results = ["fine", "bad\0result", "fine too"];
@@ -1094,7 +1248,16 @@ mod tests {
         enqueue(&mut client, &schema, &how, &payloads).unwrap();
         let queues = ["q".to_owned()];
         let lease = Duration::from_secs(60);
-        let jobs = claim(&mut client, &schema, &queues, 8, "h:1/0", lease).unwrap();
+        let jobs = claim(
+            &mut client,
+            &schema,
+            &queues,
+            8,
+            "h:1/0",
+            lease,
+            &Floors::default(),
+        )
+        .unwrap();
         assert!(jobs.iter().all(|j| !j.suspect && j.attempt == 1));
         let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
         let died = |pid: &str, running: &[i64]| {
@@ -1112,7 +1275,16 @@ mod tests {
         client
             .batch_execute("UPDATE deaths.jobs_live SET run_at = now()")
             .unwrap();
-        let again = claim(&mut client, &schema, &queues, 8, "h:2/0", lease).unwrap();
+        let again = claim(
+            &mut client,
+            &schema,
+            &queues,
+            8,
+            "h:2/0",
+            lease,
+            &Floors::default(),
+        )
+        .unwrap();
         assert!(
             again.iter().all(|j| j.suspect && j.attempt == 1),
             "{again:?}"
@@ -1160,6 +1332,7 @@ mod tests {
             8,
             "a:1/0",
             Duration::from_millis(1),
+            &Floors::default(),
         )
         .unwrap();
         assert_eq!(lost.len(), 3);
@@ -1178,6 +1351,7 @@ mod tests {
             8,
             "b:2/0",
             Duration::from_secs(60),
+            &Floors::default(),
         )
         .unwrap();
         assert_eq!(taken.len(), 3);
@@ -1256,6 +1430,7 @@ mod tests {
             8,
             "t:1/0",
             Duration::from_secs(60),
+            &Floors::default(),
         )
         .unwrap();
         assert_eq!(jobs.len(), 1);

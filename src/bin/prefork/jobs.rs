@@ -1,5 +1,5 @@
 //! `prefork jobs`: list and show jobs, retry failed ones, cancel queued or
-//! running ones.
+//! running ones, hand back the jobs of children gone for good.
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
@@ -62,6 +62,19 @@ enum Action {
         /// Every queued job of the queue.
         #[arg(long)]
         queued: bool,
+    },
+    /// Hand back the running jobs of a host's children that are gone for
+    /// good (for fleets with --rescue-after forever, whose leases never
+    /// lapse): their leases end now, and their jobs are queued again, their
+    /// attempt given back, to run alone once (as suspects).
+    Release {
+        /// `HOST` (its every child, as `prefork status` lists them) or
+        /// `HOST:PID` (one child).
+        child: String,
+        /// Even if a child renewed its lease within the last 30 s (it may
+        /// be alive, and its jobs would then run twice at once).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -130,6 +143,16 @@ pub(crate) fn jobs_main(db: &DbArgs, args: &JobsArgs) -> Result<(), Fail> {
                     done.stopping.len(),
                     id_list(&done.stopping)
                 );
+            }
+        }
+        Action::Release { child, force } => {
+            let released =
+                fork_safe::with_client(|c| Ok(admin::release_children(c, &schema, child, *force)))
+                    .map_err(runtime)?
+                    .map_err(refused)?;
+            match released.is_empty() {
+                true => println!("ended the lease of {child}; it held no running job"),
+                false => println!("ended the lease of {child}: {released}"),
             }
         }
     }

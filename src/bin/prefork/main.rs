@@ -89,7 +89,8 @@ enum Command {
     Enqueue(enqueue::EnqueueArgs),
     /// Jobs by state, and the fleet's backends.
     Status(status::StatusArgs),
-    /// List and show jobs; retry failed ones; cancel queued or running ones.
+    /// List and show jobs; retry failed ones; cancel queued or running ones;
+    /// hand back the jobs of children gone for good (`release`).
     Jobs(jobs::JobsArgs),
     /// Queue jobs on a cron expression: add, list, remove schedules (every
     /// running fleet fires them, each tick once).
@@ -247,6 +248,15 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_WITHHOLD_CREDENTIALS",
           value_parser = clap::builder::BoolishValueParser::new())]
     withhold_credentials: bool,
+    /// Connections each --exec or --worker program may hold at once (a
+    /// Django program's: one per thread it runs; 0 for programs that never
+    /// connect). They count in the fleet's connection bound and --strict's
+    /// check; the programs' backends (by their application_name,
+    /// prefork:program:PID) count in the summary's peak and
+    /// prefork_backends.
+    #[arg(long, env = "PREFORK_PROGRAM_CONNECTIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    program_connections: u32,
     /// Jobs one worker runs and commits at once, at least: from a deep
     /// local queue it takes a fair share, up to 64, and a --sql batch what
     /// runs in 20 ms, up to 256 (a child claims for all its workers, up to

@@ -134,6 +134,7 @@ pub(crate) fn fleet_main(
             args.max_memory_readings,
         ),
         withhold_credentials: args.withhold_credentials,
+        program_connections: args.program_connections as usize,
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -189,7 +190,8 @@ pub(crate) fn fleet_main(
         done as f64 / elapsed.as_secs_f64().max(1e-9),
         stats.peak_backends.load(relaxed),
         // One connection per worker thread (a child's idle leader is one of
-        // them), each child's keeper's, and the master's.
+        // them) and what its programs may hold, each child's keeper's, and
+        // the master's.
         bounds.steady,
         bounds.replacing,
         report.restarts

@@ -38,6 +38,8 @@ pub(crate) struct ChildView {
     /// The longest such unit: its label, and for how long.
     pub(crate) current: Option<(String, Duration)>,
     pub(crate) open_connections: u32,
+    /// Backends of its workers' programs, as it last counted them.
+    pub(crate) program_connections: u32,
     pub(crate) rss: Option<u64>,
     pub(crate) pss: Option<u64>,
     /// Children of its slot that died and were replaced.
@@ -160,13 +162,13 @@ impl FleetView {
         header(
             &mut out,
             "prefork_backends",
-            "Database connections the fleet holds (children and master).",
+            "Database connections the fleet holds (children, their programs and the master).",
             "gauge",
         );
         let backends: u64 = self
             .children
             .iter()
-            .map(|c| u64::from(c.open_connections))
+            .map(|c| u64::from(c.open_connections) + u64::from(c.program_connections))
             .sum();
         let backends = backends + u64::from(self.master_connections);
         sample::<&str, &str>(&mut out, "prefork_backends", &[], backends as f64);
@@ -234,6 +236,7 @@ impl FleetView {
                         "seconds": secs(*took),
                     })),
                     "open_connections": c.open_connections,
+                    "program_connections": c.program_connections,
                     "rss_bytes": c.rss,
                     "pss_bytes": c.pss,
                     "restarts": c.restarts,
@@ -301,6 +304,7 @@ mod tests {
                 busy: 0,
                 current: None,
                 open_connections: 0,
+                program_connections: 0,
                 rss: None,
                 pss: None,
                 restarts: 0,

@@ -144,6 +144,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/021_finished_at_when_recorded.sql"),
     include_str!("migrations/022_job_rows.sql"),
     include_str!("migrations/023_suspects.sql"),
+    include_str!("migrations/024_claim_floors.sql"),
 ];
 
 /// The server-side functions, each defined once, in the order they are
@@ -158,8 +159,11 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("finished_row", include_str!("functions/finished_row.sql")),
     ("queued_again", include_str!("functions/queued_again.sql")),
     ("take_picked", include_str!("functions/take_picked.sql")),
+    ("next_level", include_str!("functions/next_level.sql")),
+    ("level_start", include_str!("functions/level_start.sql")),
     ("claim", include_str!("functions/claim.sql")),
     ("runnable", include_str!("functions/runnable.sql")),
+    ("first_queued", include_str!("functions/first_queued.sql")),
     ("complete_jobs", include_str!("functions/complete_jobs.sql")),
     ("complete", include_str!("functions/complete.sql")),
     (

@@ -6,21 +6,35 @@
 -- order so two fleets working the same queues in other orders cannot
 -- deadlock: a claim never meets another's rows in flight, and updates
 -- what it picked without locking it first (migration 10). In each queue
--- it walks the priority levels that have queued jobs, one ordered index
--- descent each (`ORDER BY priority LIMIT 1`, not `min()`, which a table
--- not yet analysed planned as a scan of the whole backlog: migration 14),
--- and in each level the due jobs oldest first. A row another session
--- changed after this statement's snapshot has another tuple id by then:
--- take_picked skips it, and the claim returns one job fewer.
-CREATE OR REPLACE FUNCTION {s}.claim(p_queues text[], p_limit int, p_owner text, p_lease float8)
+-- it walks the priority levels that have queued jobs, and in each level
+-- takes the due jobs oldest first, one ordered index descent each.
+--
+-- The caller's floors (p_floor_queues, p_floor_levels, p_floor_starts: a
+-- level per index, its start in seconds since the epoch) say where each
+-- level it knows is scanned from, past the index entries of the jobs
+-- already claimed there, which a pinned horizon keeps (queue/floors.rs has
+-- the rule and its scenarios; migration 24): see next_level and
+-- level_start. It returns each job's run_at, which the caller raises its
+-- floors to.
+--
+-- The next level is an ordered look-up (`ORDER BY priority LIMIT 1`, not
+-- `min()`, which a table not yet analysed planned as a scan of the whole
+-- backlog: migration 14). A row another session changed after this
+-- statement's snapshot has another tuple id by then: take_picked skips
+-- it, and the claim returns one job fewer.
+CREATE OR REPLACE FUNCTION {s}.claim(p_queues text[], p_limit int, p_owner text, p_lease float8,
+                                     p_floor_queues text[] DEFAULT '{}',
+                                     p_floor_levels int[] DEFAULT '{}',
+                                     p_floor_starts float8[] DEFAULT '{}')
 RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
                job_priority int, job_timeout float8, job_max_attempts int,
-               job_suspect bool)
+               job_suspect bool, job_run_at float8)
 LANGUAGE plpgsql AS $f$
 DECLARE
     picked tid[] := '{}';
     q text;
     level int;
+    since timestamptz;
 BEGIN
     -- Commit without waiting for the WAL flush: see claim() in store.rs.
     PERFORM set_config('synchronous_commit', 'off', true);
@@ -30,14 +44,13 @@ BEGIN
     FOREACH q IN ARRAY p_queues LOOP
         level := -1;
         LOOP
-            level := (SELECT k.priority FROM {s}.jobs_live AS k
-                      WHERE k.queue = q AND k.state = 'queued' AND k.priority > level
-                      ORDER BY k.priority LIMIT 1);
+            level := {s}.next_level(q, level, p_floor_queues, p_floor_levels);
             EXIT WHEN level IS NULL;
+            since := {s}.level_start(q, level, p_floor_queues, p_floor_levels, p_floor_starts);
             picked := picked || ARRAY(
                 SELECT k.ctid FROM {s}.jobs_live AS k
                 WHERE k.queue = q AND k.state = 'queued' AND k.priority = level
-                  AND k.run_at <= now()
+                  AND k.run_at >= since AND k.run_at <= now()
                 ORDER BY k.run_at, k.id LIMIT p_limit - cardinality(picked));
             EXIT WHEN cardinality(picked) >= p_limit;
         END LOOP;

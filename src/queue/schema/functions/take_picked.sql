@@ -5,12 +5,13 @@
 -- just picked (14 ms against 0.2 ms per claim on 100,000 fresh jobs). So
 -- every other way in is off for this plan (migration 15). Returns the jobs
 -- in the order they are to run, each with its max_attempts (migration 16)
--- and whether it is a suspect (migration 23).
+-- whether it is a suspect (migration 23) and its run_at, in seconds since
+-- the epoch (the caller's floor: migration 24).
 CREATE OR REPLACE FUNCTION {s}.take_picked(p_picked tid[], p_queues text[],
                                              p_owner text, p_lease float8)
 RETURNS TABLE (job_id int8, job_payload text, job_attempt int, job_queue text,
                job_priority int, job_timeout float8, job_max_attempts int,
-               job_suspect bool)
+               job_suspect bool, job_run_at float8)
 LANGUAGE sql
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_indexscan = off
 AS $f$
@@ -23,7 +24,7 @@ AS $f$
                   j.max_attempts, j.suspect
     )
     SELECT c.id, c.payload, c.attempts, c.queue, c.priority, c.timeout, c.max_attempts,
-           c.suspect
+           c.suspect, extract(epoch FROM c.run_at)::float8
     FROM claimed AS c
     ORDER BY array_position(p_queues, c.queue), c.priority, c.run_at, c.id
 $f$;

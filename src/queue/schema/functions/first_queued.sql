@@ -1,0 +1,29 @@
+-- Each priority level of the queues that has a queued job, with the
+-- run_at of its first (at most now(), in seconds since the epoch): where a
+-- child's floors fall to if a job became visible below them (a late
+-- commit, a run_at in the past; queue/floors.rs). It walks every level
+-- from its first index entry, so under a pinned horizon it is as slow as
+-- claims were without floors; a child runs it every few seconds, outside
+-- any claim.
+CREATE OR REPLACE FUNCTION {s}.first_queued(p_queues text[])
+RETURNS TABLE (queue text, priority int, run_at float8)
+LANGUAGE plpgsql STABLE AS $f$
+DECLARE
+    q text;
+    level int;
+BEGIN
+    FOREACH q IN ARRAY p_queues LOOP
+        level := -1;
+        LOOP
+            level := {s}.next_level(q, level, '{}', '{}');
+            EXIT WHEN level IS NULL;
+            queue := q;
+            priority := level;
+            run_at := extract(epoch FROM least(now(),
+                (SELECT k.run_at FROM {s}.jobs_live AS k
+                 WHERE k.queue = q AND k.state = 'queued' AND k.priority = level
+                 ORDER BY k.run_at, k.id LIMIT 1)));
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END $f$;

@@ -1,0 +1,21 @@
+-- The next priority level of queue p_queue above p_level to scan: the
+-- next one the caller holds a floor of (p_floor_queues, p_floor_levels: a
+-- level per index; queue/floors.rs), or a level with a queued job below
+-- it, whichever comes first; NULL after the last. A level the caller
+-- knows is so never looked for from its first index entry, past the
+-- entries of the jobs claimed there. The walk of claim, runnable and
+-- first_queued (which knows no floors), written once.
+CREATE OR REPLACE FUNCTION {s}.next_level(p_queue text, p_level int,
+                                          p_floor_queues text[], p_floor_levels int[])
+RETURNS int
+LANGUAGE plpgsql STABLE AS $f$
+DECLARE
+    known int := (SELECT min(f.fl) FROM unnest(p_floor_queues, p_floor_levels) AS f(fq, fl)
+                  WHERE f.fq = p_queue AND f.fl > p_level);
+BEGIN
+    RETURN COALESCE((SELECT k.priority FROM {s}.jobs_live AS k
+                     WHERE k.queue = p_queue AND k.state = 'queued' AND k.priority > p_level
+                       AND k.priority <= COALESCE(known - 1, 2147483647)
+                     ORDER BY k.priority LIMIT 1),
+                    known);
+END $f$;
