@@ -40,6 +40,7 @@ pub(super) fn check_slots(settings: &Settings) -> Result<(), PreforkError> {
 /// Counts the backends of processes `pids` of `role` (`program`), found
 /// by their `application_name` ([`application_name`]): what a child's
 /// programs hold, for the fleet's count of its backends.
+#[cfg(feature = "queue")]
 pub(crate) fn count_backends(role: &str, pids: &[Pid]) -> Result<u32, crate::Error> {
     let names: Vec<String> = pids.iter().map(|p| application_name(role, *p)).collect();
     crate::with_client(|c| {
