@@ -24,6 +24,11 @@ pub struct JobInfo {
     pub id: i64,
     /// Its queue.
     pub queue: String,
+    /// What it does.
+    pub kind: String,
+    /// Whether [`JobInfo::payload`] is its arguments (JSON) rather than a
+    /// text payload.
+    pub arguments: bool,
     /// Where it is in its life.
     pub state: JobState,
     /// Smaller runs first.
@@ -32,10 +37,11 @@ pub struct JobInfo {
     pub attempts: i32,
     /// Attempts allowed.
     pub max_attempts: i32,
-    /// Its payload, or its first [`PAYLOAD_PREVIEW`] characters where
-    /// only a preview was asked for ([`list`], [`show`] without `whole`).
+    /// Its input (its arguments if it has any, else its payload), or its
+    /// first [`PAYLOAD_PREVIEW`] characters where only a preview was asked
+    /// for ([`list`], [`show`] without `whole`).
     pub payload: String,
-    /// The whole payload's length in bytes.
+    /// The whole input's length in bytes.
     pub payload_bytes: i64,
     /// A done job's result.
     pub result: Option<String>,
@@ -195,10 +201,12 @@ pub const PAYLOAD_PREVIEW: i32 = 4096;
 /// The columns [`info`] reads; `$P` is how much of the payload (NULL:
 /// all of it).
 const COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempts, j.max_attempts,
-     CASE WHEN $P::int IS NULL THEN j.payload ELSE left(j.payload, $P::int) END,
+     CASE WHEN $P::int IS NULL THEN coalesce(j.args::text, j.payload)
+          ELSE left(coalesce(j.args::text, j.payload), $P::int) END,
      j.result, j.last_error, j.errors::text, j.locked_by, j.unique_key, j.timeout,
-     j.cancel_requested, j.created_at, j.run_at, j.finished_at, octet_length(j.payload)::int8,
-     j.suspect";
+     j.cancel_requested, j.created_at, j.run_at, j.finished_at,
+     octet_length(coalesce(j.args::text, j.payload))::int8, j.suspect, j.kind,
+     j.args IS NOT NULL";
 
 fn info(row: &postgres::Row) -> JobInfo {
     JobInfo {
@@ -221,6 +229,8 @@ fn info(row: &postgres::Row) -> JobInfo {
         finished_at: row.get(16),
         payload_bytes: row.get(17),
         suspect: row.get(18),
+        kind: row.get(19),
+        arguments: row.get(20),
     }
 }
 

@@ -416,7 +416,15 @@ impl Shift<'_> {
         let size = self.child.pace.claim_size();
         let floors = &self.child.floors;
         let started = Instant::now();
-        let jobs = store::claim(client, &c.schema, &c.queues, size, &owner, c.lease, floors)?;
+        let jobs = store::claim(
+            client,
+            &c.schema,
+            c.serving(),
+            size,
+            &owner,
+            c.lease,
+            floors,
+        )?;
         self.cx.metrics.claimed(self.worker(), started.elapsed());
         let full = jobs.len() as i64 >= size;
         Ok((owner, jobs, full))
@@ -590,7 +598,12 @@ impl Shift<'_> {
         if !c.drain || drained.load(Ordering::Acquire) {
             return Ok(());
         }
-        if store::pending(client, &c.schema, &c.queues)? {
+        // Jobs in this child's hands are pending, whatever the table says
+        // (and the table's look for running jobs of some kinds is a scan).
+        if self.child.claims.holds_any() {
+            return Ok(());
+        }
+        if store::pending(client, &c.schema, c.serving())? {
             return Ok(());
         }
         if !drained.swap(true, Ordering::AcqRel) {

@@ -88,6 +88,11 @@ impl Claims {
         }
     }
 
+    /// Whether the child holds jobs of any claim.
+    pub(super) fn holds_any(&self) -> bool {
+        !self.live().is_empty()
+    }
+
     /// `worker`'s stamp prefix and its claims still live in the child.
     pub(super) fn own(&self, worker: &Worker) -> Own {
         let prefix = format!("{}/{}.", self.process, worker.index());

@@ -141,6 +141,7 @@ mod tests {
         ids.map(|id| Finished {
             owner: owner.clone(),
             job: Job {
+                kind: "default".to_owned(),
                 id,
                 queue: "q".to_owned(),
                 payload: String::new(),

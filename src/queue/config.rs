@@ -84,9 +84,21 @@ pub struct QueueConfig {
     /// `application_name`, count in the summary's peak and the status
     /// endpoint's `prefork_backends`. Default: 1.
     pub program_connections: usize,
+    /// The kinds of jobs the fleet serves (see
+    /// [`Enqueue::kind`](super::Enqueue::kind)): it claims only those.
+    /// `None`: every kind. Default: `None`.
+    pub kinds: Option<Vec<String>>,
 }
 
 impl QueueConfig {
+    /// What the fleet claims: its queues and kinds.
+    pub(crate) fn serving(&self) -> super::store::Serving<'_> {
+        super::store::Serving {
+            queues: &self.queues,
+            kinds: self.kinds.as_deref(),
+        }
+    }
+
     /// Whether done jobs are kept as history (see
     /// [`QueueConfig::keep_finished`]).
     pub fn keeps_history(&self) -> bool {
@@ -112,6 +124,7 @@ impl Default for QueueConfig {
             resident_memory: MemoryLimits::default(),
             withhold_credentials: false,
             program_connections: 1,
+            kinds: None,
         }
     }
 }

@@ -52,7 +52,7 @@ impl Housekeeping {
             }
             due.next = now + c.poll;
         }
-        let probe = store::probe(client, &c.schema, &c.queues, floors)?;
+        let probe = store::probe(client, &c.schema, c.serving(), floors)?;
         // Every vacuum scans the whole of each index, so a deep backlog is
         // vacuumed after proportionally more dead rows: a tenth of it.
         let due = VACUUM_AFTER_DEAD_ROWS.max(probe.live_rows / 10);

@@ -295,7 +295,7 @@ impl Shared {
             let started = Instant::now();
             if !self.floors.is_empty() {
                 let c = &self.config;
-                super::store::rescan(client, &c.schema, &c.queues, &self.floors)?;
+                super::store::rescan(client, &c.schema, c.serving(), &self.floors)?;
             }
             due.rescan = Instant::now() + floors::rescan_after(started.elapsed());
         }

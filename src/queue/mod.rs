@@ -22,6 +22,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | `state` | [`JobState`]: where a job is in its life |
+//! | `args` | [`JobArgs`]: a kind and its arguments as one Rust type |
 //! | `schema` | the schema's name, the queue names it accepts; its migrations and functions as SQL files |
 //! | [`admin`] | looking at jobs, retrying and cancelling them (`prefork jobs`) |
 //! | [`schedule`] | jobs queued on a cron expression, each tick exactly once |
@@ -45,6 +46,7 @@
 pub mod admin;
 mod alone;
 mod app;
+mod args;
 mod claims;
 mod completions;
 mod config;
@@ -65,6 +67,7 @@ mod store;
 mod stranded;
 
 pub use app::{QueueApp, QueueChild};
+pub use args::{ArgsError, JobArgs, enqueue_args};
 pub use config::QueueConfig;
 pub use metrics::FinishedJobs;
 pub use metrics::FleetStats;
@@ -72,6 +75,6 @@ pub use runner::{Handler, RustHandler};
 pub use state::{JobState, UnknownState};
 pub use store::{
     ChildRow, Counts, Enqueue, Enqueued, Job, NameError, Release, Released, Schema,
-    check_queue_name, counts, enqueue, enqueue_copies, enqueue_in, enqueue_one, live_children,
-    migrate, release,
+    check_kind_name, check_queue_name, counts, enqueue, enqueue_copies, enqueue_in, enqueue_one,
+    live_children, migrate, release,
 };

@@ -23,7 +23,7 @@ use postgres::types::{ToSql, Type};
 use super::floors::Floors;
 use crate::Pid;
 
-pub use super::schema::{NameError, Schema, check_queue_name, migrate};
+pub use super::schema::{NameError, Schema, check_kind_name, check_queue_name, migrate};
 
 /// Most jobs one enqueue statement inserts.
 const INSERT_BATCH: usize = 10_000;
@@ -49,6 +49,14 @@ pub struct Enqueue<'a> {
     /// This job's time limit (`None`: the fleet's `--timeout`). Default:
     /// `None`.
     pub timeout: Option<Duration>,
+    /// What the jobs do: fleets that serve some kinds only (`--kinds`)
+    /// claim only theirs. Default: `default`.
+    pub kind: &'a str,
+    /// Each payload given is the job's arguments, a JSON object (stored as
+    /// `jsonb`: one that is not JSON fails the enqueue), rather than its
+    /// text payload. A job's handler is given its arguments if it has
+    /// any, else its payload. Default: `false`.
+    pub arguments: bool,
 }
 
 impl Default for Enqueue<'_> {
@@ -61,6 +69,8 @@ impl Default for Enqueue<'_> {
             priority: 0,
             unique_key: None,
             timeout: None,
+            kind: "default",
+            arguments: false,
         }
     }
 }
@@ -107,8 +117,10 @@ pub fn enqueue_one(
     let s = schema.name();
     let row = client.query_typed_one(
         &format!(
-            "SELECT job_id, created FROM {s}.enqueue_job($1, $2, $3,
-                 coalesce($4::timestamptz, now()) + make_interval(secs => $8), $5, $6, $7)"
+            "SELECT job_id, created FROM {s}.enqueue_job($1,
+                 CASE WHEN $10 THEN '' ELSE $2 END, $3,
+                 coalesce($4::timestamptz, now()) + make_interval(secs => $8), $5, $6, $7, $9,
+                 CASE WHEN $10 THEN $2::jsonb END)"
         ),
         &[
             (&how.queue, Type::TEXT),
@@ -119,6 +131,8 @@ pub fn enqueue_one(
             (&how.unique_key, Type::TEXT),
             (&how.timeout_secs(), Type::FLOAT8),
             (&how.run_in_secs(), Type::FLOAT8),
+            (&how.kind, Type::TEXT),
+            (&how.arguments, Type::BOOL),
         ],
     )?;
     Ok(Enqueued {
@@ -171,9 +185,11 @@ pub fn enqueue_in(
         return Ok(queued);
     }
     let insert = format!(
-        "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at, priority, timeout)
-         SELECT $1, p, $2, coalesce($3::timestamptz, now()) + make_interval(secs => $7),
-                $5, $6
+        "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at, priority, timeout,
+                                    kind, args)
+         SELECT $1, CASE WHEN $9 THEN '' ELSE p END, $2,
+                coalesce($3::timestamptz, now()) + make_interval(secs => $7), $5, $6, $8,
+                CASE WHEN $9 THEN p::jsonb END
          FROM unnest($4::text[]) AS p"
     );
     let mut queued = 0;
@@ -188,6 +204,8 @@ pub fn enqueue_in(
                 (&how.priority, Type::INT4),
                 (&how.timeout_secs(), Type::FLOAT8),
                 (&how.run_in_secs(), Type::FLOAT8),
+                (&how.kind, Type::TEXT),
+                (&how.arguments, Type::BOOL),
             ],
         )?;
     }
@@ -220,10 +238,13 @@ pub fn enqueue_copies(
     let mut tx = client.transaction()?;
     let queued = tx.execute_typed(
         &format!(
-            "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at, priority, timeout)
-             SELECT $1, $4, $2,
-                    coalesce($3::timestamptz, now()) + make_interval(secs => $8), $6, $7
-             FROM generate_series(1::int8, $5::int8)"
+            "INSERT INTO {s}.jobs_live (queue, payload, max_attempts, run_at, priority, timeout,
+                                        kind, args)
+             SELECT $1, CASE WHEN $10 THEN '' ELSE $4 END, $2,
+                    coalesce($3::timestamptz, now()) + make_interval(secs => $8), $6, $7, $9,
+                    a.args
+             FROM (SELECT CASE WHEN $10 THEN $4::jsonb END AS args) AS a,
+                  generate_series(1::int8, $5::int8)"
         ),
         &[
             (&how.queue, Type::TEXT),
@@ -234,6 +255,8 @@ pub fn enqueue_copies(
             (&how.priority, Type::INT4),
             (&how.timeout_secs(), Type::FLOAT8),
             (&how.run_in_secs(), Type::FLOAT8),
+            (&how.kind, Type::TEXT),
+            (&how.arguments, Type::BOOL),
         ],
     )?;
     notify(&mut tx, schema, how.queue)?;
@@ -256,6 +279,25 @@ fn notify(
         .map(drop)
 }
 
+/// What a fleet claims: its queues, in order of preference, and the kinds
+/// it serves (`None`: every kind).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Serving<'a> {
+    pub(crate) queues: &'a [String],
+    pub(crate) kinds: Option<&'a [String]>,
+}
+
+impl<'a> Serving<'a> {
+    /// Every kind of `queues`.
+    #[cfg(test)]
+    pub(crate) fn all(queues: &'a [String]) -> Serving<'a> {
+        Serving {
+            queues,
+            kinds: None,
+        }
+    }
+}
+
 /// A claimed job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
@@ -263,7 +305,9 @@ pub struct Job {
     pub id: i64,
     /// The queue it came from.
     pub queue: String,
-    /// Its payload.
+    /// What it does (`default` for a job queued with a payload alone).
+    pub kind: String,
+    /// Its input: its arguments (JSON) if it has any, else its payload.
     pub payload: String,
     /// This attempt's number, from 1.
     pub attempt: i32,
@@ -280,8 +324,9 @@ pub struct Job {
     pub suspect: bool,
 }
 
-/// Claims up to `limit` runnable jobs of `queues` (a job of the first
-/// before one of the second, and so on; by priority within a queue) for
+/// Claims up to `limit` runnable jobs of the queues and kinds `serving`
+/// names (a job of the first queue before one of the second, and so on;
+/// by priority within a queue, oldest first whatever its kind) for
 /// `owner` with a lease of `lease`, in the order they are to run.
 ///
 /// The claim commits without waiting for its WAL flush
@@ -300,7 +345,7 @@ pub struct Job {
 pub(crate) fn claim(
     client: &mut Client,
     schema: &Schema,
-    queues: &[String],
+    serving: Serving<'_>,
     limit: i64,
     owner: &str,
     lease: Duration,
@@ -312,17 +357,18 @@ pub(crate) fn claim(
     let rows = client.query_typed(
         &format!(
             "SELECT job_id, job_payload, job_attempt, job_queue, job_priority, job_timeout,
-                    job_max_attempts, job_suspect, job_run_at
-             FROM {s}.claim($1, $2, $3, $4, $5, $6, $7)"
+                    job_max_attempts, job_suspect, job_run_at, job_kind
+             FROM {s}.claim($1, $2, $3, $4, $5, $6, $7, $8)"
         ),
         &[
-            (&queues, Type::TEXT_ARRAY),
+            (&serving.queues, Type::TEXT_ARRAY),
             (&limit, Type::INT4),
             (&owner, Type::TEXT),
             (&lease.as_secs_f64(), Type::FLOAT8),
             (&from.queues, Type::TEXT_ARRAY),
             (&from.levels, Type::INT4_ARRAY),
             (&from.starts, Type::FLOAT8_ARRAY),
+            (&serving.kinds, Type::TEXT_ARRAY),
         ],
     )?;
     Ok(rows
@@ -330,6 +376,7 @@ pub(crate) fn claim(
         .map(|r| {
             let job = Job {
                 id: r.get(0),
+                kind: r.get(9),
                 payload: r.get(1),
                 attempt: r.get(2),
                 queue: r.get(3),
@@ -344,7 +391,8 @@ pub(crate) fn claim(
         .collect())
 }
 
-/// Lowers `floors` to the first queued job of each level of `queues`, for
+/// Lowers `floors` to the first queued job of each level of the queues and
+/// kinds `serving` names, for
 /// jobs that became visible below them (see `floors`). Walks each level
 /// from its start: under a pinned horizon, as slow as a claim without
 /// floors; never inside a claim.
@@ -355,13 +403,16 @@ pub(crate) fn claim(
 pub(crate) fn rescan(
     client: &mut Client,
     schema: &Schema,
-    queues: &[String],
+    serving: Serving<'_>,
     floors: &Floors,
 ) -> Result<(), postgres::Error> {
     let s = schema.name();
     let rows = client.query_typed(
-        &format!("SELECT queue, priority, run_at FROM {s}.first_queued($1)"),
-        &[(&queues, Type::TEXT_ARRAY)],
+        &format!("SELECT queue, priority, run_at FROM {s}.first_queued($1, $2)"),
+        &[
+            (&serving.queues, Type::TEXT_ARRAY),
+            (&serving.kinds, Type::TEXT_ARRAY),
+        ],
     )?;
     for r in &rows {
         floors.lower(r.get(0), r.get(1), r.get(2));
@@ -384,19 +435,19 @@ pub(crate) struct Probe {
     pub(crate) may_vacuum: bool,
 }
 
-/// Looks for a runnable job in `queues` (a few index descents, from the
+/// Looks for a runnable job of what `serving` names (a few index descents, from the
 /// child's `floors`) and at the jobs table's dead rows, in one round trip.
 pub(crate) fn probe(
     client: &mut Client,
     schema: &Schema,
-    queues: &[String],
+    serving: Serving<'_>,
     floors: &Floors,
 ) -> Result<Probe, postgres::Error> {
     let s = schema.name();
     let from = floors.args();
     let row = client.query_typed_one(
         &format!(
-            "SELECT {s}.runnable($1, $2, $3, $4),
+            "SELECT {s}.runnable($1, $2, $3, $4, $5),
                     coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
                               WHERE relid = '{s}.jobs_live'::regclass), 0),
                     coalesce((SELECT n_live_tup FROM pg_stat_user_tables
@@ -405,10 +456,11 @@ pub(crate) fn probe(
                                  WHERE oid = '{s}.jobs_live'::regclass), 'USAGE')"
         ),
         &[
-            (&queues, Type::TEXT_ARRAY),
+            (&serving.queues, Type::TEXT_ARRAY),
             (&from.queues, Type::TEXT_ARRAY),
             (&from.levels, Type::INT4_ARRAY),
             (&from.starts, Type::FLOAT8_ARRAY),
+            (&serving.kinds, Type::TEXT_ARRAY),
         ],
     )?;
     Ok(Probe {
@@ -963,18 +1015,45 @@ pub fn counts(
     Ok(counts)
 }
 
-/// Whether `queues` have a job queued (due or not) or running: what is
-/// left to drain. Looks at the live table only.
+/// Whether the queues and kinds `serving` names have a job queued (due or
+/// not) or running: what is left to drain. Looks at the live table only.
+/// For some kinds, a queued one is looked up in the index by kind; only
+/// once none is left does it scan the table for a running one, with one
+/// backend (no index keeps running jobs: that would cost every claim an
+/// index entry).
 pub(crate) fn pending(
     client: &mut Client,
     schema: &Schema,
-    queues: &[String],
+    serving: Serving<'_>,
 ) -> Result<bool, postgres::Error> {
     let s = schema.name();
-    let row = client.query_typed_one(
-        &format!("SELECT EXISTS (SELECT 1 FROM {s}.jobs_live WHERE queue = ANY($1))"),
-        &[(&queues, Type::TEXT_ARRAY)],
+    // The scan for running jobs is one backend's, not a parallel plan's:
+    // it runs while the fleet's other workers still work.
+    let mut tx = client.transaction()?;
+    if serving.kinds.is_some() {
+        tx.batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")?;
+    }
+    let row = tx.query_typed_one(
+        &format!(
+            "SELECT CASE
+                 WHEN $2::text[] IS NULL THEN
+                     EXISTS (SELECT 1 FROM {s}.jobs_live WHERE queue = ANY($1))
+                 WHEN EXISTS (SELECT 1 FROM unnest($2::text[]) AS u(kind)
+                              CROSS JOIN LATERAL (
+                                  SELECT 1 FROM {s}.jobs_live AS j
+                                  WHERE j.queue = ANY($1) AND j.kind = u.kind
+                                    AND j.state = 'queued'
+                                  LIMIT 1) AS q) THEN true
+                 ELSE EXISTS (SELECT 1 FROM {s}.jobs_live
+                              WHERE state = 'running' AND queue = ANY($1) AND kind = ANY($2))
+             END"
+        ),
+        &[
+            (&serving.queues, Type::TEXT_ARRAY),
+            (&serving.kinds, Type::TEXT_ARRAY),
+        ],
     )?;
+    tx.commit()?;
     Ok(row.get(0))
 }
 
@@ -1114,15 +1193,42 @@ mod tests {
         let floors = Floors::default();
         for n in 0..200 {
             let owner = format!("h:1/{n}");
-            let jobs = claim(&mut client, &schema, &queues, 10, &owner, lease, &floors).unwrap();
+            let jobs = claim(
+                &mut client,
+                &schema,
+                Serving::all(&queues),
+                10,
+                &owner,
+                lease,
+                &floors,
+            )
+            .unwrap();
             assert_eq!(jobs.len(), 10);
         }
         let before = queued_index_reads(&mut client, &schema);
-        let jobs = claim(&mut client, &schema, &queues, 10, "h:1/a", lease, &floors).unwrap();
+        let jobs = claim(
+            &mut client,
+            &schema,
+            Serving::all(&queues),
+            10,
+            "h:1/a",
+            lease,
+            &floors,
+        )
+        .unwrap();
         assert_eq!(jobs.len(), 10);
         let from_floors = queued_index_reads(&mut client, &schema) - before;
         let fresh = Floors::default();
-        let jobs = claim(&mut client, &schema, &queues, 10, "h:2/a", lease, &fresh).unwrap();
+        let jobs = claim(
+            &mut client,
+            &schema,
+            Serving::all(&queues),
+            10,
+            "h:2/a",
+            lease,
+            &fresh,
+        )
+        .unwrap();
         assert_eq!(jobs.len(), 10);
         let walked = queued_index_reads(&mut client, &schema) - before - from_floors;
         eprintln!("index entries read: {from_floors} from floors, {walked} without");
@@ -1156,7 +1262,16 @@ mod tests {
             enqueue(client, &schema, &how, &[payload.to_owned()]).unwrap();
         };
         let take = |client: &mut Client| -> Vec<String> {
-            let jobs = claim(client, &schema, &queues, 10, "h:1/0", lease, &floors).unwrap();
+            let jobs = claim(
+                client,
+                &schema,
+                Serving::all(&queues),
+                10,
+                "h:1/0",
+                lease,
+                &floors,
+            )
+            .unwrap();
             jobs.into_iter().map(|j| j.payload).collect()
         };
         queue(&mut client, "now", 2, None);
@@ -1171,7 +1286,7 @@ mod tests {
         );
         queue(&mut client, "between", 3, None);
         assert_eq!(take(&mut client), ["between"]);
-        rescan(&mut client, &schema, &queues, &floors).unwrap();
+        rescan(&mut client, &schema, Serving::all(&queues), &floors).unwrap();
         assert_eq!(take(&mut client), ["an hour late"]);
         assert!(take(&mut client).is_empty());
     }
@@ -1196,7 +1311,7 @@ mod tests {
         let jobs = claim(
             &mut client,
             &schema,
-            &["q".to_owned()],
+            Serving::all(&["q".to_owned()]),
             8,
             &owner,
             Duration::from_secs(60),
@@ -1251,7 +1366,7 @@ mod tests {
         let jobs = claim(
             &mut client,
             &schema,
-            &queues,
+            Serving::all(&queues),
             8,
             "h:1/0",
             lease,
@@ -1278,7 +1393,7 @@ mod tests {
         let again = claim(
             &mut client,
             &schema,
-            &queues,
+            Serving::all(&queues),
             8,
             "h:2/0",
             lease,
@@ -1328,7 +1443,7 @@ mod tests {
         let lost = claim(
             &mut client,
             &schema,
-            &["q".to_owned()],
+            Serving::all(&["q".to_owned()]),
             8,
             "a:1/0",
             Duration::from_millis(1),
@@ -1347,7 +1462,7 @@ mod tests {
         let taken = claim(
             &mut client,
             &schema,
-            &["q".to_owned()],
+            Serving::all(&["q".to_owned()]),
             8,
             "b:2/0",
             Duration::from_secs(60),
@@ -1367,6 +1482,7 @@ mod tests {
         let stale: Vec<Job> = taken
             .iter()
             .map(|j| Job {
+                kind: "default".to_owned(),
                 attempt: j.attempt - 1,
                 ..j.clone()
             })
@@ -1426,7 +1542,7 @@ mod tests {
         let jobs = claim(
             &mut client,
             &schema,
-            &["q".to_owned()],
+            Serving::all(&["q".to_owned()]),
             8,
             "t:1/0",
             Duration::from_secs(60),
@@ -1474,7 +1590,7 @@ mod tests {
                 ..Released::default()
             }
         );
-        assert!(pending(&mut client, &schema, &["q".to_owned()]).unwrap());
+        assert!(pending(&mut client, &schema, Serving::all(&["q".to_owned()])).unwrap());
         assert_eq!(
             count(
                 &mut client,

@@ -14,8 +14,18 @@ use super::{
 
 #[derive(Args, Debug)]
 pub(crate) struct EnqueueArgs {
-    /// The payload, or `-` for one payload per line of standard input.
-    payload: String,
+    /// The payload, or `-` for one payload per line of standard input
+    /// (none with --args).
+    #[arg(required_unless_present = "args", conflicts_with = "args")]
+    payload: Option<String>,
+    /// What the job does: fleets with --kinds claim only their kinds
+    /// [default: default].
+    #[arg(long, value_parser = parse_kind)]
+    kind: Option<String>,
+    /// The job's arguments, a JSON object (its handler is given them as
+    /// its payload), or `-` for one JSON object per line of standard input.
+    #[arg(long)]
+    args: Option<String>,
     /// Queue this many copies of PAYLOAD (at most 10,000,000 at once).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     count: u64,
@@ -43,17 +53,30 @@ pub(crate) struct EnqueueArgs {
     timeout: Option<Duration>,
 }
 
+/// A job kind's name, as `--kind` and `--kinds` take it.
+pub(crate) fn parse_kind(name: &str) -> Result<String, String> {
+    queue::check_kind_name(name).map_err(|e| e.to_string())?;
+    Ok(name.to_owned())
+}
+
 /// Queues what `args` says on `db`'s queue, and says what was queued.
 pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> {
     let schema = schema(db)?;
-    let stdin = args.payload == "-";
+    let arguments = args.args.is_some();
+    let Some(payload) = args.payload.as_deref().or(args.args.as_deref()) else {
+        return Err(usage("give a PAYLOAD or --args"));
+    };
+    let stdin = payload == "-";
     if stdin && args.count != 1 {
         return Err(usage(
             "--count applies to one PAYLOAD, not to standard input",
         ));
     }
     if !stdin {
-        check_payload(args.payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
+        check_payload(payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
+        if arguments {
+            check_args(payload).map_err(|why| usage(format!("--args: {why}")))?;
+        }
     }
     connect_command(db, "enqueue", &schema)?;
     // Read by the server, as any timestamp it takes (`2027-01-01 09:00`,
@@ -79,6 +102,8 @@ pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> 
         priority: args.priority,
         unique_key: args.unique_key.as_deref(),
         timeout: args.timeout,
+        kind: args.kind.as_deref().unwrap_or("default"),
+        arguments,
     };
     let nothing = |e: fork_safe::Error| runtime(format!("{e}; nothing was queued"));
     if stdin {
@@ -99,7 +124,7 @@ pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> 
             _ => println!("queued {queued} job(s) on {:?}", db.queue),
         }
     } else if args.count == 1 {
-        let done = fork_safe::with_client(|c| queue::enqueue_one(c, &schema, &how, &args.payload))
+        let done = fork_safe::with_client(|c| queue::enqueue_one(c, &schema, &how, payload))
             .map_err(nothing)?;
         match (done.created, &args.unique_key) {
             (true, _) => println!("queued job {} on {:?}", done.id, db.queue),
@@ -116,7 +141,7 @@ pub(crate) fn enqueue_main(db: &DbArgs, args: &EnqueueArgs) -> Result<(), Fail> 
         }
     } else {
         let queued = fork_safe::with_client(|c| {
-            queue::enqueue_copies(c, &schema, &how, &args.payload, args.count)
+            queue::enqueue_copies(c, &schema, &how, payload, args.count)
         })
         .map_err(nothing)?;
         println!("queued {queued} job(s) on {:?}", db.queue);
@@ -182,7 +207,11 @@ fn enqueue_lines(
                         buf.pop();
                     }
                 }
-                match check_payload(&buf) {
+                let checked = check_payload(&buf).and_then(|payload| match how.arguments {
+                    true => check_args(payload).map(|()| payload),
+                    false => Ok(payload),
+                });
+                match checked {
                     Ok(payload) => {
                         chunk_bytes += payload.len();
                         chunk.push(payload.to_owned());
@@ -207,6 +236,15 @@ fn enqueue_lines(
         Ok(Ok(done)) => Ok(done),
         Ok(Err(why)) => Err(runtime(format!("{why}; nothing was queued"))),
         Err(e) => Err(runtime(format!("{e}; nothing was queued"))),
+    }
+}
+
+/// Arguments as a job takes them: one JSON object.
+pub(crate) fn check_args(text: &str) -> Result<(), String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err("not a JSON object".to_owned()),
+        Err(e) => Err(format!("not JSON ({e})")),
     }
 }
 

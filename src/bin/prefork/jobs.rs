@@ -180,9 +180,10 @@ fn one_line(j: &JobInfo) -> String {
         payload.push('…');
     }
     format!(
-        "{:>8}  {:<9}  p{:<3} attempt {}/{}  {}  {payload:?}",
+        "{:>8}  {:<9}  {:<14} p{:<3} attempt {}/{}  {}  {payload:?}",
         j.id,
         j.state,
+        j.kind,
         j.priority,
         j.attempts,
         j.max_attempts,
@@ -192,7 +193,11 @@ fn one_line(j: &JobInfo) -> String {
 
 fn print_job(j: &JobInfo) {
     println!("job {} on {:?}: {}", j.id, j.queue, j.state);
-    println!("  payload:   {:?}", j.payload);
+    println!("  kind:      {}", j.kind);
+    match j.arguments {
+        true => println!("  args:      {}", j.payload),
+        false => println!("  payload:   {:?}", j.payload),
+    }
     if (j.payload.len() as i64) < j.payload_bytes {
         println!(
             "             (its first {} of {} bytes; --whole for all)",
@@ -254,6 +259,8 @@ fn to_json(j: &JobInfo) -> serde_json::Value {
     serde_json::json!({
         "id": j.id,
         "queue": j.queue,
+        "kind": j.kind,
+        "args": j.arguments.then(|| serde_json::from_str::<serde_json::Value>(&j.payload).ok()).flatten(),
         "state": j.state.as_str(),
         "priority": j.priority,
         "attempts": j.attempts,

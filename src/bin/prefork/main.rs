@@ -257,6 +257,12 @@ struct FleetArgs {
     #[arg(long, env = "PREFORK_PROGRAM_CONNECTIONS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     program_connections: u32,
+    /// Serve only jobs of these kinds (comma-separated: `send_email,resize`;
+    /// `default` is the kind of jobs queued with a payload alone): the
+    /// fleet claims no other, and --drain ends once these are done
+    /// [default: every kind].
+    #[arg(long, env = "PREFORK_KINDS", value_delimiter = ',', value_parser = enqueue::parse_kind)]
+    kinds: Option<Vec<String>>,
     /// Jobs one worker runs and commits at once, at least: from a deep
     /// local queue it takes a fair share, up to 64, and a --sql batch what
     /// runs in 20 ms, up to 256 (a child claims for all its workers, up to

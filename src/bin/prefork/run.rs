@@ -135,6 +135,7 @@ pub(crate) fn fleet_main(
         ),
         withhold_credentials: args.withhold_credentials,
         program_connections: args.program_connections as usize,
+        kinds: args.kinds.clone(),
     };
     let procs = args.procs.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),

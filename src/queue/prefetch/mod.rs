@@ -234,6 +234,7 @@ mod tests {
 
     fn job(id: i64) -> Job {
         Job {
+            kind: "default".to_owned(),
             id,
             queue: "q".into(),
             payload: String::new(),

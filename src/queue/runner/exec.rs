@@ -133,6 +133,7 @@ fn run_program(
         .args(args)
         .env("PREFORK_JOB_ID", job.id.to_string())
         .env("PREFORK_QUEUE", &job.queue)
+        .env("PREFORK_KIND", &job.kind)
         .env("PREFORK_ATTEMPT", job.attempt.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -53,7 +53,7 @@ pub enum Handler {
     /// the attempt with the server's message and SQLSTATE.
     Sql(String),
     /// A program run directly (no shell), the payload on its standard input
-    /// and `PREFORK_JOB_ID`, `PREFORK_QUEUE`, `PREFORK_ATTEMPT` in its
+    /// and `PREFORK_JOB_ID`, `PREFORK_QUEUE`, `PREFORK_KIND`, `PREFORK_ATTEMPT` in its
     /// environment. Exit 0: done, standard output (first 64 KiB) kept as the
     /// result. Otherwise a failed attempt with the tail of standard error.
     Exec {

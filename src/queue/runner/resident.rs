@@ -13,7 +13,7 @@
 //!
 //! 1. The program loads, then says `{"ready":true,"protocol":1}`, within
 //!    `--boot-timeout` (its load is not job time).
-//! 2. prefork sends jobs: `{"id":17,"queue":"default","attempt":1,
+//! 2. prefork sends jobs: `{"id":17,"queue":"default","kind":"default","attempt":1,
 //!    "max_attempts":3,"priority":0,"payload":"...","timeout":30.0}`
 //!    (`timeout`: seconds the job may take, or `null`), one per line. The
 //!    next ones may already wait in the channel while the program works on
@@ -559,6 +559,7 @@ fn job_line(job: &Job, limit: Option<Duration>) -> Vec<u8> {
     let mut line = json!({
         "id": job.id,
         "queue": job.queue,
+        "kind": job.kind,
         "attempt": job.attempt,
         "max_attempts": job.max_attempts,
         "priority": job.priority,

@@ -30,6 +30,8 @@ pub enum NameError {
     /// A queue name with other characters than letters, digits, `_ - . :`,
     /// empty or too long.
     Queue(String),
+    /// A job kind's name, by the same rule.
+    Kind(String),
 }
 
 impl fmt::Display for NameError {
@@ -47,6 +49,10 @@ impl fmt::Display for NameError {
             NameError::Queue(name) => write!(
                 f,
                 "invalid queue name {name:?}: use 1 to 100 letters, digits, '_', '-', '.' or ':'"
+            ),
+            NameError::Kind(name) => write!(
+                f,
+                "invalid job kind {name:?}: use 1 to 100 letters, digits, '_', '-', '.' or ':'"
             ),
         }
     }
@@ -106,15 +112,31 @@ impl Default for Schema {
 ///
 /// [`NameError::Queue`].
 pub fn check_queue_name(name: &str) -> Result<(), NameError> {
-    let ok = (1..=100).contains(&name.len())
+    match is_name(name) {
+        true => Ok(()),
+        false => Err(NameError::Queue(name.to_owned())),
+    }
+}
+
+/// Checks a job kind's name, by the rule of queue names: 1 to 100
+/// letters, digits, `_`, `-`, `.` or `:` (`send_email`, `app.tasks.mail`).
+///
+/// # Errors
+///
+/// [`NameError::Kind`].
+pub fn check_kind_name(name: &str) -> Result<(), NameError> {
+    match is_name(name) {
+        true => Ok(()),
+        false => Err(NameError::Kind(name.to_owned())),
+    }
+}
+
+/// 1 to 100 letters, digits, `_`, `-`, `.` or `:`.
+fn is_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(NameError::Queue(name.to_owned()))
-    }
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
 }
 
 /// The migrations, in order: version N is the first N applied. Each is a
@@ -145,6 +167,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/022_job_rows.sql"),
     include_str!("migrations/023_suspects.sql"),
     include_str!("migrations/024_claim_floors.sql"),
+    include_str!("migrations/025_kinds.sql"),
 ];
 
 /// The server-side functions, each defined once, in the order they are

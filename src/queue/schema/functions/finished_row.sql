@@ -25,5 +25,5 @@ RETURNS SETOF {s}.jobs_finished LANGUAGE sql STABLE AS $f$
            CASE WHEN p_failure IS NULL THEN (j).errors
                 ELSE (j).errors || jsonb_build_object('attempt', (j).attempts, 'error', p_failure,
                                                       'at', p_at, 'by', (j).locked_by) END,
-           (j).cancel_requested OR p_state = 'cancelled', (j).suspect
+           (j).cancel_requested OR p_state = 'cancelled', (j).suspect, (j).kind, (j).args
 $f$;

@@ -8,5 +8,5 @@ RETURNS SETOF {s}.jobs_live LANGUAGE sql STABLE AS $f$
     SELECT (f).id, (f).queue, (f).payload, 'queued'::text, 0, (f).max_attempts, p_at,
            NULL::text, NULL::timestamptz, NULL::text, (f).last_error, (f).created_at,
            NULL::timestamptz, (f).priority, (f).unique_key, (f).timeout, (f).errors, false,
-           false
+           false, (f).kind, (f).args
 $f$;
