@@ -3,8 +3,10 @@
 //! On a throwaway cluster, a fleet of 2 x 4 (`--sql 'SELECT 1'`,
 //! `--kinds k7 --drain`) drains the 10,000 jobs of its kind:
 //! - alone in the queue;
-//! - among 1,000,000 jobs of 100 kinds, queued interleaved (so every
-//!   other kind's jobs sit between its own in the queue's order);
+//! - beside 990,000 jobs of 99 other kinds, queued interleaved with its
+//!   own, first in another queue, then in its own (the same rows on the
+//!   same pages: what differs is only whether the other jobs share its
+//!   queue);
 //!
 //! and, for the cost of kinds to a fleet that serves every kind, a fleet
 //! without `--kinds` drains 100,000 jobs of one kind. Each line: the
@@ -34,12 +36,18 @@ fn reset(url: &str) {
 }
 
 /// Queues `n` jobs spread over `kinds` kinds (`k0`, `k1`, ...), one of
-/// each kind in turn, and analyses the table.
-fn queue_jobs(url: &str, n: u64, kinds: u64) {
+/// each kind in turn, all in queue `default` or (`apart`) each kind but
+/// `k7` in queue `other`; and analyses the table.
+fn queue_jobs(url: &str, n: u64, kinds: u64, apart: bool) {
+    let queue = match apart {
+        true => "CASE WHEN i % {kinds} = 7 THEN 'default' ELSE 'other' END",
+        false => "'default'",
+    }
+    .replace("{kinds}", &kinds.to_string());
     let mut c = client(url);
     c.batch_execute(&format!(
         "INSERT INTO prefork.jobs_live (queue, payload, kind, run_at)
-         SELECT 'default', i::text, 'k' || (i % {kinds}),
+         SELECT {queue}, i::text, 'k' || (i % {kinds}),
                 now() - interval '1 hour' + i * interval '1 microsecond'
          FROM generate_series(1, {n}) AS i;
          ANALYZE prefork.jobs_live"
@@ -96,27 +104,38 @@ fn main() {
     println!("a fleet serving one kind (2 x 4, --sql 'SELECT 1', --kinds k7)");
 
     reset(&url);
-    queue_jobs(&url, 10_000, 1);
+    queue_jobs(&url, 10_000, 1, false);
     client(&url)
         .batch_execute("UPDATE prefork.jobs_live SET kind = 'k7'")
         .unwrap();
     println!(
-        "  its 10,000 jobs alone:              {}",
+        "  its 10,000 jobs alone:                         {}",
         drain(&url, &["--kinds", "k7"])
     );
 
+    // The same rows, the same heap: the other kinds' jobs in another
+    // queue, then in the fleet's own.
     reset(&url);
-    queue_jobs(&url, backlog, 100);
+    queue_jobs(&url, backlog, 100, true);
     println!(
-        "  its {} among {backlog} of 100 kinds: {}",
+        "  its {} with {} of other kinds in another queue: {}",
         backlog / 100,
+        backlog - backlog / 100,
+        drain(&url, &["--kinds", "k7"])
+    );
+    reset(&url);
+    queue_jobs(&url, backlog, 100, false);
+    println!(
+        "  its {} among {} of 99 other kinds in its queue: {}",
+        backlog / 100,
+        backlog - backlog / 100,
         drain(&url, &["--kinds", "k7"])
     );
 
     reset(&url);
-    queue_jobs(&url, 100_000, 1);
+    queue_jobs(&url, 100_000, 1, false);
     println!(
-        "a fleet serving every kind, 100,000 jobs: {}",
+        "a fleet serving every kind, 100,000 jobs:        {}",
         drain(&url, &[])
     );
 }
