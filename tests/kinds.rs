@@ -23,6 +23,7 @@ fn main() {
                 two_fleets,
             ),
             ("bad_kinds_and_arguments_are_one_line_and_exit_2", bad_input),
+            ("a_schedule_queues_jobs_of_its_kind", schedule),
         ],
         &[],
     )
@@ -150,6 +151,91 @@ fn two_fleets(ctx: &mut Ctx) {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("kind:      mail"), "{shown}");
     assert!(shown.contains("args:      {\"to\": 1}"), "{shown}");
+
+    // `status` says which kinds wait with no live fleet to serve them.
+    let mut mail = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "1",
+            "--kinds",
+            "mail",
+            "--sql",
+            "SELECT 1",
+        ],
+    );
+    let status = || {
+        let out = prefork(&ctx.url, &["status"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    common::wait_until("the mail fleet's child", Duration::from_secs(20), || {
+        status().contains(", kinds mail")
+    });
+    let shown = status();
+    assert!(
+        shown.contains(
+            "kind \"default\": 1 queued, 0 running (no live fleet serves this kind: its jobs wait)"
+        ),
+        "{shown}"
+    );
+    let out = prefork(&ctx.url, &["status", "--json"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["kinds"][0]["kind"], "default");
+    assert_eq!(json["kinds"][0]["served"], false);
+    nix::sys::signal::kill(mail.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, err) = mail.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `schedule add --kind --args`: each tick queues a job of that kind with
+/// those arguments, which the fleet serving the kind runs.
+fn schedule(ctx: &mut Ctx) {
+    let mut obs: Observer = reset(&ctx.url);
+    let add = [
+        "schedule",
+        "add",
+        "ticks",
+        "--cron",
+        "* * * * * *",
+        "--kind",
+        "tick",
+        "--args",
+        "{\"n\": 5}",
+    ];
+    let out = prefork(&ctx.url, &add).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = prefork(&ctx.url, &["schedule", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("kind tick"), "{listed}");
+    let mut fleet = Master::start(
+        &ctx.url,
+        &[
+            "--procs",
+            "1",
+            "--threads",
+            "1",
+            "--kinds",
+            "tick",
+            "--sql",
+            "INSERT INTO effects SELECT ($1::jsonb ->> 'n')::int",
+        ],
+    );
+    common::wait_until("a tick's job run", Duration::from_secs(20), || {
+        count(&mut obs, "SELECT count(*) FROM effects WHERE v = 5") >= 1
+    });
+    nix::sys::signal::kill(fleet.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (code, err) = fleet.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    let wrong = count(
+        &mut obs,
+        "SELECT count(*) FROM prefork.jobs WHERE kind <> 'tick' OR args->>'n' <> '5'",
+    );
+    assert_eq!(
+        wrong, 0,
+        "every job the schedule queued is a tick with its arguments"
+    );
 }
 
 fn bad_input(ctx: &mut Ctx) {

@@ -135,11 +135,12 @@ pub(super) fn renew(
         &format!(
             "WITH child AS (
                  INSERT INTO {s}.children AS c
-                     (host, pid, master_pid, queue, since, jobs, seen_at, lease_until)
+                     (host, pid, master_pid, queue, since, jobs, seen_at, lease_until, kinds)
                  VALUES ($1, $2, $3, $4, to_timestamp($5), $6, now(),
-                         COALESCE(now() + make_interval(secs => $7), 'infinity'))
+                         COALESCE(now() + make_interval(secs => $7), 'infinity'), $8)
                  ON CONFLICT (host, pid) DO UPDATE
                  SET master_pid = EXCLUDED.master_pid, queue = EXCLUDED.queue,
+                     kinds = EXCLUDED.kinds,
                      since = EXCLUDED.since, jobs = EXCLUDED.jobs, seen_at = now(),
                      lease_until = EXCLUDED.lease_until
                  RETURNING xmax = 0 AS fresh
@@ -158,6 +159,7 @@ pub(super) fn renew(
             (&holder.since, Type::FLOAT8),
             (&(jobs as i64), Type::INT8),
             (&length, Type::FLOAT8),
+            (&config.kinds, Type::TEXT_ARRAY),
         ],
     )?;
     Ok(row.get(0))

@@ -74,7 +74,7 @@ pub use metrics::FleetStats;
 pub use runner::{Handler, RustHandler};
 pub use state::{JobState, UnknownState};
 pub use store::{
-    ChildRow, Counts, Enqueue, Enqueued, Job, NameError, Release, Released, Schema,
+    ChildRow, Counts, Enqueue, Enqueued, Job, KindCount, NameError, Release, Released, Schema,
     check_kind_name, check_queue_name, counts, enqueue, enqueue_copies, enqueue_in, enqueue_one,
-    live_children, migrate, release,
+    kind_counts, live_children, migrate, release,
 };

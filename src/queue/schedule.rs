@@ -98,7 +98,10 @@ pub struct Schedule {
     pub timezone: Option<String>,
     /// The queue its jobs go to.
     pub queue: String,
-    /// Their payload.
+    /// Their kind.
+    pub kind: String,
+    /// Their input: their arguments (JSON) if they have any, else their
+    /// payload.
     pub payload: String,
     /// Their priority.
     pub priority: i32,
@@ -162,8 +165,9 @@ impl From<postgres::Error> for ScheduleError {
 }
 
 /// Adds a schedule named `name` ticking at `cron` in `timezone`, queueing
-/// `payload` as `how` says (its queue, priority, attempts, timeout and
-/// unique key; a run-at is not kept: each tick is the run's time);
+/// `payload` as `how` says (its queue, kind, priority, attempts, timeout
+/// and unique key, and whether the payload is the jobs' arguments; a
+/// run-at is not kept: each tick is the run's time);
 /// returns its first tick.
 ///
 /// # Errors
@@ -190,8 +194,9 @@ pub fn add(
     let added = tx.execute_typed(
         &format!(
             "INSERT INTO {s}.schedules (name, cron, timezone, queue, payload, priority,
-                                        max_attempts, timeout, next_at, unique_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                        max_attempts, timeout, next_at, unique_key, kind, args)
+             VALUES ($1, $2, $3, $4, CASE WHEN $12 THEN '' ELSE $5 END, $6, $7, $8, $9, $10,
+                     $11, CASE WHEN $12 THEN $5::jsonb END)
              ON CONFLICT (name) DO NOTHING"
         ),
         &[
@@ -205,6 +210,8 @@ pub fn add(
             (&timeout, Type::FLOAT8),
             (&next, Type::TIMESTAMPTZ),
             (&how.unique_key, Type::TEXT),
+            (&how.kind, Type::TEXT),
+            (&how.arguments, Type::BOOL),
         ],
     )?;
     if added == 0 {
@@ -223,8 +230,8 @@ pub fn list(client: &mut Client, schema: &Schema) -> Result<Vec<Schedule>, postg
     let s = schema.name();
     let rows = client.query_typed(
         &format!(
-            "SELECT name, cron, timezone, queue, payload, priority, max_attempts, timeout,
-                    next_at, last_at, last_job, unique_key
+            "SELECT name, cron, timezone, queue, coalesce(args::text, payload), priority,
+                    max_attempts, timeout, next_at, last_at, last_job, unique_key, kind
              FROM {s}.schedules ORDER BY name"
         ),
         &[],
@@ -236,6 +243,7 @@ pub fn list(client: &mut Client, schema: &Schema) -> Result<Vec<Schedule>, postg
             cron: r.get(1),
             timezone: r.get(2),
             queue: r.get(3),
+            kind: r.get(12),
             payload: r.get(4),
             priority: r.get(5),
             max_attempts: r.get(6),
@@ -359,14 +367,14 @@ fn fire_chunk(
         &format!(
             "WITH due AS (
                  SELECT d.name, d.next_at, s.queue, s.payload, s.priority, s.max_attempts,
-                        s.timeout, s.unique_key
+                        s.timeout, s.unique_key, s.kind, s.args
                  FROM unnest($1::text[], $2::timestamptz[]) AS d(name, next_at)
                  JOIN {s}.schedules AS s ON s.name = d.name
              ), queued AS (
                  SELECT due.name, due.next_at, q.job_id, q.created
                  FROM due CROSS JOIN LATERAL {s}.enqueue_job(
                      due.queue, due.payload, due.max_attempts, now(), due.priority,
-                     due.unique_key, due.timeout) AS q
+                     due.unique_key, due.timeout, due.kind, due.args) AS q
              ), ticked AS (
                  UPDATE {s}.schedules AS s
                  SET next_at = q.next_at,

@@ -1070,6 +1070,57 @@ pub struct ChildRow {
     pub since: DateTime<Utc>,
     /// Jobs it finished.
     pub jobs: i64,
+    /// The kinds it serves (`None`: every kind).
+    pub kinds: Option<Vec<String>>,
+}
+
+/// One kind's unfinished jobs in a queue, for `prefork status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindCount {
+    /// The kind.
+    pub kind: String,
+    /// Its jobs queued (due or not).
+    pub queued: i64,
+    /// Its jobs running.
+    pub running: i64,
+    /// Whether a live child (seen in the last 10 s) serves it: if not, its
+    /// jobs wait until one does.
+    pub served: bool,
+}
+
+/// `queue`'s unfinished jobs by kind, and whether a live child serves
+/// each. Reads the queue's live jobs.
+///
+/// # Errors
+///
+/// The server's error.
+pub fn kind_counts(
+    client: &mut Client,
+    schema: &Schema,
+    queue: &str,
+) -> Result<Vec<KindCount>, postgres::Error> {
+    let s = schema.name();
+    let rows = client.query_typed(
+        &format!(
+            "SELECT j.kind, count(*) FILTER (WHERE j.state = 'queued'),
+                    count(*) FILTER (WHERE j.state = 'running'),
+                    EXISTS (SELECT 1 FROM {s}.children AS c
+                            WHERE $1 = ANY(string_to_array(c.queue, ','))
+                              AND c.seen_at > now() - interval '10 seconds'
+                              AND (c.kinds IS NULL OR j.kind = ANY(c.kinds)))
+             FROM {s}.jobs_live AS j WHERE j.queue = $1 GROUP BY j.kind ORDER BY j.kind"
+        ),
+        &[(&queue, Type::TEXT)],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| KindCount {
+            kind: r.get(0),
+            queued: r.get(1),
+            running: r.get(2),
+            served: r.get(3),
+        })
+        .collect())
 }
 
 /// Set first in the transactions of a child's duties (firing schedules): a
@@ -1116,7 +1167,7 @@ pub fn live_children(
     let s = schema.name();
     let rows = client.query_typed(
         &format!(
-            "SELECT host, pid, master_pid, since, jobs FROM {s}.children
+            "SELECT host, pid, master_pid, since, jobs, kinds FROM {s}.children
              WHERE $1 = ANY(string_to_array(queue, ','))
                AND seen_at > now() - interval '10 seconds' ORDER BY host, pid"
         ),
@@ -1130,6 +1181,7 @@ pub fn live_children(
             master_pid: Pid::from_raw(r.get(2)),
             since: r.get(3),
             jobs: r.get(4),
+            kinds: r.get(5),
         })
         .collect())
 }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use fork_safe::queue;
 use fork_safe::queue::schedule::{self, ScheduleError};
 
-use super::enqueue::check_payload;
+use super::enqueue::{check_args, check_payload};
 use super::{DbArgs, Fail, connect_command, parse_positive_duration, runtime, schema, usage};
 
 #[derive(Args, Debug)]
@@ -43,8 +43,15 @@ enum Action {
         /// queued or running queues nothing, so runs never overlap.
         #[arg(long)]
         unique_key: Option<String>,
-        /// The jobs' payload.
-        payload: String,
+        /// The jobs' kind [default: default].
+        #[arg(long, value_parser = super::enqueue::parse_kind)]
+        kind: Option<String>,
+        /// The jobs' arguments, a JSON object (instead of a payload).
+        #[arg(long)]
+        args: Option<String>,
+        /// The jobs' payload (none with --args).
+        #[arg(required_unless_present = "args", conflicts_with = "args")]
+        payload: Option<String>,
     },
     /// The schedules, by name.
     List {
@@ -66,6 +73,7 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
         cron,
         timezone,
         payload,
+        args: arguments,
         ..
     } = &args.action
     {
@@ -73,7 +81,13 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
         if name.is_empty() || name.chars().any(char::is_control) {
             return Err(usage(format!("invalid schedule name {name:?}")));
         }
-        check_payload(payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
+        if let Some(payload) = payload {
+            check_payload(payload.as_bytes()).map_err(|why| usage(format!("PAYLOAD: {why}")))?;
+        }
+        if let Some(json) = arguments {
+            check_payload(json.as_bytes()).map_err(|why| usage(format!("--args: {why}")))?;
+            check_args(json).map_err(|why| usage(format!("--args: {why}")))?;
+        }
         schedule::When::parse(cron, timezone.as_deref()).map_err(|e| usage(e.to_string()))?;
     }
     connect_command(db, "schedule", &schema)?;
@@ -86,6 +100,8 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
             max_attempts,
             timeout,
             unique_key,
+            kind,
+            args: arguments,
             payload,
         } => {
             let how = queue::Enqueue {
@@ -94,8 +110,14 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
                 max_attempts: *max_attempts,
                 timeout: *timeout,
                 unique_key: unique_key.as_deref(),
+                kind: kind.as_deref().unwrap_or("default"),
+                arguments: arguments.is_some(),
                 ..queue::Enqueue::default()
             };
+            let payload = payload
+                .as_deref()
+                .or(arguments.as_deref())
+                .unwrap_or_default();
             let next = fork_safe::with_client(|c| {
                 Ok(schedule::add(
                     c,
@@ -126,6 +148,7 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
                             "cron": s.cron,
                             "timezone": s.timezone,
                             "queue": s.queue,
+                            "kind": s.kind,
                             "payload": s.payload,
                             "priority": s.priority,
                             "max_attempts": s.max_attempts,
@@ -151,10 +174,11 @@ pub(crate) fn schedule_main(db: &DbArgs, args: &ScheduleArgs) -> Result<(), Fail
                         .as_ref()
                         .map_or(String::new(), |k| format!("  unique key {k:?}"));
                     println!(
-                        "{:<20} {:<18} {zone:<14} queue {:?}  next {}  {last}{unique}",
+                        "{:<20} {:<18} {zone:<14} queue {:?}  kind {}  next {}  {last}{unique}",
                         s.name,
                         s.cron,
                         s.queue,
+                        s.kind,
                         s.next_at.format("%Y-%m-%dT%H:%M:%SZ")
                     );
                 }

@@ -44,6 +44,8 @@ pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
     .map_err(runtime)?;
     let children =
         fork_safe::with_client(|c| queue::live_children(c, &schema, &db.queue)).map_err(runtime)?;
+    let kinds =
+        fork_safe::with_client(|c| queue::kind_counts(c, &schema, &db.queue)).map_err(runtime)?;
     fork_safe::close_all();
     if args.json {
         let children: Vec<serde_json::Value> = children
@@ -56,6 +58,7 @@ pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
                     // Seconds since the epoch, as before the field was a time.
                     "since": c.since.timestamp_micros() as f64 / 1e6,
                     "jobs": c.jobs,
+                    "kinds": c.kinds,
                 })
             })
             .collect();
@@ -70,6 +73,12 @@ pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
             "done": counts.done,
             "failed": counts.failed,
             "cancelled": counts.cancelled,
+            "kinds": kinds.iter().map(|k| serde_json::json!({
+                "kind": k.kind,
+                "queued": k.queued,
+                "running": k.running,
+                "served": k.served,
+            })).collect::<Vec<_>>(),
             "children": children,
             "backends": backends,
         });
@@ -79,10 +88,24 @@ pub(crate) fn status_main(db: &DbArgs, args: &StatusArgs) -> Result<(), Fail> {
             "queue {:?}: {} queued, {} running, {} done, {} failed, {} cancelled",
             db.queue, counts.queued, counts.running, counts.done, counts.failed, counts.cancelled
         );
+        for k in &kinds {
+            let waits = match k.served {
+                true => "",
+                false => " (no live fleet serves this kind: its jobs wait)",
+            };
+            println!(
+                "  kind {:?}: {} queued, {} running{waits}",
+                k.kind, k.queued, k.running
+            );
+        }
         let now = chrono::Utc::now();
         for c in &children {
+            let serves = match &c.kinds {
+                Some(kinds) => format!(", kinds {}", kinds.join(",")),
+                None => String::new(),
+            };
             println!(
-                "  child {}:{} (master {}) up {:.0}s, {} job(s) done",
+                "  child {}:{} (master {}) up {:.0}s, {} job(s) done{serves}",
                 c.host,
                 c.pid,
                 c.master_pid,

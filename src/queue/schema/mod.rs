@@ -168,6 +168,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/023_suspects.sql"),
     include_str!("migrations/024_claim_floors.sql"),
     include_str!("migrations/025_kinds.sql"),
+    include_str!("migrations/026_served_kinds.sql"),
+    include_str!("migrations/027_schedule_kinds.sql"),
 ];
 
 /// The server-side functions, each defined once, in the order they are
